@@ -1,0 +1,53 @@
+"""A plain cached decode loop of one model: the LLM-alone and SLM-alone baselines."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from .detokenize import TextAssembler
+from .sampling import RequestRandomness, choose_token
+from .settings import GenerationSettings
+from .slot import LoadedModel
+
+
+@dataclass(frozen=True)
+class AloneResult:
+    """Output and wall time of one model decoding alone."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    seconds: float
+    """Wall time from the prompt prefill to the last token."""
+
+
+@torch.inference_mode()
+def decode_alone(
+    loaded: LoadedModel,
+    prompt_ids: list[int],
+    settings: GenerationSettings,
+    tokenizer: Any,
+    eos_ids: frozenset[int],
+) -> AloneResult:
+    """Prefill the prompt, then feed one token per forward pass until EOS, a stop string or the limit."""
+    model, device = loaded.model, loaded.device
+    cache = DynamicCache(config=model.config)
+    randomness = RequestRandomness(settings.seed)
+    text = TextAssembler(tokenizer, settings.stop)
+    output: list[int] = []
+    start = time.perf_counter()
+    next_input = torch.tensor([prompt_ids], device=device)  # [1, P], then [1, 1]
+    while len(output) < settings.max_new_tokens:
+        logits = model(input_ids=next_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        scores = logits[0, -1, : loaded.vocab_size].float()  # [V]
+        token = choose_token(scores, settings, randomness.generator_for(scores.device))
+        output.append(token)
+        text.push(token, is_last=token in eos_ids or len(output) == settings.max_new_tokens)
+        if token in eos_ids or text.stopped:
+            break
+        next_input = torch.tensor([[token]], device=device)
+    return AloneResult(text=text.text, token_ids=tuple(output), seconds=time.perf_counter() - start)

@@ -1,0 +1,310 @@
+"""The stitched decoding loop (Algorithm 1 of R-Stitch) and its public entry points.
+
+Shapes and invariants of one request:
+
+* ``tokens`` is x + y (prompt then kept output), a Python list; y is ``tokens[len(prompt):]``.
+* Each model has a ``Slot`` whose cache covers ``tokens[:slot.n_cached]``.
+* Only the active model runs in a step. It is fed ``tokens[slot.n_cached:]`` in one forward pass:
+  one token when it wrote the previous token itself (decode), otherwise everything it missed
+  (catch-up: the prompt, and tokens the other model wrote). The LLM is first run at the first
+  switch, so it never sees the prompt before then.
+* Entropy comes from the active model's untempered distribution over the shared real vocabulary.
+* A discarded SLM token was never fed to the SLM (a token enters a cache only when the next step
+  feeds it), so "rolling back" the SLM cache is free: its cache already ends before that position.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Generator, Iterator, Mapping, Sequence, Union
+
+from .baseline import AloneResult, decode_alone
+from .cost import LlmCostHistory
+from .defaults import DEFAULT_LLM, DEFAULT_SLM_LAYERS
+from .detokenize import TextAssembler
+from .errors import EmptyPromptError, InvalidSettingError, PromptTooLongError
+from .loading import ModelSpec, load_pair
+from .pair import ModelPair
+from .routers import EntropyRouter, Router, RouterState
+from .sampling import RequestRandomness, choose_token, normalised_entropy
+from .settings import GenerationSettings
+from .slot import ModelRole, Slot
+from .stats import ModelUsage, StitchStats, TokenEvent
+
+Message = Mapping[str, Any]
+PromptLike = Union[str, Sequence[int], Sequence[Message]]
+"""Raw text, token ids, or chat messages (rendered with the LLM's chat template)."""
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """A finished request: the text, the kept token ids, every token event and the stats."""
+
+    text: str
+    token_ids: tuple[int, ...]
+    events: tuple[TokenEvent, ...]
+    stats: StitchStats
+
+    @property
+    def finish_reason(self) -> str:
+        return self.stats.finish_reason
+
+
+class StitchStream(Iterator[TokenEvent]):
+    """Token events of one request as they are decided; ``stats`` once the stream is exhausted.
+
+    Abandoning a stream (not iterating it further, or ``close()``) is always safe: a request owns
+    its caches, and the engine holds no lock between two events.
+    """
+
+    def __init__(self, core: Generator[TokenEvent, None, StitchStats], prompt_tokens: int) -> None:
+        self._core = core
+        self._stats: StitchStats | None = None
+        self.prompt_tokens = prompt_tokens
+
+    def __next__(self) -> TokenEvent:
+        try:
+            return next(self._core)
+        except StopIteration as finished:
+            self._stats = finished.value
+            raise
+
+    def close(self) -> None:
+        """Stop decoding now; the engine is immediately ready for other requests."""
+        self._core.close()
+
+    def __enter__(self) -> "StitchStream":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @property
+    def stats(self) -> StitchStats:
+        if self._stats is None:
+            raise RuntimeError("stats are available once the stream has been iterated to its end")
+        return self._stats
+
+
+class StitchEngine:
+    """An SLM and an LLM decoding one answer together, token by token.
+
+    Thread-safe: concurrent requests each get their own caches; forward passes are serialised
+    (one at a time on the engine), so results equal those of the same requests run one by one.
+    """
+
+    def __init__(
+        self,
+        pair: ModelPair,
+        router: Router | None = None,
+        settings: GenerationSettings | None = None,
+    ) -> None:
+        self.pair = pair
+        self.router: Router = router if router is not None else EntropyRouter()
+        self.settings = settings if settings is not None else GenerationSettings()
+        self._forward_lock = threading.Lock()
+        self._llm_history = LlmCostHistory()
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        llm: str | ModelSpec = DEFAULT_LLM,
+        slm: str | ModelSpec | None = None,
+        *,
+        threshold: float = 0.1,
+        device: str = "auto",
+        dtype: str = "auto",
+        settings: GenerationSettings | None = None,
+    ) -> "StitchEngine":
+        """Load a pair (hub ids, folders, .gguf files or specs) with the entropy router at ``threshold``.
+
+        With no SLM given and the default LLM, the SLM is the early-exit cut of the default LLM
+        (its first ``DEFAULT_SLM_LAYERS`` layers).
+        """
+        llm_spec = llm if isinstance(llm, ModelSpec) else ModelSpec(llm, device=device, dtype=dtype)  # type: ignore[arg-type]
+        if slm is None:
+            if llm_spec.source != DEFAULT_LLM:
+                raise InvalidSettingError("give an SLM: only the default LLM has a built-in SLM")
+            slm_spec = ModelSpec(DEFAULT_LLM, device=device, dtype=dtype, num_layers=DEFAULT_SLM_LAYERS)  # type: ignore[arg-type]
+        else:
+            slm_spec = slm if isinstance(slm, ModelSpec) else ModelSpec(slm, device=device, dtype=dtype)  # type: ignore[arg-type]
+        return cls(load_pair(slm_spec, llm_spec), EntropyRouter(threshold), settings)
+
+    # ----------------------------------------------------------------- public entry points
+
+    def encode(self, prompt: PromptLike, tools: Sequence[Mapping[str, Any]] | None = None) -> list[int]:
+        """Token ids of a prompt: raw text, ids, or chat messages through the chat template."""
+        tokenizer = self.pair.tokenizer
+        if isinstance(prompt, str):
+            ids = list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+        elif len(prompt) == 0:
+            raise EmptyPromptError("the prompt is empty: give text, token ids or at least one message")
+        elif all(isinstance(item, Mapping) for item in prompt):
+            ids = self._render_chat(list(prompt), tools)  # type: ignore[arg-type]
+        elif all(isinstance(item, int) and not isinstance(item, bool) for item in prompt):
+            ids = list(prompt)  # type: ignore[arg-type]
+            bad = [i for i in ids if not 0 <= i < self.pair.vocab_size]
+            if bad:
+                raise InvalidSettingError(f"token ids out of the vocabulary [0, {self.pair.vocab_size}): {bad[:5]}")
+        else:
+            raise InvalidSettingError("a prompt is a string, a sequence of token ids, or a sequence of message dicts")
+        if not ids:
+            raise EmptyPromptError("the prompt encodes to no tokens")
+        return ids
+
+    def stream(
+        self,
+        prompt: PromptLike,
+        settings: GenerationSettings | None = None,
+        router: Router | None = None,
+    ) -> StitchStream:
+        """Start a request; all validation happens here, before any forward pass."""
+        settings = settings if settings is not None else self.settings
+        router = router if router is not None else self.router
+        prompt_ids = self.encode(prompt)
+        self._check_fits(len(prompt_ids), settings)
+        return StitchStream(self._stitch(prompt_ids, settings, router), len(prompt_ids))
+
+    def generate(
+        self,
+        prompt: PromptLike,
+        settings: GenerationSettings | None = None,
+        router: Router | None = None,
+        measure_speedup: bool = False,
+    ) -> GenerationResult:
+        """Run a request to the end. ``measure_speedup`` also times the LLM alone on the same prompt."""
+        stream = self.stream(prompt, settings, router)
+        events = tuple(stream)
+        stats = stream.stats
+        if measure_speedup:
+            alone = self.decode_alone("llm", prompt, settings)
+            stats = stats.with_measured_llm_alone(alone.seconds)
+        return GenerationResult(
+            text="".join(e.text for e in events),
+            token_ids=tuple(e.token_id for e in events),
+            events=events,
+            stats=stats,
+        )
+
+    def decode_alone(
+        self, role: ModelRole, prompt: PromptLike, settings: GenerationSettings | None = None
+    ) -> AloneResult:
+        """One model decoding alone with a plain cached loop (the baseline for speedups)."""
+        settings = settings if settings is not None else self.settings
+        prompt_ids = self.encode(prompt)
+        self._check_fits(len(prompt_ids), settings)
+        loaded = self.pair.slm if role == "slm" else self.pair.llm
+        with self._forward_lock:
+            return decode_alone(loaded, prompt_ids, settings, self.pair.tokenizer, self.pair.eos_token_ids)
+
+    # ----------------------------------------------------------------- the loop
+
+    def _stitch(
+        self, prompt_ids: list[int], settings: GenerationSettings, router: Router
+    ) -> Generator[TokenEvent, None, StitchStats]:
+        """Algorithm 1. Yields each kept token; returns the stats."""
+        slots: dict[ModelRole, Slot] = {"slm": Slot(self.pair.slm), "llm": Slot(self.pair.llm)}
+        tokens = list(prompt_ids)  # x + y
+        text = TextAssembler(self.pair.tokenizer, settings.stop)
+        randomness = RequestRandomness(settings.seed)
+        eos_ids = self.pair.eos_token_ids
+        written: dict[ModelRole, int] = {"slm": 0, "llm": 0}
+        discarded = switches_to_llm = switches_to_slm = 0
+        active: ModelRole = "slm"
+        last_writer: ModelRole | None = None  # who appended tokens[-1]; None: the prompt
+        took_over = False
+        finish_reason = "length"
+        start = time.perf_counter()
+
+        while len(tokens) - len(prompt_ids) < settings.max_new_tokens:
+            slot = slots[active]
+            kind = "decode" if last_writer == active else "catchup"
+            want_hidden = active == "slm" and router.needs_hidden_state
+            with self._forward_lock:
+                nxt = slot.catch_up(tokens, kind, want_hidden)
+            entropy = normalised_entropy(nxt.logits)
+            token = choose_token(nxt.logits, settings, randomness.generator_for(nxt.logits.device))
+
+            hands_back = False
+            if entropy > router.threshold:
+                state = RouterState(entropy, len(tokens), token, nxt.hidden)
+                if active == "slm" and router.wants_llm(state):
+                    # Discard the SLM token; the LLM decodes this same position next.
+                    discarded += 1
+                    switches_to_llm += 1
+                    active, took_over = "llm", True
+                    continue
+            elif active == "llm":
+                hands_back = True  # the LLM's confident token is kept, then the SLM resumes
+
+            tokens.append(token)
+            written[active] += 1
+            writer, last_writer = active, active
+            is_eos = token in eos_ids
+            delta = text.push(token, is_last=is_eos or len(tokens) - len(prompt_ids) == settings.max_new_tokens)
+            event = TokenEvent(
+                index=len(tokens) - len(prompt_ids) - 1,
+                token_id=token,
+                text=delta,
+                source=writer,
+                entropy=entropy,
+                took_over=took_over,
+                hands_back=hands_back,
+                seconds=time.perf_counter() - start,
+            )
+            took_over = False
+            if hands_back:
+                active = "slm"
+                switches_to_slm += 1
+            if is_eos or text.stopped:
+                finish_reason = "stop"
+            yield event
+            if finish_reason == "stop":
+                break
+
+        wall_seconds = time.perf_counter() - start
+        records = slots["slm"].records + slots["llm"].records
+        output_tokens = len(tokens) - len(prompt_ids)
+        llm_alone = self._llm_history.estimate(records, len(prompt_ids), output_tokens)
+        self._llm_history.add(records)
+        return StitchStats(
+            prompt_tokens=len(prompt_ids),
+            output_tokens=output_tokens,
+            slm=ModelUsage.from_records("slm", written["slm"], records),
+            llm=ModelUsage.from_records("llm", written["llm"], records),
+            discarded_slm_tokens=discarded,
+            switches_to_llm=switches_to_llm,
+            switches_to_slm=switches_to_slm,
+            wall_seconds=wall_seconds,
+            finish_reason=finish_reason,  # type: ignore[arg-type]
+            router=type(router).__name__,
+            threshold=router.threshold,
+            llm_alone_seconds=llm_alone,
+            speedup_basis="estimated" if llm_alone is not None else "unavailable",
+        )
+
+    # ----------------------------------------------------------------- helpers
+
+    def _check_fits(self, prompt_tokens: int, settings: GenerationSettings) -> None:
+        needed = prompt_tokens + settings.max_new_tokens
+        for loaded in (self.pair.slm, self.pair.llm):
+            window = loaded.context_window
+            if window is not None and needed > window:
+                raise PromptTooLongError(
+                    f"prompt ({prompt_tokens} tokens) + max_new_tokens ({settings.max_new_tokens}) = {needed} "
+                    f"exceeds the {loaded.role.upper()}'s context window of {window} tokens"
+                    f"{f' ({loaded.name})' if loaded.name else ''}; shorten the prompt or lower max_new_tokens "
+                    f"to at most {max(window - prompt_tokens, 0)}"
+                )
+
+    def _render_chat(self, messages: list[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None) -> list[int]:
+        tokenizer = self.pair.tokenizer
+        if not getattr(tokenizer, "chat_template", None):
+            raise InvalidSettingError("this tokenizer has no chat template: pass raw text or token ids instead")
+        rendered = tokenizer.apply_chat_template(
+            messages, tools=list(tools) if tools else None, add_generation_prompt=True, tokenize=True, return_dict=True
+        )
+        return list(rendered["input_ids"])
+

@@ -1,0 +1,92 @@
+"""Routers: who decodes a position whose entropy is above the threshold.
+
+The engine applies Algorithm 1 of the R-Stitch paper. With H the normalised entropy of the active
+model's next-token distribution and tau the router's threshold:
+
+* H <= tau: the token is kept; if the LLM was active, control returns to the SLM.
+* H > tau and the SLM is active: the router is consulted; if it ``wants_llm``, the SLM token is
+  discarded and the LLM decodes that same position.
+* H > tau and the LLM is active: the LLM's token is kept and the LLM stays active. The router is
+  not consulted there: its answer could not change anything.
+
+A learned router (R-Stitch+) implements the same protocol with ``needs_hidden_state = True``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+from .settings import validate_threshold
+
+
+@dataclass(frozen=True)
+class RouterState:
+    """What a router sees at an uncertain SLM position."""
+
+    entropy: float
+    """Normalised entropy of the SLM's untempered next-token distribution, > threshold."""
+    context_length: int
+    """Tokens before the position being decoded (prompt + kept output)."""
+    proposed_token: int
+    """The token the SLM chose there."""
+    slm_hidden: torch.Tensor | None
+    """[hidden_size] SLM last-layer hidden state at the previous position; None unless asked for."""
+
+
+@runtime_checkable
+class Router(Protocol):
+    """Decides whether an uncertain SLM token is handed to the LLM."""
+
+    @property
+    def threshold(self) -> float:
+        """tau: the router is consulted only when the SLM's entropy is above it."""
+        ...
+
+    @property
+    def needs_hidden_state(self) -> bool:
+        """Whether ``RouterState.slm_hidden`` must be filled (costs nothing extra on the SLM pass)."""
+        ...
+
+    def wants_llm(self, state: RouterState) -> bool:
+        """True to discard the SLM token and let the LLM decode this position."""
+        ...
+
+
+@dataclass(frozen=True)
+class EntropyRouter:
+    """R-Stitch: every SLM token above the threshold goes to the LLM."""
+
+    threshold: float = 0.1
+    needs_hidden_state: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", validate_threshold(self.threshold))
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class AlwaysSLMRouter:
+    """Baseline: the SLM alone (the LLM never runs)."""
+
+    threshold: float = math.inf
+    needs_hidden_state: bool = False
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class AlwaysLLMRouter:
+    """Baseline: the LLM alone, reached through the loop (one SLM prompt pass is discarded)."""
+
+    threshold: float = -math.inf
+    needs_hidden_state: bool = False
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return True

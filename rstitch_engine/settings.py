@@ -1,0 +1,83 @@
+"""Per-request decoding settings, validated once at construction."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .errors import InvalidSettingError
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """How to decode one request.
+
+    ``temperature == 0`` means greedy decoding; ``top_p``/``top_k``/``seed`` then have no effect.
+    The routing entropy never depends on these settings (see ``sampling.normalised_entropy``).
+    """
+
+    max_new_tokens: int = 256
+    """Upper bound on kept output tokens (discarded SLM tokens do not count)."""
+    temperature: float = 0.0
+    """Softmax temperature for sampling; 0 selects greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens whose probability reaches top_p."""
+    top_k: int = 0
+    """Keep only the k most likely tokens before sampling; 0 disables the cut."""
+    seed: int | None = None
+    """Seed of this request's private random generator; equal seeds give equal samples."""
+    stop: tuple[str, ...] = ()
+    """Strings that end generation; matched on decoded text and trimmed from the output."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        _require(
+            isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
+            and self.max_new_tokens >= 1,
+            f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}",
+        )
+        _require(_is_finite_number(self.temperature) and self.temperature >= 0,
+                 f"temperature must be a finite number >= 0, got {self.temperature!r}")
+        _require(_is_finite_number(self.top_p) and 0 < self.top_p <= 1,
+                 f"top_p must be in (0, 1], got {self.top_p!r}")
+        _require(isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
+                 f"top_k must be an integer >= 0, got {self.top_k!r}")
+        _require(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
+                 f"seed must be an integer or None, got {self.seed!r}")
+        _require(all(isinstance(s, str) and s for s in self.stop),
+                 f"stop strings must be non-empty strings, got {self.stop!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def replace(self, **changes: object) -> "GenerationSettings":
+        """A copy with some fields changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+
+def validate_threshold(threshold: object) -> float:
+    """Return tau as a float. Any real number is valid: tau >= 1 never switches, tau < 0 always does."""
+    if not _is_number(threshold) or math.isnan(float(threshold)):  # type: ignore[arg-type]
+        raise InvalidSettingError(
+            f"threshold (tau) must be a real number (normalised entropy is in [0, 1]; "
+            f">= 1 never calls the LLM, < 0 always does), got {threshold!r}"
+        )
+    return float(threshold)  # type: ignore[arg-type]
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite_number(value: object) -> bool:
+    return _is_number(value) and math.isfinite(float(value))  # type: ignore[arg-type]
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InvalidSettingError(message)

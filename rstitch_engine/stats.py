@@ -1,0 +1,141 @@
+"""What a request produced and what it cost: token events and the final stats record."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from .slot import ForwardRecord, ModelRole
+
+FinishReason = Literal["stop", "length"]
+SpeedupBasis = Literal["measured", "estimated", "unavailable"]
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One kept output token, as it is streamed."""
+
+    index: int
+    """Position in the output (0-based); discarded SLM tokens take no index."""
+    token_id: int
+    text: str
+    """Text delta: concatenating all deltas gives the output text (stop string trimmed)."""
+    source: ModelRole
+    """The model that wrote this token: 'slm' or 'llm'."""
+    entropy: float
+    """Normalised entropy of the writer's untempered distribution at this position."""
+    took_over: bool
+    """Control switched SLM -> LLM here: the SLM's token at this position was discarded."""
+    hands_back: bool
+    """Control switches LLM -> SLM after this token (the LLM was confident)."""
+    seconds: float
+    """Time from the start of the request until this token was chosen."""
+
+
+@dataclass(frozen=True)
+class ModelUsage:
+    """Work done by one model in one request."""
+
+    tokens: int
+    """Kept output tokens this model wrote."""
+    forward_passes: int
+    decode_passes: int
+    decode_seconds: float
+    catchup_passes: int
+    """Forward passes over tokens the model had not seen (prompt prefill included)."""
+    catchup_tokens: int
+    catchup_seconds: float
+
+    @property
+    def seconds(self) -> float:
+        return self.decode_seconds + self.catchup_seconds
+
+    @classmethod
+    def from_records(cls, role: ModelRole, tokens: int, records: Sequence[ForwardRecord]) -> "ModelUsage":
+        mine = [r for r in records if r.role == role]
+        decodes = [r for r in mine if r.kind == "decode"]
+        catchups = [r for r in mine if r.kind == "catchup"]
+        return cls(
+            tokens=tokens,
+            forward_passes=len(mine),
+            decode_passes=len(decodes),
+            decode_seconds=sum(r.seconds for r in decodes),
+            catchup_passes=len(catchups),
+            catchup_tokens=sum(r.new_tokens for r in catchups),
+            catchup_seconds=sum(r.seconds for r in catchups),
+        )
+
+
+@dataclass(frozen=True)
+class StitchStats:
+    """Accounting for one request. ``speedup`` is against the LLM decoding alone."""
+
+    prompt_tokens: int
+    output_tokens: int
+    slm: ModelUsage
+    llm: ModelUsage
+    discarded_slm_tokens: int
+    switches_to_llm: int
+    switches_to_slm: int
+    wall_seconds: float
+    finish_reason: FinishReason
+    router: str
+    threshold: float
+    llm_alone_seconds: float | None
+    """Measured (an LLM-alone run) or estimated time of the LLM decoding this request alone."""
+    speedup_basis: SpeedupBasis
+
+    @property
+    def slm_tokens(self) -> int:
+        return self.slm.tokens
+
+    @property
+    def llm_tokens(self) -> int:
+        return self.llm.tokens
+
+    @property
+    def slm_share(self) -> float:
+        return self.slm.tokens / self.output_tokens if self.output_tokens else 0.0
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.output_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+
+    @property
+    def speedup(self) -> float | None:
+        if self.llm_alone_seconds is None or self.wall_seconds <= 0:
+            return None
+        return self.llm_alone_seconds / self.wall_seconds
+
+    def with_measured_llm_alone(self, seconds: float) -> "StitchStats":
+        return dataclasses.replace(self, llm_alone_seconds=seconds, speedup_basis="measured")
+
+    def to_dict(self) -> dict[str, object]:
+        """Flat, JSON-ready summary (the keys the adapters report)."""
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "output_tokens": self.output_tokens,
+            "slm_tokens": self.slm_tokens,
+            "llm_tokens": self.llm_tokens,
+            "slm_share": self.slm_share,
+            "discarded_slm_tokens": self.discarded_slm_tokens,
+            "switches_to_llm": self.switches_to_llm,
+            "switches_to_slm": self.switches_to_slm,
+            "slm_catchup_tokens": self.slm.catchup_tokens,
+            "llm_catchup_tokens": self.llm.catchup_tokens,
+            "slm_catchup_seconds": self.slm.catchup_seconds,
+            "llm_catchup_seconds": self.llm.catchup_seconds,
+            "slm_decode_seconds": self.slm.decode_seconds,
+            "llm_decode_seconds": self.llm.decode_seconds,
+            "slm_forward_passes": self.slm.forward_passes,
+            "llm_forward_passes": self.llm.forward_passes,
+            "wall_seconds": self.wall_seconds,
+            "tokens_per_second": self.tokens_per_second,
+            "finish_reason": self.finish_reason,
+            "router": self.router,
+            "threshold": self.threshold,
+            "llm_alone_seconds": self.llm_alone_seconds,
+            "speedup": self.speedup,
+            "speedup_basis": self.speedup_basis,
+        }
