@@ -59,6 +59,13 @@ class InvalidToolCall:
     """The block's text exactly as the model wrote it (between the tags)."""
     error: str
     """Why the block is not a valid call."""
+    closed: bool = True
+    """False when the text ended inside the block (no closing tag)."""
+
+    @property
+    def text(self) -> str:
+        """The whole block as the model wrote it, tags included."""
+        return f"{TOOL_CALL_OPEN}{self.raw}{TOOL_CALL_CLOSE if self.closed else ''}"
 
 
 ParsedCall = Union[ToolCall, InvalidToolCall]
@@ -174,9 +181,11 @@ def tool_choice_instruction(tools: Sequence[Mapping[str, Any]], tool_choice: Too
     return f"You must call the function {tool_choice}."
 
 
-def tool_call_prefix(tool_name: str) -> str:
-    """The opening of a call to ``tool_name``: text to put in the model's mouth to force that call."""
-    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(tool_name)}, "arguments": '
+def tool_call_prefix(tool_name: str | None = None) -> str:
+    """The opening of a call (to ``tool_name``, or to a tool the model names): text to put in the model's mouth."""
+    if tool_name is None:
+        return f'{TOOL_CALL_OPEN}\n{{"name": "'
+    return f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(tool_name)}, "arguments": {{'
 
 
 def format_tool_call(name: str, arguments: Mapping[str, Any]) -> str:
@@ -315,6 +324,11 @@ class ThinkSplitter:
     def __init__(self, start_inside: bool = False) -> None:
         self._tags = TagSplitter(THINK_OPEN, THINK_CLOSE, start_inside)
 
+    @property
+    def inside(self) -> bool:
+        """Whether the text fed so far ends inside a reasoning span."""
+        return self._tags.inside
+
     def feed(self, text: str) -> tuple[str, str]:
         """(content delta, reasoning delta) that are final after adding ``text``."""
         return _by_side(self._tags.feed(text))
@@ -369,7 +383,7 @@ class ToolCallStream:
         self._tags.inside = False
         raw = "".join(self._block)
         self._block = []
-        unclosed = InvalidToolCall(self._new_id(), _name_in(raw), raw, f"the text ended before {TOOL_CALL_CLOSE}")
+        unclosed = InvalidToolCall(self._new_id(), _name_in(raw), raw, f"the text ended before {TOOL_CALL_CLOSE}", False)
         return ToolStep(step.content, [*step.calls, unclosed])
 
     def _step(self, pieces: list[TagPiece]) -> ToolStep:

@@ -1,0 +1,570 @@
+"""``ChatRStitch``: R-Stitch stitched decoding as a LangChain chat model.
+
+One private generator (``_chunks``) turns the engine's token events into ``ChatGenerationChunk``s;
+``_stream`` only adds callbacks, ``_generate`` adds the chunks up, and the async paths drive the
+same generator from a worker thread so that the event loop never waits on a forward pass.
+
+Every token chunk says which model wrote its tokens (``response_metadata["token_sources"]``) and
+how unsure that model was (``response_metadata["token_entropies"]``), as lists so that adding
+chunks concatenates them. The last chunk carries the finish reason, the model name and the
+request's stitch stats (``response_metadata["stitch"]``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from operator import itemgetter
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Mapping, Sequence
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LanguageModelInput, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
+from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
+from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticOutputParser
+from langchain_core.output_parsers.openai_tools import PydanticToolsParser
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
+from langchain_core.utils.pydantic import is_basemodel_subclass
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+
+from rstitch_engine import (
+    DEFAULT_LLM,
+    AlwaysLLMRouter,
+    AlwaysSLMRouter,
+    EntropyRouter,
+    GenerationSettings,
+    InvalidSettingError,
+    Router,
+    StitchEngine,
+    StitchStats,
+    TokenEvent,
+    shared_engine,
+)
+
+from .chat_format import (
+    TOOL_CALL_CLOSE,
+    InvalidToolCall,
+    ParsedCall,
+    TemplateSupport,
+    ThinkSplitter,
+    ToolCall,
+    ToolCallStream,
+    to_template_prompt,
+    tool_call_prefix,
+)
+
+RouterName = Literal["entropy", "slm", "llm"]
+"""'entropy': R-Stitch; 'slm' / 'llm': one model alone (baselines)."""
+
+_CALL_OPTIONS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "threshold", "tools", "tool_choice",
+                 "response_format")
+"""Keyword arguments a call (``invoke(..., **kwargs)`` or ``bind(**kwargs)``) may set."""
+_IGNORED_CALL_OPTIONS = ("ls_structured_output_format", "stream")
+"""Keyword arguments LangChain itself passes through to the model; they change nothing here."""
+_IGNORED_INIT_ARGS = ("api_key", "max_retries")
+"""Standard constructor arguments of remote chat models; meaningless for local decoding, accepted and dropped."""
+
+
+@dataclass(frozen=True)
+class _Request:
+    """Everything one call decodes with, prepared before the first forward pass."""
+
+    prompt_ids: list[int]
+    settings: GenerationSettings
+    router: Router
+    prefix: str
+    """Answer text put in the model's mouth (forced tool call / JSON): parsed, not counted as output."""
+    tool_names: frozenset[str] | None
+    """Bound tools (None: no tools, ``<tool_call>`` text stays content)."""
+    deadline: float | None
+
+
+class ChatRStitch(BaseChatModel):
+    """A chat model whose answer a small and a large model write together (R-Stitch).
+
+    The SLM decodes; where its normalised next-token entropy is above ``threshold`` its token is
+    discarded and the LLM decodes until it is confident. Weights load on first use and are shared
+    by every instance using the same pair.
+
+    Example:
+        .. code-block:: python
+
+            from rstitch_integrations.langchain import ChatRStitch
+
+            chat = ChatRStitch(threshold=0.1, max_tokens=64)
+            reply = chat.invoke("What is the capital of France?")
+            reply.response_metadata["stitch"]["speedup"]
+    """
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    llm: str = Field(default=DEFAULT_LLM, alias="model")
+    """The large model: hub id, local folder, .gguf file or built-in alias (also accepted as ``model``)."""
+    slm: str | None = None
+    """The small model (same tokenizer); None with the default LLM: its built-in early-exit draft."""
+    threshold: float = 0.1
+    """tau: the SLM hands a position to the LLM when its normalised entropy is above this."""
+    router: RouterName = "entropy"
+    """Routing policy: 'entropy' (R-Stitch), or 'slm'/'llm' for one model alone."""
+    temperature: float = 0.0
+    """Sampling temperature; 0 is greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling cut-off in (0, 1]."""
+    top_k: int = 0
+    """Keep only the k most likely tokens when sampling; 0 keeps all."""
+    max_tokens: int = 256
+    """Most output tokens one call may produce."""
+    stop: list[str] | None = None
+    """Strings that end the answer (trimmed from it); a call's ``stop`` adds to these."""
+    seed: int | None = None
+    """Seed for sampling; equal seeds give equal answers."""
+    device: str = "auto"
+    """'cpu', 'cuda', 'cuda:N' or 'auto'."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype; 'auto' is bfloat16 on CUDA and float32 on CPU."""
+    separate_reasoning: bool = True
+    """Move ``<think>...</think>`` text to ``additional_kwargs["reasoning_content"]``; False keeps it in content."""
+    measure_speedup: bool = False
+    """Also time the LLM alone on each prompt (doubles the work) so that the speedup is measured, not estimated."""
+    timeout: float | None = None
+    """Seconds one call may take before it raises TimeoutError; None: no limit."""
+    streaming: bool = False
+    """Route ``invoke`` through the streaming path (LangChain's standard switch)."""
+    engine: StitchEngine | None = Field(default=None, exclude=True)
+    """A ready engine to use instead of loading ``llm``/``slm`` (e.g. a pair loaded from custom ModelSpecs)."""
+
+    _loaded: StitchEngine | None = PrivateAttr(default=None)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_remote_only_args(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            return {key: value for key, value in values.items() if key not in _IGNORED_INIT_ARGS}
+        return values
+
+    @model_validator(mode="after")
+    def _check_settings(self) -> "ChatRStitch":
+        self._settings({}, None)  # raises InvalidSettingError with the reason
+        self._router({})
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidSettingError(f"timeout must be > 0 seconds or None, got {self.timeout!r}")
+        return self
+
+    # ------------------------------------------------------------------ LangChain identity
+
+    @property
+    def _llm_type(self) -> str:
+        return "rstitch-chat"
+
+    @property
+    def model_name(self) -> str:
+        """'rstitch:<llm>+<slm>' (the SLM part is 'draft' for the built-in early-exit draft)."""
+        return f"rstitch:{self.llm}+{self.slm or 'draft'}"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "threshold": self.threshold, "router": self.router,
+                "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "max_tokens": self.max_tokens, "seed": self.seed}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        params = LangSmithParams(
+            ls_provider="rstitch",
+            ls_model_name=kwargs["model"] if isinstance(kwargs.get("model"), str) else self.model_name,
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+        )
+        if stops := self._stops(stop):
+            params["ls_stop"] = stops
+        return params
+
+    # ------------------------------------------------------------------ the engine and a request
+
+    def _engine(self) -> StitchEngine:
+        """The given engine, or the shared one for this pair (loaded on first use)."""
+        if self.engine is not None:
+            return self.engine
+        if self._loaded is None:
+            self._loaded = shared_engine(self.llm, self.slm, self.device, self.dtype)
+        return self._loaded
+
+    def _stops(self, stop: Sequence[str] | None) -> list[str]:
+        return [*(self.stop or ()), *(stop or ())]
+
+    def _settings(self, options: Mapping[str, Any], stop: Sequence[str] | None) -> GenerationSettings:
+        return GenerationSettings(
+            max_new_tokens=options.get("max_tokens", self.max_tokens),
+            temperature=options.get("temperature", self.temperature),
+            top_p=options.get("top_p", self.top_p),
+            top_k=options.get("top_k", self.top_k),
+            seed=options.get("seed", self.seed),
+            stop=tuple(dict.fromkeys(self._stops(stop))),
+        )
+
+    def _router(self, options: Mapping[str, Any]) -> Router:
+        if self.router == "slm":
+            return AlwaysSLMRouter()
+        if self.router == "llm":
+            return AlwaysLLMRouter()
+        return EntropyRouter(options.get("threshold", self.threshold))
+
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> _Request:
+        """Validate the call and render the prompt (no forward pass yet)."""
+        unknown = set(kwargs) - set(_CALL_OPTIONS) - set(_IGNORED_CALL_OPTIONS)
+        if unknown:
+            raise InvalidSettingError(f"unknown call options {sorted(unknown)}; accepted: {', '.join(_CALL_OPTIONS)}")
+        settings, router = self._settings(kwargs, stop), self._router(kwargs)
+        tools, tool_choice = kwargs.get("tools") or [], _tool_choice_name(kwargs.get("tool_choice"))
+        if tool_choice == "none":
+            tools = []
+        tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
+        engine = self._engine()
+        tokenizer = engine.pair.tokenizer
+        prompt = to_template_prompt(
+            convert_to_openai_messages(messages, text_format="string"),
+            tools,
+            support=TemplateSupport.of(getattr(tokenizer, "chat_template", None)),
+            tool_choice=tool_choice,
+        )
+        template_messages, prefix = prompt.messages, ""
+        if tools and tool_choice not in (None, "auto"):
+            forced = tool_choice if tool_choice in tool_names else (next(iter(tool_names)) if len(tools) == 1 else None)
+            prefix = tool_call_prefix(forced)
+            settings = settings.replace(stop=(*settings.stop, TOOL_CALL_CLOSE))
+        elif response_format := kwargs.get("response_format"):
+            template_messages = _with_json_instruction(template_messages, response_format)
+            prefix = "{"
+        ids = engine.encode(template_messages, tools=prompt.tools)
+        if prefix:
+            ids += tokenizer.encode(prefix, add_special_tokens=False)
+        deadline = time.monotonic() + self.timeout if self.timeout is not None else None
+        return _Request(ids, settings, router, prefix, tool_names, deadline)
+
+    # ------------------------------------------------------------------ the core generator
+
+    def _chunks(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
+    ) -> Iterator[ChatGenerationChunk]:
+        """The one place engine events become chunks; closing it early closes the engine stream."""
+        request = self._prepare(messages, stop, kwargs)
+        engine = self._engine()
+        stream = engine.stream(request.prompt_ids, request.settings, request.router)
+        parser = _AnswerParser(self.separate_reasoning, request.tool_names)
+        pending = parser.feed(request.prefix)  # the forced prefix is part of the answer
+        input_tokens, call_index = stream.prompt_tokens, 0  # input tokens go on the first chunk only
+        try:
+            for event in stream:
+                _check_deadline(request.deadline)
+                parsed = pending.then(parser.feed(event.text))
+                pending = _Parsed()
+                yield _token_chunk(event, parsed, call_index, input_tokens, parser.in_reasoning)
+                input_tokens, call_index = 0, call_index + len(parsed.calls)
+            stats = stream.stats
+            if self.measure_speedup:
+                stats = stats.with_measured_llm_alone(engine.decode_alone("llm", request.prompt_ids, request.settings).seconds)
+            forced_tool = request.tool_names is not None and bool(request.prefix)
+            parsed = pending.then(parser.finish(close_tool_call=forced_tool and stats.finish_reason == "stop"))
+            yield _last_chunk(parsed, stats, self.model_name, call_index, input_tokens)
+        finally:
+            stream.close()
+
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
+        for chunk in self._chunks(messages, stop, kwargs):
+            if run_manager:
+                run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+            yield chunk
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return _result(list(self._stream(messages, stop, run_manager, **kwargs)))
+
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        chunks = self._chunks(messages, stop, kwargs)  # nothing runs until the first next()
+        done = object()
+        try:
+            while (chunk := await asyncio.to_thread(next, chunks, done)) is not done:
+                if run_manager:
+                    await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
+                yield chunk
+        finally:
+            await asyncio.to_thread(chunks.close)  # frees the request even when the consumer stopped early
+
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        return _result([chunk async for chunk in self._astream(messages, stop, run_manager, **kwargs)])
+
+    # ------------------------------------------------------------------ tokens
+
+    def get_token_ids(self, text: str) -> list[int]:
+        """Token ids of ``text`` with the pair's tokenizer."""
+        return self._engine().encode(text) if text else []
+
+    def get_num_tokens_from_messages(
+        self, messages: list[BaseMessage], tools: Sequence[Any] | None = None
+    ) -> int:
+        """Exact prompt length: the messages (and tools) rendered through the chat template."""
+        options = {"tools": [convert_to_openai_tool(t) for t in tools]} if tools else {}
+        return len(self._prepare(messages, None, options).prompt_ids)
+
+    # ------------------------------------------------------------------ tools and structured output
+
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: dict | str | bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
+        """Offer tools; ``tool_choice`` 'auto'/None, 'none', 'any'/'required'/True, or a tool name forces a call.
+
+        A forced call is real constrained decoding: the answer starts with the opening of a
+        ``<tool_call>`` block, so the model only writes the arguments (or the tool name, for 'any').
+        """
+        formatted = [convert_to_openai_tool(tool) for tool in tools]
+        choice = _tool_choice_name(tool_choice)
+        names = [tool["function"]["name"] for tool in formatted]
+        if choice not in (None, "auto", "none", "any", "required") and choice not in names:
+            raise InvalidSettingError(f"tool_choice {tool_choice!r} names no bound tool; the tools are {names}")
+        return super().bind(tools=formatted, tool_choice=choice, **kwargs)
+
+    def with_structured_output(
+        self,
+        schema: dict[str, Any] | type | None = None,
+        *,
+        method: Literal["function_calling", "json_schema", "json_mode"] = "function_calling",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, dict[str, Any] | BaseModel]:
+        """Answers parsed into ``schema``: through a forced tool call, or a JSON answer (schema or free JSON).
+
+        ``strict`` is accepted for compatibility; parsing is always strict JSON.
+        """
+        if kwargs:
+            raise InvalidSettingError(f"unsupported arguments {sorted(kwargs)}")
+        is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
+        trace = {"kwargs": {"method": method, "strict": strict}, "schema": schema}
+        if method == "function_calling":
+            if schema is None:
+                raise InvalidSettingError("method='function_calling' needs a schema")
+            name = convert_to_openai_tool(schema)["function"]["name"]
+            model = self.bind_tools([schema], tool_choice=name, ls_structured_output_format=trace)
+            parser: Runnable = (
+                PydanticToolsParser(tools=[schema], first_tool_only=True)  # type: ignore[list-item]
+                if is_pydantic else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+            )
+        elif method in ("json_schema", "json_mode"):
+            if method == "json_schema" and schema is None:
+                raise InvalidSettingError("method='json_schema' needs a schema")
+            response_format = (
+                {"type": "json_schema", "schema": convert_to_json_schema(schema)}
+                if method == "json_schema" else {"type": "json_object"}
+            )
+            model = self.bind(response_format=response_format, ls_structured_output_format=trace)
+            parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
+        else:
+            raise InvalidSettingError(f"method must be function_calling, json_schema or json_mode, got {method!r}")
+        if not include_raw:
+            return model | parser
+        with_parsed = RunnablePassthrough.assign(parsed=itemgetter("raw") | parser, parsing_error=lambda _: None)
+        without = RunnablePassthrough.assign(parsed=lambda _: None)
+        return RunnableMap(raw=model) | with_parsed.with_fallbacks([without], exception_key="parsing_error")
+
+
+# ---------------------------------------------------------------------- chunk building
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """Parsed pieces of some answer text."""
+
+    content: str = ""
+    reasoning: str = ""
+    calls: tuple[ParsedCall, ...] = ()
+
+    def then(self, later: "_Parsed") -> "_Parsed":
+        return _Parsed(self.content + later.content, self.reasoning + later.reasoning, self.calls + later.calls)
+
+
+class _AnswerParser:
+    """Streamed answer text -> content, reasoning and tool calls (chat_format's parsers, chained)."""
+
+    def __init__(self, separate_reasoning: bool, tool_names: frozenset[str] | None) -> None:
+        self._think = ThinkSplitter() if separate_reasoning else None
+        self._tools = ToolCallStream(tool_names) if tool_names is not None else None
+
+    @property
+    def in_reasoning(self) -> bool:
+        """Inside a ``<think>`` span now (the last token counts as reasoning)."""
+        return self._think is not None and self._think.inside
+
+    def feed(self, text: str) -> _Parsed:
+        content, reasoning = self._think.feed(text) if self._think else (text, "")
+        return self._split_tools(content, reasoning, self._tools.feed if self._tools else None)
+
+    def finish(self, close_tool_call: bool = False) -> _Parsed:
+        content, reasoning = self._think.finish() if self._think else ("", "")
+        if self._tools is None:
+            return _Parsed(content, reasoning)
+        head = self._tools.feed(content + (TOOL_CALL_CLOSE if close_tool_call else ""))
+        tail = self._tools.finish()
+        return _Parsed(head.content + tail.content, reasoning, (*head.calls, *tail.calls))
+
+    @staticmethod
+    def _split_tools(content: str, reasoning: str, feed: Callable[[str], Any] | None) -> _Parsed:
+        if feed is None:
+            return _Parsed(content, reasoning)
+        step = feed(content)
+        return _Parsed(step.content, reasoning, tuple(step.calls))
+
+
+def _tool_call_chunks(calls: Sequence[ParsedCall], first_index: int) -> list[Any]:
+    """Completed calls as tool_call_chunks: valid ones with JSON arguments, invalid ones with the block's text.
+
+    The block's text starts with ``<tool_call>``, so LangChain's lenient partial-JSON parsing of
+    merged chunks cannot mistake a malformed call for a valid one.
+    """
+    return [
+        tool_call_chunk(name=call.name, args=json.dumps(call.arguments), id=call.id, index=first_index + i)
+        if isinstance(call, ToolCall)
+        else tool_call_chunk(name=call.name, args=call.text, id=call.id, index=first_index + i)
+        for i, call in enumerate(calls)
+    ]
+
+
+def _message_chunk(parsed: _Parsed, call_index: int, **fields: Any) -> AIMessageChunk:
+    extra = {"reasoning_content": parsed.reasoning} if parsed.reasoning else {}
+    return AIMessageChunk(
+        content=parsed.content,
+        additional_kwargs=extra,
+        tool_call_chunks=_tool_call_chunks(parsed.calls, call_index),
+        **fields,
+    )
+
+
+def _token_chunk(
+    event: TokenEvent, parsed: _Parsed, call_index: int, input_tokens: int, reasoning_token: bool
+) -> ChatGenerationChunk:
+    """One kept token: its text (split), usage and attribution."""
+    usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": 1, "total_tokens": input_tokens + 1}
+    if reasoning_token:
+        usage["output_token_details"] = {"reasoning": 1}
+    message = _message_chunk(
+        parsed,
+        call_index,
+        usage_metadata=usage,
+        response_metadata={"token_sources": [event.source], "token_entropies": [event.entropy]},
+    )
+    errors = {call.id: call.error for call in parsed.calls if isinstance(call, InvalidToolCall)}
+    return ChatGenerationChunk(message=message, generation_info={"tool_call_errors": errors} if errors else None)
+
+
+def _last_chunk(
+    parsed: _Parsed, stats: StitchStats, model_name: str, call_index: int, input_tokens: int
+) -> ChatGenerationChunk:
+    """Held-back text, the finish reason, the model name and the request's stitch stats."""
+    metadata = {
+        "finish_reason": stats.finish_reason,
+        "model_name": model_name,
+        "model_provider": "rstitch",
+        "stitch": stats.to_dict(),
+        "token_sources": [],
+        "token_entropies": [],
+    }
+    usage = {"input_tokens": input_tokens, "output_tokens": 0, "total_tokens": input_tokens}
+    message = _message_chunk(parsed, call_index, usage_metadata=usage, response_metadata=metadata,
+                             chunk_position="last")
+    errors = {call.id: call.error for call in parsed.calls if isinstance(call, InvalidToolCall)}
+    info: dict[str, Any] = {"finish_reason": stats.finish_reason}
+    if errors:
+        info["tool_call_errors"] = errors
+    return ChatGenerationChunk(message=message, generation_info=info)
+
+
+def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
+    """The chunks added up into one message; tool calls classified strictly (malformed: invalid, with the reason)."""
+    total = chunks[0]
+    for chunk in chunks[1:]:
+        total += chunk
+    merged = total.message
+    errors = (total.generation_info or {}).get("tool_call_errors", {})
+    calls, invalid = [], []
+    for piece in merged.tool_call_chunks:  # type: ignore[attr-defined]
+        if piece["id"] in errors:
+            invalid.append(invalid_tool_call(name=piece["name"], args=piece["args"], id=piece["id"],
+                                             error=errors[piece["id"]]))
+        else:
+            calls.append(tool_call(name=piece["name"] or "", args=json.loads(piece["args"] or "{}"), id=piece["id"]))
+    message = AIMessage(
+        content=merged.content,
+        additional_kwargs=merged.additional_kwargs,
+        response_metadata=merged.response_metadata,
+        usage_metadata=merged.usage_metadata,  # type: ignore[attr-defined]
+        tool_calls=calls,
+        invalid_tool_calls=invalid,
+        id=merged.id,
+    )
+    info = {key: value for key, value in (total.generation_info or {}).items() if key != "tool_call_errors"}
+    return ChatResult(generations=[ChatGeneration(message=message, generation_info=info or None)])
+
+
+# ---------------------------------------------------------------------- small helpers
+
+
+def _tool_choice_name(tool_choice: Any) -> str | None:
+    """LangChain's tool_choice forms as one string: None/'auto', 'none', 'any', or a tool name."""
+    if tool_choice is None or tool_choice is False:
+        return None if tool_choice is None else "none"
+    if tool_choice is True or tool_choice == "required":
+        return "any"
+    if isinstance(tool_choice, str):
+        return tool_choice
+    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("function"), dict):
+        return tool_choice["function"].get("name")
+    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("name"), str):
+        return tool_choice["name"]
+    raise InvalidSettingError(f"tool_choice must be None, 'auto', 'none', 'any', True or a tool name, got {tool_choice!r}")
+
+
+def _with_json_instruction(messages: list[dict[str, Any]], response_format: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Ask for a JSON answer (matching the schema, when there is one) in the system message."""
+    schema = response_format.get("schema")
+    text = "Answer with a single JSON object and nothing else."
+    if schema is not None:
+        text = f"Answer with a single JSON object that matches this JSON schema, and nothing else:\n{json.dumps(schema)}"
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}".strip()}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError("the call ran past ChatRStitch.timeout; raise timeout or lower max_tokens")
