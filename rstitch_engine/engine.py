@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generator, Iterator, Mapping, Sequence, Union
 
 from .baseline import AloneResult, decode_alone
@@ -30,7 +30,7 @@ from .pair import ModelPair
 from .routers import EntropyRouter, Router, RouterState
 from .sampling import RequestRandomness, choose_token, normalised_entropy
 from .settings import GenerationSettings
-from .slot import ModelRole, Slot
+from .slot import ForwardRecord, ModelRole, Slot
 from .stats import ModelUsage, StitchStats, TokenEvent
 
 Message = Mapping[str, Any]
@@ -52,6 +52,40 @@ class GenerationResult:
         return self.stats.finish_reason
 
 
+@dataclass
+class StitchRequest:
+    """The mutable state of one request. Each slot's cache covers ``tokens[:slot.n_cached]``."""
+
+    tokens: list[int]
+    """x + y: the prompt followed by the kept output."""
+    prompt_tokens: int
+    slots: dict[ModelRole, Slot]
+    active: ModelRole = "slm"
+    last_writer: ModelRole | None = None
+    """Who appended ``tokens[-1]``; None while it is a prompt token."""
+    written: dict[ModelRole, int] = field(default_factory=lambda: {"slm": 0, "llm": 0})
+    discarded_slm_tokens: int = 0
+    switches_to_llm: int = 0
+    switches_to_slm: int = 0
+
+    @classmethod
+    def start(cls, pair: ModelPair, prompt_ids: list[int]) -> "StitchRequest":
+        return cls(tokens=list(prompt_ids), prompt_tokens=len(prompt_ids),
+                   slots={"slm": Slot(pair.slm), "llm": Slot(pair.llm)})
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.tokens) - self.prompt_tokens
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.tokens[self.prompt_tokens:]
+
+    def records(self) -> list[ForwardRecord]:
+        """Every forward pass of both models, SLM first."""
+        return self.slots["slm"].records + self.slots["llm"].records
+
+
 class StitchStream(Iterator[TokenEvent]):
     """Token events of one request as they are decided; ``stats`` once the stream is exhausted.
 
@@ -59,10 +93,15 @@ class StitchStream(Iterator[TokenEvent]):
     its caches, and the engine holds no lock between two events.
     """
 
-    def __init__(self, core: Generator[TokenEvent, None, StitchStats], prompt_tokens: int) -> None:
+    def __init__(self, core: Generator[TokenEvent, None, StitchStats], request: StitchRequest) -> None:
         self._core = core
         self._stats: StitchStats | None = None
-        self.prompt_tokens = prompt_tokens
+        self.request = request
+        """The request's live state (tokens, caches): for inspection only."""
+
+    @property
+    def prompt_tokens(self) -> int:
+        return self.request.prompt_tokens
 
     def __next__(self) -> TokenEvent:
         try:
@@ -165,7 +204,8 @@ class StitchEngine:
         router = router if router is not None else self.router
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
-        return StitchStream(self._stitch(prompt_ids, settings, router), len(prompt_ids))
+        request = StitchRequest.start(self.pair, prompt_ids)
+        return StitchStream(self._stitch(request, settings, router), request)
 
     def generate(
         self,
@@ -201,26 +241,21 @@ class StitchEngine:
 
     # ----------------------------------------------------------------- the loop
 
-    def _stitch(
-        self, prompt_ids: list[int], settings: GenerationSettings, router: Router
-    ) -> Generator[TokenEvent, None, StitchStats]:
+    def _stitch(self, request: "StitchRequest", settings: GenerationSettings, router: Router
+                ) -> Generator[TokenEvent, None, StitchStats]:
         """Algorithm 1. Yields each kept token; returns the stats."""
-        slots: dict[ModelRole, Slot] = {"slm": Slot(self.pair.slm), "llm": Slot(self.pair.llm)}
-        tokens = list(prompt_ids)  # x + y
         text = TextAssembler(self.pair.tokenizer, settings.stop)
         randomness = RequestRandomness(settings.seed)
         eos_ids = self.pair.eos_token_ids
-        written: dict[ModelRole, int] = {"slm": 0, "llm": 0}
-        discarded = switches_to_llm = switches_to_slm = 0
-        active: ModelRole = "slm"
-        last_writer: ModelRole | None = None  # who appended tokens[-1]; None: the prompt
+        tokens = request.tokens  # x + y, grows in place
         took_over = False
         finish_reason = "length"
         start = time.perf_counter()
 
-        while len(tokens) - len(prompt_ids) < settings.max_new_tokens:
-            slot = slots[active]
-            kind = "decode" if last_writer == active else "catchup"
+        while request.output_tokens < settings.max_new_tokens:
+            active = request.active
+            slot = request.slots[active]
+            kind = "decode" if request.last_writer == active else "catchup"
             want_hidden = active == "slm" and router.needs_hidden_state
             with self._forward_lock:
                 nxt = slot.catch_up(tokens, kind, want_hidden)
@@ -232,51 +267,53 @@ class StitchEngine:
                 state = RouterState(entropy, len(tokens), token, nxt.hidden)
                 if active == "slm" and router.wants_llm(state):
                     # Discard the SLM token; the LLM decodes this same position next.
-                    discarded += 1
-                    switches_to_llm += 1
-                    active, took_over = "llm", True
+                    request.discarded_slm_tokens += 1
+                    request.switches_to_llm += 1
+                    request.active, took_over = "llm", True
                     continue
             elif active == "llm":
                 hands_back = True  # the LLM's confident token is kept, then the SLM resumes
 
             tokens.append(token)
-            written[active] += 1
-            writer, last_writer = active, active
+            request.written[active] += 1
+            request.last_writer = active
+            if hands_back:
+                request.active = "slm"
+                request.switches_to_slm += 1
             is_eos = token in eos_ids
-            delta = text.push(token, is_last=is_eos or len(tokens) - len(prompt_ids) == settings.max_new_tokens)
+            is_last = is_eos or request.output_tokens == settings.max_new_tokens
             event = TokenEvent(
-                index=len(tokens) - len(prompt_ids) - 1,
+                index=request.output_tokens - 1,
                 token_id=token,
-                text=delta,
-                source=writer,
+                text=text.push(token, is_last),
+                source=active,
                 entropy=entropy,
                 took_over=took_over,
                 hands_back=hands_back,
                 seconds=time.perf_counter() - start,
             )
             took_over = False
-            if hands_back:
-                active = "slm"
-                switches_to_slm += 1
             if is_eos or text.stopped:
                 finish_reason = "stop"
             yield event
             if finish_reason == "stop":
                 break
 
-        wall_seconds = time.perf_counter() - start
-        records = slots["slm"].records + slots["llm"].records
-        output_tokens = len(tokens) - len(prompt_ids)
-        llm_alone = self._llm_history.estimate(records, len(prompt_ids), output_tokens)
+        return self._finish(request, router, finish_reason, wall_seconds=time.perf_counter() - start)
+
+    def _finish(self, request: "StitchRequest", router: Router, finish_reason: str, wall_seconds: float
+                ) -> StitchStats:
+        records = request.records()
+        llm_alone = self._llm_history.estimate(records, request.prompt_tokens, request.output_tokens)
         self._llm_history.add(records)
         return StitchStats(
-            prompt_tokens=len(prompt_ids),
-            output_tokens=output_tokens,
-            slm=ModelUsage.from_records("slm", written["slm"], records),
-            llm=ModelUsage.from_records("llm", written["llm"], records),
-            discarded_slm_tokens=discarded,
-            switches_to_llm=switches_to_llm,
-            switches_to_slm=switches_to_slm,
+            prompt_tokens=request.prompt_tokens,
+            output_tokens=request.output_tokens,
+            slm=ModelUsage.from_records("slm", request.written["slm"], records),
+            llm=ModelUsage.from_records("llm", request.written["llm"], records),
+            discarded_slm_tokens=request.discarded_slm_tokens,
+            switches_to_llm=request.switches_to_llm,
+            switches_to_slm=request.switches_to_slm,
             wall_seconds=wall_seconds,
             finish_reason=finish_reason,  # type: ignore[arg-type]
             router=type(router).__name__,

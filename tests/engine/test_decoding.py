@@ -1,0 +1,145 @@
+"""Sampling, stop strings, EOS and incremental detokenisation."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import assume, given, settings as hsettings, strategies as st
+
+from rstitch_engine import EntropyRouter, GenerationSettings, normalised_entropy
+from rstitch_engine.detokenize import IncrementalDetokenizer, StopStringFilter, TextAssembler
+from rstitch_engine.sampling import choose_token
+from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_engine
+
+
+def test_seeded_sampling_is_reproducible_and_seed_dependent():
+    engine = tiny_engine()
+    settings = GenerationSettings(max_new_tokens=32, temperature=1.0, seed=7)
+    first = engine.generate("The quick brown", settings, EntropyRouter(0.7))
+    second = engine.generate("The quick brown", settings, EntropyRouter(0.7))
+    assert first.token_ids == second.token_ids and first.text == second.text
+    others = {engine.generate("The quick brown", settings.replace(seed=s), EntropyRouter(0.7)).token_ids
+              for s in range(8, 12)}
+    assert len(others | {first.token_ids}) > 1
+
+
+def test_top_k_one_and_tiny_top_p_are_greedy():
+    engine = tiny_engine()
+    greedy = engine.generate("What is", GenerationSettings(max_new_tokens=24), EntropyRouter(0.7)).token_ids
+    for extra in ({"top_k": 1}, {"top_p": 1e-9}):
+        sampled = engine.generate(
+            "What is", GenerationSettings(max_new_tokens=24, temperature=1.3, seed=1, **extra), EntropyRouter(0.7)
+        )
+        assert sampled.token_ids == greedy
+
+
+def test_temperature_never_changes_the_routing_entropy():
+    logits = torch.randn(300, dtype=torch.float64)
+    assert normalised_entropy(logits) == normalised_entropy(logits.clone())
+    engine = tiny_engine()
+    cold = engine.generate("Café", GenerationSettings(max_new_tokens=1), EntropyRouter(0.7)).events[0]
+    hot = engine.generate("Café", GenerationSettings(max_new_tokens=1, temperature=5.0, seed=0),
+                          EntropyRouter(0.7)).events[0]
+    assert cold.entropy == hot.entropy and cold.source == hot.source
+
+
+def test_normalised_entropy_bounds_and_masked_tokens():
+    assert normalised_entropy(torch.zeros(1000)) == pytest.approx(1.0)
+    one_hot = torch.full((1000,), -math.inf)
+    one_hot[3] = 0.0
+    assert normalised_entropy(one_hot) == 0.0  # 0 log 0 is 0, not NaN
+    half = torch.full((4,), -math.inf)
+    half[:2] = 0.0
+    assert normalised_entropy(half) == pytest.approx(0.5)  # log 2 / log 4
+
+
+def test_top_p_keeps_the_smallest_sufficient_set():
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.15, 0.05]))
+    settings = GenerationSettings(temperature=1.0, top_p=0.8, seed=0)
+    draws = {choose_token(logits, settings, torch.Generator().manual_seed(i)) for i in range(200)}
+    assert draws == {0, 1}
+
+
+def test_multi_token_stop_string_stops_and_is_trimmed():
+    engine = tiny_engine()
+    free = engine.generate("The quick brown", GenerationSettings(max_new_tokens=40), EntropyRouter(0.7))
+    # Pick a stop string that spans at least three tokens of the free-running output.
+    start, end = 4, 7
+    stop = engine.pair.tokenizer.decode(list(free.token_ids[start:end]))
+    assert len(stop) >= 3
+    stopped = engine.generate("The quick brown", GenerationSettings(max_new_tokens=40, stop=(stop,)),
+                              EntropyRouter(0.7))
+    assert stopped.finish_reason == "stop"
+    assert stopped.text == free.text[: free.text.index(stop)]
+    assert stop not in stopped.text
+    assert stopped.token_ids == free.token_ids[: len(stopped.token_ids)]
+    assert len(stopped.token_ids) <= end
+
+
+def test_eos_ends_generation_with_stop_and_is_not_in_the_text():
+    engine = tiny_engine()
+    eos = engine.pair.tokenizer.eos_token_id
+    for prompt, tau in [(p, t) for t in (0.8, 0.7, 0.9) for p in ("The quick brown", "What is 3 + 4?", "x")]:
+        result = engine.generate(prompt, GenerationSettings(max_new_tokens=48), EntropyRouter(tau))
+        if result.token_ids[-1] == eos:
+            assert result.finish_reason == "stop" and "<eos>" not in result.text
+            assert eos not in result.token_ids[:-1]
+            return
+        assert result.finish_reason == "length" and len(result.token_ids) == 48
+    pytest.fail("no prompt reached EOS; choose other prompts")
+
+
+@pytest.mark.parametrize("tokenizer_factory", [byte_level_tokenizer, metaspace_tokenizer])
+@hsettings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_property_deltas_concatenate_to_the_full_decode(tokenizer_factory, data):
+    tokenizer = tokenizer_factory()
+    ids = data.draw(st.lists(st.integers(0, len(tokenizer) - 1), max_size=30))
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    deltas = [detokenizer.push(i) for i in ids]
+    text = "".join(deltas) + detokenizer.flush()
+    full = tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    # Invalid UTF-8 byte runs are outside the contract: SentencePiece's byte fallback replaces a whole
+    # run with one U+FFFD per byte, depending on where the run starts.
+    assume("\ufffd" not in full)
+    assert text == full
+
+
+@pytest.mark.parametrize("tokenizer_factory", [byte_level_tokenizer, metaspace_tokenizer])
+def test_multibyte_characters_and_leading_spaces_stream_correctly(tokenizer_factory):
+    tokenizer = tokenizer_factory()
+    sentence = " Größe: 東京 🙂 is naïve, jalapeño ½, жук."  # "жук" is unseen: byte fallback
+    ids = tokenizer(sentence, add_special_tokens=False)["input_ids"]
+    detokenizer = IncrementalDetokenizer(tokenizer)
+    deltas = [detokenizer.push(i) for i in ids]
+    assert "".join(deltas) + detokenizer.flush() == tokenizer.decode(ids)
+    assert all("\ufffd" not in d for d in deltas)  # half a character is never emitted
+    assert len(ids) > len([d for d in deltas if d])  # some tokens were held back (multi-token characters)
+
+
+@hsettings(max_examples=300, deadline=None)
+@given(pieces=st.lists(st.text(alphabet="ab<>/ ", max_size=4), max_size=12),
+       stops=st.lists(st.text(alphabet="ab<>/", min_size=1, max_size=4), min_size=1, max_size=3))
+def test_property_stop_filter_emits_the_text_before_the_first_stop(pieces, stops):
+    full = "".join(pieces)
+    stop_filter = StopStringFilter(tuple(stops))
+    emitted = "".join(stop_filter.push(p) for p in pieces) + stop_filter.flush()
+    positions = [full.find(s) for s in stops if s in full]
+    first_end = min((full.find(s) + len(s) for s in stops if s in full), default=None)
+    if positions:
+        # The filter sees text piece by piece: it stops at the earliest *completed* stop string.
+        assert stop_filter.stopped
+        assert not any(s in emitted for s in stops)
+        assert full.startswith(emitted) and len(emitted) < first_end
+    else:
+        assert emitted == full and not stop_filter.stopped
+
+
+def test_text_assembler_releases_held_text_at_the_end():
+    tokenizer = byte_level_tokenizer()
+    ids = tokenizer("ends with <e", add_special_tokens=False)["input_ids"]
+    assembler = TextAssembler(tokenizer, stop=("<eos-like>",))
+    deltas = [assembler.push(i, is_last=(n == len(ids) - 1)) for n, i in enumerate(ids)]
+    assert "".join(deltas) == "ends with <e" == assembler.text

@@ -1,0 +1,52 @@
+"""Reference implementations the engine is checked against."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from transformers import DynamicCache
+
+from rstitch_engine.slot import Slot
+
+
+@torch.inference_mode()
+def hf_greedy(model, prompt_ids: list[int], max_new_tokens: int, eos_ids) -> list[int]:
+    """The model's own greedy output from transformers' ``generate`` (EOS included, as the engine does)."""
+    output = model.generate(
+        torch.tensor([prompt_ids], device=model.device),
+        attention_mask=torch.ones(1, len(prompt_ids), dtype=torch.long, device=model.device),
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        eos_token_id=sorted(eos_ids),
+        pad_token_id=sorted(eos_ids)[0],
+    )
+    return output[0, len(prompt_ids):].tolist()
+
+
+@torch.inference_mode()
+def fresh_logits(model, token_ids: list[int], vocab_size: int) -> torch.Tensor:
+    """Next-token logits after a fresh prefill of ``token_ids`` (no cache reuse). [V]"""
+    out = model(input_ids=torch.tensor([token_ids], device=model.device), use_cache=False)
+    return out.logits[0, -1, :vocab_size].float()
+
+
+@torch.inference_mode()
+def assert_cache_is_fresh_prefill(slot: Slot, tokens: list[int], atol: float) -> None:
+    """The slot's cache equals a fresh prefill of tokens[:n_cached], in contents and in the logits it gives."""
+    n = slot.n_cached
+    if n == 0:
+        assert slot.cache.get_seq_length() == 0
+        return
+    model = slot.loaded.model
+    assert slot.cache.get_seq_length() == n
+    fresh = DynamicCache(config=model.config)
+    model(input_ids=torch.tensor([tokens[:n]], device=model.device), past_key_values=fresh, use_cache=True)
+    for live_layer, fresh_layer in zip(slot.cache.layers, fresh.layers, strict=True):
+        torch.testing.assert_close(live_layer.keys, fresh_layer.keys, rtol=0, atol=atol)
+        torch.testing.assert_close(live_layer.values, fresh_layer.values, rtol=0, atol=atol)
+    probe = tokens[n] if n < len(tokens) else tokens[0]
+    live_cache = copy.deepcopy(slot.cache)
+    live = model(input_ids=torch.tensor([[probe]], device=model.device), past_key_values=live_cache, use_cache=True)
+    expected = fresh_logits(model, tokens[:n] + [probe], slot.loaded.vocab_size)
+    torch.testing.assert_close(live.logits[0, -1, : slot.loaded.vocab_size].float(), expected, rtol=0, atol=atol)
