@@ -64,4 +64,21 @@ class TestChatRStitchUnit(_Capabilities, ChatModelUnitTests):
 @pytest.mark.slow
 @pytest.mark.real_model
 class TestChatRStitchIntegration(_Capabilities, ChatModelIntegrationTests):
-    pass
+    xfail_tests = dict.fromkeys(
+        [
+            "test_tool_calling",
+            "test_tool_calling_async",
+            "test_tool_choice",
+            "test_tool_calling_with_no_arguments",
+            "test_bind_runnables_as_tools",
+            "test_unicode_tool_call_integration",
+            "test_agent_loop",
+            "test_structured_output",
+            "test_structured_output_async",
+            "test_structured_output_pydantic_2_v1",
+            "test_structured_output_optional_param",
+            "test_json_mode",
+        ],
+        CANNOT_FOLLOW_SCHEMAS,
+    )
+    """Standard tests (by name, every parametrisation) that fail on the model's skill; conftest marks them xfail."""
