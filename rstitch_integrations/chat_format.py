@@ -371,6 +371,11 @@ class ToolCallStream:
         self._new_id = new_id
         self._block: list[str] = []
 
+    @property
+    def inside(self) -> bool:
+        """Whether the text fed so far ends inside a ``<tool_call>`` block."""
+        return self._tags.inside
+
     def feed(self, text: str) -> ToolStep:
         """Content and completed calls after adding ``text``."""
         return self._step(self._tags.feed(text))

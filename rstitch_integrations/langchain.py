@@ -428,22 +428,20 @@ class _AnswerParser:
 
     def feed(self, text: str) -> _Parsed:
         content, reasoning = self._think.feed(text) if self._think else (text, "")
-        return self._split_tools(content, reasoning, self._tools.feed if self._tools else None)
+        if self._tools is None:
+            return _Parsed(content, reasoning)
+        step = self._tools.feed(content)
+        return _Parsed(step.content, reasoning, tuple(step.calls))
 
     def finish(self, close_tool_call: bool = False) -> _Parsed:
+        """The held-back rest; ``close_tool_call`` completes a block cut at its closing tag (a stop string)."""
         content, reasoning = self._think.finish() if self._think else ("", "")
         if self._tools is None:
             return _Parsed(content, reasoning)
-        head = self._tools.feed(content + (TOOL_CALL_CLOSE if close_tool_call else ""))
-        tail = self._tools.finish()
+        if close_tool_call and self._tools.inside:
+            content += TOOL_CALL_CLOSE
+        head, tail = self._tools.feed(content), self._tools.finish()
         return _Parsed(head.content + tail.content, reasoning, (*head.calls, *tail.calls))
-
-    @staticmethod
-    def _split_tools(content: str, reasoning: str, feed: Callable[[str], Any] | None) -> _Parsed:
-        if feed is None:
-            return _Parsed(content, reasoning)
-        step = feed(content)
-        return _Parsed(step.content, reasoning, tuple(step.calls))
 
 
 def _tool_call_chunks(calls: Sequence[ParsedCall], first_index: int) -> list[Any]:

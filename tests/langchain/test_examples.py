@@ -1,0 +1,45 @@
+"""The LangChain examples run end to end on the real default pair (slow: each decodes several answers)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.real_model]
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, str(EXAMPLES / script), *args], capture_output=True, text=True,
+                          timeout=600, check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_chain_example() -> None:
+    out = run("langchain_chain.py", "--max-tokens", "12")
+    assert out.startswith("France: ") and "\nJapan: " in out
+    assert "Stitched calls: 2" in out
+
+
+def test_streaming_chat_example_colours_tokens_by_model() -> None:
+    out = run("langchain_streaming_chat.py", "--ask", "What is the capital of France?", "--max-tokens", "12")
+    assert "bot> " in out
+    assert "\033[32m" in out or "\033[35m" in out  # SLM green / LLM magenta tokens
+    assert "SLM /" in out and "LLM tokens" in out
+
+
+def test_tool_agent_example_runs_its_loop() -> None:
+    out = run("langchain_tool_agent.py", "--max-steps", "2", "--max-tokens", "16")
+    assert out.startswith("step 1: ")
+    assert "tool call" in out or "invalid call" in out  # the first step is forced to call a tool
+
+
+def test_cost_tracking_example() -> None:
+    out = run("langchain_cost_tracking.py", "--max-tokens", "8")
+    assert out.count("Q: ") == 4
+    assert "Stitched calls: 4" in out and "LangChain usage callback:" in out
