@@ -1,0 +1,34 @@
+# Two commands (see README):  make demo  -- set up and run the main job;  make test  -- set up and run the tests.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+PROMPT ?= A train leaves at 3 pm and travels for 2 hours. At what time does it arrive? Explain briefly.
+
+.PHONY: setup demo test test-slow test-all bench
+
+setup: $(VENV)/.installed
+
+# torch is installed first and on its own: a bare "torch" requirement with no torch installed
+# would pull the CUDA build and several GB of packages on a CPU-only machine.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet "$(TORCH)"
+	$(BIN)/pip install --quiet -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/rstitch generate "$(PROMPT)" --max-tokens 96
+
+test: setup
+	$(BIN)/python -m pytest -m "not slow" --durations=15
+
+test-slow: setup
+	$(BIN)/python -m pytest -m slow --durations=15
+
+test-all: setup
+	$(BIN)/python -m pytest --durations=15
+
+bench: setup
+	$(BIN)/python benchmarks/loop_overhead.py --json results/loop_overhead.json
