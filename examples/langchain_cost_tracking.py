@@ -37,7 +37,9 @@ def main() -> None:
     )
     chat = ChatRStitch(max_tokens=args.max_tokens)
     with get_usage_metadata_callback() as usage:
-        replies = chat.batch(QUESTIONS, config={"callbacks": [handler]})
+        # One at a time: concurrent requests share the engine's forward passes, so each one's wall
+        # time would include waiting for the others and the speedup would look worse than it is.
+        replies = chat.batch(QUESTIONS, config={"callbacks": [handler], "max_concurrency": 1})
     for question, reply in zip(QUESTIONS, replies):
         sources = reply.response_metadata["token_sources"]
         print(f"Q: {question}\nA: {reply.content.strip()}  [{sources.count('slm')} SLM / {sources.count('llm')} LLM]")

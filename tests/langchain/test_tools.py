@@ -15,6 +15,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
 from rstitch_engine import InvalidSettingError, StitchEngine
+from rstitch_integrations.callbacks import RStitchCallbackHandler
 from rstitch_integrations.chat_format import tool_call_prefix
 from rstitch_integrations.langchain import ChatRStitch
 
@@ -136,22 +137,27 @@ def test_tool_choice_must_name_a_bound_tool(scripted_chat) -> None:
 
 def test_an_agent_loop_with_scripted_answers_runs_real_tools(scripted_chat) -> None:
     chat, engine = scripted_chat([CALL, "2 + 3 = 5."])
-    model = chat.bind_tools([add])
+    costs = RStitchCallbackHandler()
+    model = chat.bind_tools([add]).with_config(callbacks=[costs])
     messages = [HumanMessage("What is 2 + 3?")]
     reply = model.invoke(messages)
+    steps = [reply]
     while reply.tool_calls:
         messages.append(reply)
         for call in reply.tool_calls:
             messages.append(ToolMessage(str(add.invoke(call["args"])), tool_call_id=call["id"]))
         reply = model.invoke(messages)
+        steps.append(reply)
     assert reply.content == "2 + 3 = 5."
+    assert costs.totals.requests == len(steps) == 2  # the cost handler follows the agent's calls
+    assert costs.totals.output_tokens == sum(step.response_metadata["stitch"]["output_tokens"] for step in steps)
     second_prompt = engine.prompt_text(1)
     assert CALL in second_prompt  # the earlier call is shown to the model in its own format
     assert "<|im_start|>tool\n5<|im_end|>" in second_prompt
 
 
 def test_the_real_model_forced_to_call_gives_a_call_or_an_invalid_call(real_engine: StitchEngine) -> None:
-    reply = ChatRStitch(max_tokens=16).bind_tools([add], tool_choice="add").invoke("What is 2 + 3?")
+    reply = ChatRStitch(max_tokens=8).bind_tools([add], tool_choice="add").invoke("What is 2 + 3?")
     assert isinstance(reply, AIMessage)
     assert len(reply.tool_calls) + len(reply.invalid_tool_calls) == 1
     assert all(call["name"] == "add" for call in [*reply.tool_calls, *reply.invalid_tool_calls])
