@@ -244,14 +244,14 @@ class RStitchLLM(FunctionCallingLLM):
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> List[ToolSelection]:
-        """The well-formed tool calls of a response (malformed ones are in ``additional_kwargs``)."""
+        """The well-formed tool calls of a response (malformed ones: ``message.additional_kwargs["invalid_tool_calls"]``)."""
         selections = [
             ToolSelection(tool_id=block.tool_call_id or "", tool_name=block.tool_name, tool_kwargs=block.tool_kwargs)
             for block in response.message.blocks
             if isinstance(block, ToolCallBlock)
         ]
         if not selections and error_on_no_tool_call:
-            invalid = response.additional_kwargs.get("invalid_tool_calls") or []
+            invalid = response.message.additional_kwargs.get("invalid_tool_calls") or []
             detail = f"; {len(invalid)} malformed: {[call['error'] for call in invalid]}" if invalid else ""
             raise ValueError(f"expected at least one tool call in the response, got none{detail}")
         return selections
@@ -417,12 +417,13 @@ class _AnswerParser:
         extra: dict[str, Any] = {"token_sources": list(sources)}
         if step.thinking:
             extra["thinking_delta"] = step.thinking
-        if self.invalid_calls:
-            extra["invalid_tool_calls"] = [
-                {"id": c.id, "name": c.name, "raw": c.raw, "error": c.error} for c in self.invalid_calls
-            ]
+        invalid = [{"id": c.id, "name": c.name, "raw": c.raw, "error": c.error} for c in self.invalid_calls]
         return ChatResponse(
-            message=ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks),
+            message=ChatMessage(
+                role=MessageRole.ASSISTANT,
+                blocks=blocks,
+                additional_kwargs={"invalid_tool_calls": invalid} if invalid else {},
+            ),
             delta=step.content,
             additional_kwargs=extra,
         )

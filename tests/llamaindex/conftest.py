@@ -11,6 +11,8 @@ from collections import deque
 from typing import Generator, Iterable
 
 import pytest
+from llama_index.core.instrumentation import get_dispatcher
+from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
 from rstitch_engine import GenerationSettings, ModelUsage, StitchEngine, StitchStats, StitchStream, TokenEvent
 from rstitch_engine.detokenize import TextAssembler
@@ -95,3 +97,22 @@ def scripted(real_engine):
         return RStitchLLM(engine=engine, **fields), engine
 
     return make
+
+
+class Recorder(BaseEventHandler):
+    """Keeps every instrumentation event."""
+
+    events: list = []
+
+    def handle(self, event, **kwargs):
+        self.events.append(event)
+
+
+@pytest.fixture
+def recorder():
+    """A Recorder on the root dispatcher for the test's duration."""
+    handler = Recorder(events=[])
+    dispatcher = get_dispatcher()
+    dispatcher.add_event_handler(handler)
+    yield handler
+    dispatcher.event_handlers.remove(handler)

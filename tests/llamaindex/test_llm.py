@@ -6,8 +6,6 @@ import pytest
 from llama_index.core.base.llms.types import ChatMessage, ChatResponse, CompletionResponse, ImageBlock, TextBlock
 from llama_index.core.bridge.pydantic import ValidationError
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
-from llama_index.core.instrumentation import get_dispatcher
-from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
     LLMChatInProgressEvent,
@@ -176,22 +174,6 @@ def test_token_counting_handler_totals_equal_the_engine_counts(method):
     assert counter.prompt_llm_token_count == stats["prompt_tokens"]
     assert counter.completion_llm_token_count == stats["output_tokens"]
     assert counter.total_llm_token_count == stats["prompt_tokens"] + stats["output_tokens"]
-
-
-class Recorder(BaseEventHandler):
-    events: list = []
-
-    def handle(self, event, **kwargs):
-        self.events.append(event)
-
-
-@pytest.fixture
-def recorder():
-    handler = Recorder(events=[])
-    dispatcher = get_dispatcher()
-    dispatcher.add_event_handler(handler)
-    yield handler
-    dispatcher.event_handlers.remove(handler)
 
 
 def kinds(events) -> list[str]:

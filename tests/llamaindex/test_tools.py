@@ -53,7 +53,7 @@ def test_malformed_tool_calls_never_raise(scripted):
     llm, _ = scripted('Sure. <tool_call>\n{"name": "multiply", "arguments": 6, and 7}\n</tool_call>')
     response = llm.chat_with_tools(TOOLS, user_msg="What is 6 times 7?")
     assert response.message.content == "Sure. "
-    [invalid] = response.additional_kwargs["invalid_tool_calls"]
+    [invalid] = response.message.additional_kwargs["invalid_tool_calls"]
     assert invalid["name"] == "multiply" and invalid["error"].startswith("not valid JSON")
     assert invalid["raw"] == '\n{"name": "multiply", "arguments": 6, and 7}\n'
     assert llm.get_tool_calls_from_response(response, error_on_no_tool_call=False) == []
@@ -64,7 +64,7 @@ def test_malformed_tool_calls_never_raise(scripted):
 def test_unknown_tools_and_unclosed_calls_are_invalid_not_errors(scripted):
     llm, _ = scripted('<tool_call>\n{"name": "divide", "arguments": {}}\n</tool_call><tool_call>\n{"name": "add"')
     response = llm.chat_with_tools(TOOLS, user_msg="?")
-    errors = [call["error"] for call in response.additional_kwargs["invalid_tool_calls"]]
+    errors = [call["error"] for call in response.message.additional_kwargs["invalid_tool_calls"]]
     assert errors == ["unknown tool 'divide'; the bound tools are ['add', 'multiply']",
                       "the text ended before </tool_call>"]
 

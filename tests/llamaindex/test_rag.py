@@ -1,0 +1,58 @@
+"""A query engine over real documents, real local embeddings and the real pair, through Settings.llm."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from llama_index.core import Document, Settings, VectorStoreIndex
+from llama_index.core.instrumentation.events.llm import LLMChatStartEvent
+from llama_index.core.node_parser import SentenceSplitter
+
+from rstitch_integrations.llamaindex import RStitchLLM
+from rstitch_integrations.llamaindex_events import RStitchEventHandler
+
+pytestmark = pytest.mark.real_model
+
+ENGINE_DIR = Path(__file__).resolve().parents[2] / "rstitch_engine"
+
+
+def engine_module_docs() -> list[Document]:
+    """The engine's module docstrings: real prose about the method, always present in the repository."""
+    documents = []
+    for path in sorted(ENGINE_DIR.glob("*.py")):
+        source = path.read_text()
+        if source.startswith('"""'):
+            documents.append(Document(text=source.split('"""')[1], metadata={"file_name": path.name}))
+    return documents
+
+
+@pytest.fixture
+def settings_llm():
+    previous_llm, previous_embed = Settings._llm, Settings._embed_model
+    yield
+    Settings._llm, Settings._embed_model = previous_llm, previous_embed
+
+
+def test_a_streaming_query_engine_answers_through_settings_llm(embed_model, settings_llm, recorder):
+    Settings.embed_model = embed_model
+    Settings.llm = RStitchLLM(max_tokens=12)
+    index = VectorStoreIndex.from_documents(engine_module_docs(), transformations=[SentenceSplitter(chunk_size=128, chunk_overlap=16)])
+    tracker = RStitchEventHandler().attach()
+    try:
+        response = index.as_query_engine(similarity_top_k=2, streaming=True).query(
+            "How does a router decide whether the large model takes over?"
+        )
+        answer = "".join(response.response_gen)
+    finally:
+        tracker.detach()
+
+    assert {node.metadata["file_name"] for node in response.source_nodes} & {"routers.py", "engine.py"}
+    [call] = tracker.calls  # one LLM call, made by the query engine through Settings.llm
+    assert answer == call.text
+    assert len(call.token_sources) == call.stats["output_tokens"]
+    assert 0 < call.stats["output_tokens"] <= 12
+    # the retrieved chunks reached the model, inside the one chat call
+    [start] = [e for e in recorder.events if isinstance(e, LLMChatStartEvent)]
+    prompt = "\n".join(m.content for m in start.messages)
+    assert all(node.get_content() in prompt for node in response.source_nodes)
