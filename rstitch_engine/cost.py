@@ -47,9 +47,7 @@ class PassCostFit:
         spread = sum((n - mean_n) ** 2 for n in ns)
         slope = sum((n - mean_n) * (t - mean_t) for n, t in zip(ns, ts)) / spread if spread else 0.0
         slope = max(slope, 0.0)
-        single = [t for n, t in points if n == 1]
-        fixed = max(mean_t - slope * mean_n, 0.0) if spread else sum(single) / len(single)
-        return cls(fixed_seconds=fixed, per_token_seconds=slope)
+        return cls(fixed_seconds=max(mean_t - slope * mean_n, 0.0), per_token_seconds=slope)
 
 
 class LlmCostHistory:

@@ -107,7 +107,8 @@ class StitchStream(Iterator[TokenEvent]):
         try:
             return next(self._core)
         except StopIteration as finished:
-            self._stats = finished.value
+            if self._stats is None:  # a finished generator raises StopIteration(None) ever after
+                self._stats = finished.value
             raise
 
     def close(self) -> None:

@@ -82,6 +82,13 @@ def test_abandoned_stream_leaves_the_engine_ready(engine, how):
     assert engine.generate(PROMPTS[1], settings).token_ids == expected
 
 
+def test_stats_survive_iterating_past_the_end(engine):
+    stream = engine.stream(PROMPTS[0], GenerationSettings(max_new_tokens=4))
+    assert len(list(stream)) == 4
+    assert next(stream, None) is None and list(stream) == []
+    assert stream.stats.output_tokens == 4
+
+
 def test_stream_abandoned_in_another_thread_does_not_block_others(engine):
     settings = GenerationSettings(max_new_tokens=24)
     expected = engine.generate(PROMPTS[2], settings).token_ids
