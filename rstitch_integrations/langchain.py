@@ -304,12 +304,19 @@ class ChatRStitch(BaseChatModel):
     ) -> AsyncIterator[ChatGenerationChunk]:
         chunks = self._chunks(messages, stop, kwargs)  # nothing runs until the first next()
         done = object()
+        step: asyncio.Future | None = None  # the worker thread's current next(chunks)
         try:
-            while (chunk := await asyncio.to_thread(next, chunks, done)) is not done:
+            while True:
+                step = asyncio.ensure_future(asyncio.to_thread(next, chunks, done))
+                chunk = await asyncio.shield(step)  # cancelling the consumer cannot stop a thread mid-token
+                if chunk is done:
+                    break
                 if run_manager:
                     await run_manager.on_llm_new_token(chunk.text, chunk=chunk)
                 yield chunk
         finally:
+            if step is not None and not step.done():
+                await asyncio.wait([step])  # let the token in flight finish: a running generator cannot be closed
             await asyncio.to_thread(chunks.close)  # frees the request even when the consumer stopped early
 
     async def _agenerate(

@@ -290,6 +290,24 @@ async def test_an_abandoned_async_stream_closes_its_engine_stream(real_engine: S
     assert reply.usage_metadata["output_tokens"] == 2
 
 
+async def test_a_cancelled_async_consumer_closes_its_engine_stream(real_engine: StitchEngine) -> None:
+    engine = RecordingEngine(real_engine)
+    chat = ChatRStitch(engine=engine, max_tokens=8)
+    first = asyncio.Event()
+
+    async def consume() -> None:
+        async for _ in chat.astream(QUESTION):
+            first.set()
+
+    task = asyncio.create_task(consume())
+    await first.wait()
+    await asyncio.sleep(0.03)  # a worker thread is now inside the next forward pass (~70 ms or more)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed(engine.streams[-1])
+
+
 def test_an_abandoned_stream_closes_its_engine_stream(real_engine: StitchEngine) -> None:
     engine = RecordingEngine(real_engine)
     chunks = ChatRStitch(engine=engine, max_tokens=8).stream(QUESTION)
