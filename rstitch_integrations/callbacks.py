@@ -1,16 +1,20 @@
 """LangChain callback handler that tracks what stitched decoding did and cost, across calls.
 
-Attach it like any handler (``config={"callbacks": [handler]}`` or ``ChatRStitch(callbacks=[...])``);
+Attach it like any handler (``config={"callbacks": [handler]}`` or ``ChatRStitch(callbacks=[...])``),
+or collect every call in a block with ``with get_rstitch_callback() as handler:``;
 it works with invoke, stream, batch, their async forms and inside agents, and next to LangChain's
 own ``get_usage_metadata_callback()``. Totals live in a thread-safe ``StitchLedger``.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Iterator
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult
+from langchain_core.tracers.context import register_configure_hook
 
 from .accounting import LedgerTotals, ModelPrice, StitchLedger
 
@@ -59,3 +63,26 @@ class RStitchCallbackHandler(BaseCallbackHandler):
             f"Speedup vs LLM alone: {speedup}\n"
             f"Cost: {totals.cost:.6f} (SLM {totals.slm.cost:.6f}, LLM {totals.llm.cost:.6f})"
         )
+
+
+_current_handler: ContextVar[RStitchCallbackHandler | None] = ContextVar("rstitch_callback", default=None)
+register_configure_hook(_current_handler, inheritable=True)
+
+
+@contextmanager
+def get_rstitch_callback(slm: ModelPrice | None = None, llm: ModelPrice | None = None) -> Iterator[RStitchCallbackHandler]:
+    """A handler that sees every call made inside the ``with`` block, without passing callbacks.
+
+    Example:
+        .. code-block:: python
+
+            with get_rstitch_callback(llm=ModelPrice(per_1k_tokens=0.2)) as costs:
+                chain.invoke(...)
+            print(costs)
+    """
+    handler = RStitchCallbackHandler(slm=slm, llm=llm)
+    token = _current_handler.set(handler)
+    try:
+        yield handler
+    finally:
+        _current_handler.reset(token)

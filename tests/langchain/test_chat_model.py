@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from rstitch_engine import InvalidSettingError, PromptTooLongError, StitchEngine
 from rstitch_integrations.accounting import ModelPrice
-from rstitch_integrations.callbacks import RStitchCallbackHandler
+from rstitch_integrations.callbacks import RStitchCallbackHandler, get_rstitch_callback
 from rstitch_integrations.langchain import ChatRStitch
 
 pytestmark = pytest.mark.real_model
@@ -245,6 +245,14 @@ def test_usage_callback_and_cost_handler_totals_equal_the_engine_stats(chat: Cha
     assert name == chat.model_name
     assert used["output_tokens"] == totals.output_tokens and used["input_tokens"] == totals.prompt_tokens
     assert "Stitched calls: 4" in str(handler)
+
+
+def test_get_rstitch_callback_collects_the_calls_made_in_its_block(chat: ChatRStitch) -> None:
+    with get_rstitch_callback(llm=ModelPrice(per_1k_tokens=1000.0)) as costs:
+        reply = chat.invoke(QUESTION, max_tokens=2)
+    chat.invoke(QUESTION, max_tokens=2)  # outside the block: not counted
+    assert costs.totals.requests == 1
+    assert costs.totals.llm.cost == reply.response_metadata["stitch"]["llm_tokens"]  # 1 per LLM token
 
 
 # ----------------------------------------------------------------------------- async and abandonment
