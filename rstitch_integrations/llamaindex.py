@@ -26,6 +26,7 @@ from llama_index.core.base.llms.generic_utils import (
     stream_chat_response_to_completion_response,
 )
 from llama_index.core.base.llms.types import (
+    CachePoint,
     ChatMessage,
     ChatResponse,
     ChatResponseAsyncGen,
@@ -442,9 +443,12 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
             parts.append({"type": "text", "text": block.text})
         elif isinstance(block, ToolCallBlock):
             calls.append({"id": block.tool_call_id, "function": {"name": block.tool_name, "arguments": block.tool_kwargs}})
+        elif isinstance(block, CachePoint):
+            continue  # a prompt-caching hint for remote APIs; a local KV cache needs none
         else:
             parts.append({"type": block.block_type})  # chat_format skips thinking, rejects media by name
-    calls += list(message.additional_kwargs.get("tool_calls") or ())
+    # OpenAI-style calls kept by other integrations (as dicts or as SDK objects)
+    calls += [c.model_dump() if hasattr(c, "model_dump") else c for c in message.additional_kwargs.get("tool_calls") or ()]
     out: dict[str, Any] = {"role": role, "content": parts}
     if calls:
         out["tool_calls"] = calls

@@ -14,7 +14,7 @@ import pytest
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
-from rstitch_engine import GenerationSettings, ModelUsage, StitchEngine, StitchStats, StitchStream, TokenEvent
+from rstitch_engine import EntropyRouter, GenerationSettings, ModelUsage, StitchEngine, StitchStats, StitchStream, TokenEvent
 from rstitch_engine.detokenize import TextAssembler
 from rstitch_integrations.llamaindex import RStitchLLM
 
@@ -25,6 +25,22 @@ pytestmark = pytest.mark.real_model
 def rstitch_llm(real_engine) -> RStitchLLM:
     """The adapter on the real default pair, short answers (greedy)."""
     return RStitchLLM(max_tokens=8)
+
+
+@pytest.fixture(scope="session")
+def engine_answer(real_engine):
+    """``engine_answer(question, max_tokens=8)``: the engine's own greedy answer to one user message (cached)."""
+    answers: dict = {}
+
+    def answer(question: str, max_tokens: int = 8):
+        key = (question, max_tokens)
+        if key not in answers:
+            answers[key] = real_engine.generate(
+                [{"role": "user", "content": question}], GenerationSettings(max_new_tokens=max_tokens), EntropyRouter(0.1)
+            )
+        return answers[key]
+
+    return answer
 
 
 @pytest.fixture(scope="session")

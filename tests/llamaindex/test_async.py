@@ -9,7 +9,6 @@ import time
 import pytest
 from llama_index.core.base.llms.types import ChatMessage
 
-from rstitch_engine import EntropyRouter, GenerationSettings
 from rstitch_integrations.llamaindex import _in_worker_threads
 
 pytestmark = pytest.mark.real_model
@@ -18,11 +17,8 @@ QUESTIONS = ("What is the capital of France?", "What is 2 plus 3?")
 
 
 @pytest.fixture(scope="module")
-def expected(real_engine) -> dict[str, str]:
-    settings = GenerationSettings(max_new_tokens=8)
-    return {
-        q: real_engine.generate([{"role": "user", "content": q}], settings, EntropyRouter(0.1)).text for q in QUESTIONS
-    }
+def expected(engine_answer) -> dict[str, str]:
+    return {question: engine_answer(question).text for question in QUESTIONS}
 
 
 def user(text: str) -> list[ChatMessage]:

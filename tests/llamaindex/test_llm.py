@@ -14,13 +14,7 @@ from llama_index.core.instrumentation.events.llm import (
     LLMCompletionStartEvent,
 )
 
-from rstitch_engine import (
-    EmptyPromptError,
-    EntropyRouter,
-    GenerationSettings,
-    InvalidSettingError,
-    PromptTooLongError,
-)
+from rstitch_engine import EmptyPromptError, InvalidSettingError, PromptTooLongError
 from rstitch_integrations.llamaindex import RStitchLLM
 
 pytestmark = pytest.mark.real_model
@@ -28,16 +22,9 @@ pytestmark = pytest.mark.real_model
 QUESTION = "What is the capital of France?"
 
 
-def engine_answer(engine, prompt: str, max_tokens: int = 8, threshold: float = 0.1):
-    """What the engine alone writes for ``prompt`` as one user message (greedy)."""
-    return engine.generate(
-        [{"role": "user", "content": prompt}], GenerationSettings(max_new_tokens=max_tokens), EntropyRouter(threshold)
-    )
-
-
 @pytest.fixture(scope="module")
-def expected(real_engine):
-    return engine_answer(real_engine, QUESTION)
+def expected(engine_answer):
+    return engine_answer(QUESTION)
 
 
 def user(text: str) -> list[ChatMessage]:
@@ -123,14 +110,13 @@ def test_complete_and_stream_complete_equal_the_engine_output(rstitch_llm, expec
     assert items[-1].additional_kwargs["stitch"]["output_tokens"] == expected.stats.output_tokens
 
 
-def test_call_options_override_fields(rstitch_llm, real_engine):
+def test_call_options_override_fields(rstitch_llm, expected):
     three = rstitch_llm.chat(user(QUESTION), max_tokens=3)
     assert three.raw["usage"]["completion_tokens"] == 3
     slm_only = rstitch_llm.chat(user(QUESTION), max_tokens=4, threshold=1.0)  # entropy never exceeds 1
     assert slm_only.additional_kwargs["token_sources"] == ["slm"] * 4
     llm_alone = RStitchLLM(router="llm", max_tokens=4).chat(user(QUESTION))
     assert llm_alone.additional_kwargs["token_sources"] == ["llm"] * 4
-    expected = engine_answer(real_engine, QUESTION)
     first_word = expected.text.split()[1]  # "capital" in "The capital of France ..."
     stopped = rstitch_llm.chat(user(QUESTION), stop=[first_word])
     assert stopped.message.content == expected.text[: expected.text.index(first_word)]

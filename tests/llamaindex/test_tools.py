@@ -11,8 +11,17 @@ import json
 
 import pytest
 from llama_index.core.agent.workflow import AgentStream, FunctionAgent, ReActAgent
-from llama_index.core.base.llms.types import ChatMessage, TextBlock, ThinkingBlock, ToolCallBlock
+from llama_index.core.base.llms.types import (
+    CacheControl,
+    CachePoint,
+    ChatMessage,
+    TextBlock,
+    ThinkingBlock,
+    ToolCallBlock,
+)
+from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
+from pydantic import BaseModel
 
 from rstitch_engine import InvalidSettingError
 from rstitch_integrations.chat_format import tool_call_prefix
@@ -47,6 +56,21 @@ def test_a_tool_call_becomes_a_tool_call_block(scripted):
     assert prompt.startswith("<|im_start|>system\n# Tools")
     assert json.dumps(TOOLS[0].metadata.to_openai_tool()["function"]) in prompt
     assert prompt.endswith("<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n")
+
+
+def test_histories_from_other_integrations_render_through_the_template(scripted):
+    llm, engine = scripted("42.")
+    openai_call = {"id": "call_1", "type": "function", "function": {"name": "multiply", "arguments": '{"a": 6, "b": 7}'}}
+    history = [
+        ChatMessage(role="user", blocks=[TextBlock(text="What is 6 times 7?"), CachePoint(cache_control=CacheControl(type="ephemeral"))]),
+        ChatMessage(role="assistant", content="", additional_kwargs={"tool_calls": [openai_call]}),
+        ChatMessage(role="tool", content="42", additional_kwargs={"tool_call_id": "call_1"}),
+    ]
+    assert llm.chat(history).message.content == "42."
+    assert engine.prompts[0].endswith(
+        "<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n" + CALL + "<|im_end|>\n"
+        "<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_malformed_tool_calls_never_raise(scripted):
@@ -113,6 +137,19 @@ def test_only_the_first_call_is_kept_unless_parallel_calls_are_allowed(scripted)
     both = llm.chat_with_tools(TOOLS, user_msg="?", allow_parallel_tool_calls=True)
     assert [s.tool_name for s in llm.get_tool_calls_from_response(single)] == ["multiply"]
     assert [s.tool_name for s in llm.get_tool_calls_from_response(both)] == ["multiply", "add"]
+
+
+def test_structured_predict_goes_through_a_forced_tool_call(scripted):
+    class City(BaseModel):
+        """A city and its country."""
+
+        name: str
+        country: str
+
+    llm, engine = scripted('"name": "Paris", "country": "France"}}\n</tool_call>')
+    city = llm.structured_predict(City, PromptTemplate("Which city is the capital of {country}?"), country="France")
+    assert city == City(name="Paris", country="France")
+    assert engine.prompts[0].endswith(tool_call_prefix("City"))
 
 
 def test_thinking_becomes_a_thinking_block_and_thinking_deltas(scripted):
