@@ -20,6 +20,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from llama_index.core.agent.workflow import AgentOutput, AgentStream, FunctionAgent, ToolCallResult
 from llama_index.core.tools import FunctionTool
 from rich.console import Console
+from rich.markup import escape
 
 from rstitch_integrations.llamaindex import RStitchLLM
 from rstitch_integrations.llamaindex_events import RStitchEventHandler
@@ -46,17 +47,17 @@ async def run(question: str, llm: RStitchLLM, force: str | None) -> None:
     )
     handler = agent.run(question)
     console.print(f"[bold]Question:[/bold] {question}")
-    console.print("[bold]Streamed:[/bold] ", end="")
     async for event in handler.stream_events():
-        if isinstance(event, AgentStream):
-            console.print(event.delta, end="")
+        if isinstance(event, AgentStream) and event.delta:
+            console.print(event.delta, end="", markup=False)
         elif isinstance(event, ToolCallResult):
-            console.print(f"\n[cyan]tool call[/cyan] {event.tool_name}({event.tool_kwargs}) -> {event.tool_output.content}")
+            console.print(f"[cyan]tool call:[/cyan] {event.tool_name}({event.tool_kwargs}) -> {event.tool_output.content}")
         elif isinstance(event, AgentOutput):
             for invalid in event.response.additional_kwargs.get("invalid_tool_calls", []):
-                console.print(f"\n[red]malformed tool call[/red] {invalid['raw'].strip()!r}: {invalid['error']}")
+                console.print(f"[red]malformed tool call:[/red] {escape(repr(invalid['raw'].strip()))}")
+                console.print(f"  [red]rejected:[/red] {escape(invalid['error'])}")
     result = await handler
-    console.print(f"\n[bold]Answer:[/bold] {result}")
+    console.print(f"\n[bold]Answer:[/bold] {escape(repr(str(result)))}")
     console.print(f"[bold]Tool calls:[/bold] {[(c.tool_name, c.tool_kwargs) for c in result.tool_calls] or 'none'}")
 
 

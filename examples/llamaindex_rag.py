@@ -6,7 +6,7 @@ engine runs through ``Settings.llm = RStitchLLM()``; an instrumentation handler 
 streamed piece as it arrives, green where the small model wrote it and magenta where the large
 model took over.
 
-    python examples/llamaindex_rag.py "What does the router decide?" --max-tokens 48
+    python examples/llamaindex_rag.py "What does the router decide?"
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class ColouredTokens(BaseEventHandler):
         if isinstance(event, LLMChatInProgressEvent) and event.response.delta:
             sources = event.response.additional_kwargs.get("token_sources", [])
             colour = COLOURS["llm" if "llm" in sources else "slm"]
-            console.print(event.response.delta, style=colour, end="")
+            console.print(event.response.delta, style=colour, end="", markup=False)
 
 
 def project_documents() -> list:
@@ -52,7 +52,7 @@ def project_documents() -> list:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("question", nargs="?", default="What does the RStitchEventHandler add up?")
+    parser.add_argument("question", nargs="?", default="What does the router decide?")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--threshold", type=float, default=0.1)
     args = parser.parse_args()
