@@ -17,8 +17,15 @@ and completion token counts, read by ``TokenCountingHandler``) and ``additional_
 from __future__ import annotations
 
 import asyncio
+import json
+from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, AsyncIterator, Iterable, Iterator, List, Literal, Optional, Sequence, TypeVar, Union
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Literal,
+    TypeVar,
+)
 
 from llama_index.core.base.llms.generic_utils import (
     astream_chat_response_to_completion_response,
@@ -93,7 +100,7 @@ class RStitchLLM(FunctionCallingLLM):
     """
 
     llm: str = Field(default=DEFAULT_LLM, description="The large model: hub id, local folder, .gguf file or alias.")
-    slm: Optional[str] = Field(
+    slm: str | None = Field(
         default=None, description="The small model (same tokenizer as the LLM); None: the default pair's built-in SLM."
     )
     threshold: float = Field(
@@ -106,8 +113,8 @@ class RStitchLLM(FunctionCallingLLM):
     top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
     top_k: int = Field(default=0, description="Keep the k most likely tokens before sampling; 0 keeps all.")
     max_tokens: int = Field(default=256, description="Most output tokens per call (also the metadata's num_output).")
-    stop: List[str] = Field(default_factory=list, description="Strings that end the answer (trimmed from it).")
-    seed: Optional[int] = Field(default=None, description="Seed of each call's private sampler; None: unseeded.")
+    stop: list[str] = Field(default_factory=list, description="Strings that end the answer (trimmed from it).")
+    seed: int | None = Field(default=None, description="Seed of each call's private sampler; None: unseeded.")
     device: str = Field(default="auto", description="Torch device for both models ('auto', 'cpu', 'cuda', ...).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         default="auto", description="Weight dtype; 'auto' is bfloat16 on CUDA and float32 on CPU."
@@ -123,9 +130,9 @@ class RStitchLLM(FunctionCallingLLM):
         default=True, description="Offer tool calling to agents (tools are rendered into the chat template)."
     )
 
-    _engine: Optional[StitchEngine] = PrivateAttr(default=None)
+    _engine: StitchEngine | None = PrivateAttr(default=None)
 
-    def __init__(self, *, engine: Optional[StitchEngine] = None, **data: Any) -> None:
+    def __init__(self, *, engine: StitchEngine | None = None, **data: Any) -> None:
         """``engine``: an already loaded engine to use instead of the shared one for ``llm``/``slm``."""
         super().__init__(**data)
         self._engine = engine
@@ -136,7 +143,7 @@ class RStitchLLM(FunctionCallingLLM):
         return validate_threshold(value)
 
     @model_validator(mode="after")
-    def _valid_sampling(self) -> "RStitchLLM":
+    def _valid_sampling(self) -> RStitchLLM:
         self._settings({})  # GenerationSettings validates every sampling field with a clear message
         return self
 
@@ -210,13 +217,13 @@ class RStitchLLM(FunctionCallingLLM):
 
     def _prepare_chat_with_tools(
         self,
-        tools: Sequence["BaseTool"],
-        user_msg: Optional[Union[str, ChatMessage]] = None,
-        chat_history: Optional[List[ChatMessage]] = None,
+        tools: Sequence[BaseTool],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
         verbose: bool = False,
         allow_parallel_tool_calls: bool = False,
         tool_required: bool = False,
-        tool_choice: Optional[str] = None,
+        tool_choice: str | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
         """Messages plus ``tools``/``tool_choice`` for ``chat``; the tools are rendered by ``chat_format``."""
@@ -230,7 +237,7 @@ class RStitchLLM(FunctionCallingLLM):
     def _validate_chat_with_tools_response(
         self,
         response: ChatResponse,
-        tools: Sequence["BaseTool"],
+        tools: Sequence[BaseTool],
         allow_parallel_tool_calls: bool = False,
         **kwargs: Any,
     ) -> ChatResponse:
@@ -244,10 +251,10 @@ class RStitchLLM(FunctionCallingLLM):
 
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
-    ) -> List[ToolSelection]:
+    ) -> list[ToolSelection]:
         """The well-formed tool calls of a response (malformed ones: ``message.additional_kwargs["invalid_tool_calls"]``)."""
         selections = [
-            ToolSelection(tool_id=block.tool_call_id or "", tool_name=block.tool_name, tool_kwargs=block.tool_kwargs)
+            ToolSelection(tool_id=block.tool_call_id or "", tool_name=block.tool_name, tool_kwargs=_arguments(block))
             for block in response.message.blocks
             if isinstance(block, ToolCallBlock)
         ]
@@ -259,7 +266,7 @@ class RStitchLLM(FunctionCallingLLM):
 
     # ------------------------------------------------------------------ the core
 
-    def _start(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> "_Request":
+    def _start(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> _Request:
         """Validate a call and start its engine stream (no forward pass yet): bad input raises here."""
         unknown = sorted(set(options) - set(CALL_OPTIONS))
         if unknown:
@@ -305,7 +312,7 @@ class RStitchLLM(FunctionCallingLLM):
             return AlwaysLLMRouter()
         return EntropyRouter(options.get("threshold", self.threshold))
 
-    def _chat_responses(self, request: "_Request") -> Iterator[ChatResponse]:
+    def _chat_responses(self, request: _Request) -> ChatResponseGen:
         """The core: token events in, cumulative ``ChatResponse`` items out; the last one has the stats."""
         parser = _AnswerParser(self.separate_thinking, request.tool_names)
         parser.feed(request.prefix)  # the forced opening of a tool call is part of the answer
@@ -353,7 +360,7 @@ class _Request:
     settings: GenerationSettings
     prefix: str
     """Text already written for the model (the opening of a forced tool call)."""
-    tool_names: Optional[list[str]]
+    tool_names: list[str] | None
     """Names of the tools offered; None: tool calls are not parsed."""
 
 
@@ -361,7 +368,7 @@ class _Request:
 class _Step:
     content: str
     thinking: str
-    calls: list[Union[ToolCall, InvalidToolCall]]
+    calls: list[ToolCall | InvalidToolCall]
 
     @property
     def visible(self) -> bool:
@@ -373,13 +380,13 @@ class _AnswerParser:
     """Streamed model text split into content, thinking and tool calls; builds the cumulative responses."""
 
     separate_thinking: bool
-    tool_names: Optional[list[str]]
+    tool_names: list[str] | None
     content: str = ""
     thinking: str = ""
     calls: list[ToolCall] = field(default_factory=list)
     invalid_calls: list[InvalidToolCall] = field(default_factory=list)
     _think: ThinkSplitter = field(default_factory=ThinkSplitter)
-    _tools: Optional[ToolCallStream] = None
+    _tools: ToolCallStream | None = None
 
     def __post_init__(self) -> None:
         if self.tool_names is not None:
@@ -395,7 +402,7 @@ class _AnswerParser:
         return self._tool_step(content + (TOOL_CALL_CLOSE if close_tool_call else ""), thinking, final=True)
 
     def _tool_step(self, content: str, thinking: str, final: bool) -> _Step:
-        calls: list[Union[ToolCall, InvalidToolCall]] = []
+        calls: list[ToolCall | InvalidToolCall] = []
         if self._tools is not None:
             step = self._tools.feed(content)
             calls.extend(step.calls)
@@ -457,6 +464,17 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
+def _arguments(block: ToolCallBlock) -> dict[str, Any]:
+    """A call's arguments as a dict (blocks from other integrations may hold them as JSON text)."""
+    if isinstance(block.tool_kwargs, dict):
+        return block.tool_kwargs
+    try:
+        parsed = json.loads(block.tool_kwargs)
+    except json.JSONDecodeError:
+        return {}
+    return parsed if isinstance(parsed, dict) else {}
+
+
 def _tool_schema(tool: Any) -> dict[str, Any]:
     """An OpenAI-style schema from a LlamaIndex tool, or a schema dict as given."""
     if isinstance(tool, dict):
@@ -503,7 +521,7 @@ def _as_whole(final: ChatResponse, sources: list[str]) -> ChatResponse:
 T = TypeVar("T")
 
 
-async def _in_worker_threads(items: Iterator[T]) -> AsyncIterator[T]:
+async def _in_worker_threads(items: Generator[T, None, None]) -> AsyncGenerator[T, None]:
     """Iterate a blocking generator on worker threads; the event loop stays free.
 
     If the consumer stops early (breaks, is cancelled, or the generator is closed), the blocking
@@ -511,7 +529,7 @@ async def _in_worker_threads(items: Iterator[T]) -> AsyncIterator[T]:
     """
     loop = asyncio.get_running_loop()
     done = object()
-    step: Optional[asyncio.Future[Any]] = None
+    step: asyncio.Future[Any] | None = None
     try:
         while True:
             step = loop.run_in_executor(None, next, items, done)

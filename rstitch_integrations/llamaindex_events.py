@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional
+from typing import Any
 
 from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.instrumentation import Dispatcher, get_dispatcher
@@ -40,7 +41,7 @@ _END = (LLMChatEndEvent, LLMCompletionEndEvent)
 class StitchedCall:
     """One finished ``RStitchLLM`` call as the handler saw it."""
 
-    span_id: Optional[str]
+    span_id: str | None
     """Instrumentation span of the call."""
     text: str
     """The answer text."""
@@ -61,9 +62,9 @@ class RStitchEventHandler(BaseEventHandler):
     _calls: deque = PrivateAttr()
     _streams: dict = PrivateAttr(default_factory=dict)  # span id -> token sources streamed so far
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
-    _dispatcher: Optional[Dispatcher] = PrivateAttr(default=None)
+    _dispatcher: Dispatcher | None = PrivateAttr(default=None)
 
-    def model_post_init(self, __context: Any) -> None:
+    def model_post_init(self, context: Any, /) -> None:
         self._calls = deque(maxlen=self.max_calls)
 
     @classmethod
@@ -114,7 +115,7 @@ class RStitchEventHandler(BaseEventHandler):
 
     # ------------------------------------------------------------------ wiring
 
-    def attach(self, dispatcher: Optional[Dispatcher] = None) -> "RStitchEventHandler":
+    def attach(self, dispatcher: Dispatcher | None = None) -> RStitchEventHandler:
         """Listen to ``dispatcher`` (default: the root dispatcher, which sees every event)."""
         self._dispatcher = dispatcher if dispatcher is not None else get_dispatcher()
         self._dispatcher.add_event_handler(self)

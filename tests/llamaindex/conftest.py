@@ -8,13 +8,22 @@ incremental detokeniser and the adapter's real parsing path.
 from __future__ import annotations
 
 from collections import deque
-from typing import Generator, Iterable
+from collections.abc import Generator, Iterable
 
 import pytest
+from llama_index.core.bridge.pydantic import Field
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
-from rstitch_engine import EntropyRouter, GenerationSettings, ModelUsage, StitchEngine, StitchStats, StitchStream, TokenEvent
+from rstitch_engine import (
+    EntropyRouter,
+    GenerationSettings,
+    ModelUsage,
+    StitchEngine,
+    StitchStats,
+    StitchStream,
+    TokenEvent,
+)
 from rstitch_engine.detokenize import TextAssembler
 from rstitch_integrations.llamaindex import RStitchLLM
 
@@ -118,7 +127,7 @@ def scripted(real_engine):
 class Recorder(BaseEventHandler):
     """Keeps every instrumentation event."""
 
-    events: list = []
+    events: list = Field(default_factory=list)
 
     def handle(self, event, **kwargs):
         self.events.append(event)
@@ -127,7 +136,7 @@ class Recorder(BaseEventHandler):
 @pytest.fixture
 def recorder():
     """A Recorder on the root dispatcher for the test's duration."""
-    handler = Recorder(events=[])
+    handler = Recorder()
     dispatcher = get_dispatcher()
     dispatcher.add_event_handler(handler)
     yield handler

@@ -18,6 +18,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 def run_example(name: str, *args: str) -> str:
     result = subprocess.run(
         [sys.executable, str(EXAMPLES / name), *args],
+        check=False,
         capture_output=True,
         text=True,
         timeout=600,

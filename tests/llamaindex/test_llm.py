@@ -177,7 +177,7 @@ def test_each_call_emits_one_start_and_one_end_event(rstitch_llm, recorder):
     assert [e.response.additional_kwargs["token_sources"] for e in in_progress] == [
         i.additional_kwargs["token_sources"] for i in items
     ]
-    end = [e for e in recorder.events if isinstance(e, LLMChatEndEvent)][0]
+    end = next(e for e in recorder.events if isinstance(e, LLMChatEndEvent))
     streamed = sum(len(i.additional_kwargs["token_sources"]) for i in items)
     assert end.response.additional_kwargs["stitch"]["output_tokens"] == streamed
     assert isinstance(recorder.events[0], LLMChatStartEvent)
