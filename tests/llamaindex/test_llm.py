@@ -117,6 +117,8 @@ def test_call_options_override_fields(rstitch_llm, expected):
     assert slm_only.additional_kwargs["token_sources"] == ["slm"] * 4
     llm_alone = RStitchLLM(router="llm", max_tokens=4).chat(user(QUESTION))
     assert llm_alone.additional_kwargs["token_sources"] == ["llm"] * 4
+    measured = RStitchLLM(measure_speedup=True, max_tokens=4).chat(user(QUESTION)).additional_kwargs["stitch"]
+    assert measured["speedup_basis"] == "measured" and measured["speedup"] > 0
     first_word = expected.text.split()[1]  # "capital" in "The capital of France ..."
     stopped = rstitch_llm.chat(user(QUESTION), stop=[first_word])
     assert stopped.message.content == expected.text[: expected.text.index(first_word)]
@@ -149,13 +151,17 @@ def counting_llm() -> tuple[RStitchLLM, TokenCountingHandler]:
     return RStitchLLM(max_tokens=8, callback_manager=CallbackManager([counter])), counter
 
 
-@pytest.mark.parametrize("method", ["chat", "stream_chat", "complete", "stream_complete"])
-def test_token_counting_handler_totals_equal_the_engine_counts(method):
+@pytest.mark.parametrize("method", ["chat", "stream_chat", "complete", "stream_complete", "achat", "astream_complete"])
+async def test_token_counting_handler_totals_equal_the_engine_counts(method):
     llm, counter = counting_llm()
-    call = getattr(llm, method)
-    result = call(user(QUESTION) if "chat" in method else QUESTION)
-    final = list(result)[-1] if method.startswith("stream") else result
-    stats = final.additional_kwargs["stitch"]
+    result = getattr(llm, method)(user(QUESTION) if "chat" in method else QUESTION)
+    if method.startswith("a"):
+        result = await result
+    if method.startswith("stream"):
+        result = list(result)[-1]
+    elif method.startswith("astream"):
+        result = [item async for item in result][-1]
+    stats = result.additional_kwargs["stitch"]
     assert len(counter.llm_token_counts) == 1  # one event per call: no double counting
     assert counter.prompt_llm_token_count == stats["prompt_tokens"]
     assert counter.completion_llm_token_count == stats["output_tokens"]
