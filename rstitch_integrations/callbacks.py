@@ -8,9 +8,10 @@ own ``get_usage_metadata_callback()``. Totals live in a thread-safe ``StitchLedg
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Any, Iterator
+from typing import Any
 
 from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.outputs import LLMResult

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Literal, Mapping, Sequence, Union
+from typing import Any, Literal
 
 THINK_OPEN = "<think>"
 """Opens a reasoning span in model text."""
@@ -68,7 +69,7 @@ class InvalidToolCall:
         return f"{TOOL_CALL_OPEN}{self.raw}{TOOL_CALL_CLOSE if self.closed else ''}"
 
 
-ParsedCall = Union[ToolCall, InvalidToolCall]
+ParsedCall = ToolCall | InvalidToolCall
 """What one ``<tool_call>`` block parses to."""
 
 
@@ -106,13 +107,13 @@ class TemplateSupport:
     """It renders assistant messages' ``tool_calls``."""
 
     @classmethod
-    def of(cls, chat_template: str | None) -> "TemplateSupport":
+    def of(cls, chat_template: str | None) -> TemplateSupport:
         """Inspect a Jinja chat template's source (None: no template, nothing supported)."""
         source = chat_template or ""
         return cls(tools=re.search(r"\btools\b", source) is not None, tool_calls="tool_calls" in source)
 
 
-ToolChoice = Union[str, None]
+ToolChoice = str | None
 """None/'auto': the model decides; 'none': no tools; 'required'/'any': some tool; else a tool name."""
 
 # ----------------------------------------------------------------------------- messages in
@@ -247,7 +248,9 @@ def _call_name_and_arguments(call: Mapping[str, Any], position: int) -> tuple[st
         except json.JSONDecodeError as error:
             raise ValueError(f"message {position}: tool call {name!r} has arguments that are not JSON: {error}") from None
     if not isinstance(name, str) or not isinstance(arguments, Mapping):
-        raise ValueError(f"message {position}: a tool call needs a name and JSON-object arguments, got {dict(call)!r}")
+        raise ValueError(  # noqa: TRY004 - every bad message raises ValueError (the module's one error type)
+            f"message {position}: a tool call needs a name and JSON-object arguments, got {dict(call)!r}"
+        )
     return call.get("id"), name, dict(arguments)
 
 
@@ -280,7 +283,7 @@ class TagSplitter:
 
     def feed(self, text: str) -> list[TagPiece]:
         """Pieces that are final after adding ``text``."""
-        buffer, pieces = self._held + text, []
+        buffer, pieces = self._held + text, list[TagPiece]()
         while True:
             tag = self.close_tag if self.inside else self.open_tag
             at = buffer.find(tag)
@@ -288,7 +291,7 @@ class TagSplitter:
                 break
             self._emit(pieces, buffer[:at])
             self.inside = not self.inside
-            pieces.append(("open" if self.inside else "close", ""))
+            pieces.append(("open", "") if self.inside else ("close", ""))
             buffer = buffer[at + len(tag):]
         keep = _partial_suffix(buffer, self.close_tag if self.inside else self.open_tag)
         self._emit(pieces, buffer[: len(buffer) - keep])

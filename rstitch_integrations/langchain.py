@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Mapping, Sequence
+from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
-from langchain_core.language_models import BaseChatModel, LanguageModelInput, LangSmithParams
+from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticOutputParser
@@ -148,7 +149,7 @@ class ChatRStitch(BaseChatModel):
         return values
 
     @model_validator(mode="after")
-    def _check_settings(self) -> "ChatRStitch":
+    def _check_settings(self) -> ChatRStitch:
         self._settings({}, None)  # raises InvalidSettingError with the reason
         self._router({})
         if self.timeout is not None and not self.timeout > 0:
@@ -233,8 +234,9 @@ class ChatRStitch(BaseChatModel):
             tool_choice=tool_choice,
         )
         template_messages, prefix = prompt.messages, ""
-        if tools and tool_choice not in (None, "auto"):
-            forced = tool_choice if tool_choice in tool_names else (next(iter(tool_names)) if len(tools) == 1 else None)
+        if tool_names and tool_choice not in (None, "auto"):
+            only_tool = next(iter(tool_names)) if len(tool_names) == 1 else None
+            forced = tool_choice if tool_choice in tool_names else only_tool
             prefix = tool_call_prefix(forced)
             settings = settings.replace(stop=(*settings.stop, TOOL_CALL_CLOSE))
         elif response_format := kwargs.get("response_format"):
@@ -250,7 +252,7 @@ class ChatRStitch(BaseChatModel):
 
     def _chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
-    ) -> Iterator[ChatGenerationChunk]:
+    ) -> Generator[ChatGenerationChunk, None, None]:
         """The one place engine events become chunks; closing it early closes the engine stream."""
         request = self._prepare(messages, stop, kwargs)
         engine = self._engine()
@@ -389,12 +391,11 @@ class ChatRStitch(BaseChatModel):
                 if is_pydantic else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
             )
         elif method in ("json_schema", "json_mode"):
-            if method == "json_schema" and schema is None:
-                raise InvalidSettingError("method='json_schema' needs a schema")
-            response_format = (
-                {"type": "json_schema", "schema": convert_to_json_schema(schema)}
-                if method == "json_schema" else {"type": "json_object"}
-            )
+            response_format: dict[str, Any] = {"type": "json_object"}
+            if method == "json_schema":
+                if schema is None:
+                    raise InvalidSettingError("method='json_schema' needs a schema")
+                response_format = {"type": "json_schema", "schema": convert_to_json_schema(schema)}  # type: ignore[arg-type]
             model = self.bind(response_format=response_format, ls_structured_output_format=trace)
             parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
         else:
@@ -417,7 +418,7 @@ class _Parsed:
     reasoning: str = ""
     calls: tuple[ParsedCall, ...] = ()
 
-    def then(self, later: "_Parsed") -> "_Parsed":
+    def then(self, later: _Parsed) -> _Parsed:
         return _Parsed(self.content + later.content, self.reasoning + later.reasoning, self.calls + later.calls)
 
 

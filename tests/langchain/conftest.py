@@ -8,7 +8,8 @@ adapter's real parsing path. It exists only to show features a 135M model cannot
 
 from __future__ import annotations
 
-from typing import Any, Callable, Generator
+from collections.abc import Callable, Generator
+from typing import Any
 
 import pytest
 

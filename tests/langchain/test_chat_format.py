@@ -40,7 +40,7 @@ def counter_ids():
 
 def split_at(text: str, cuts: list[int]) -> list[str]:
     points = sorted({0, len(text), *(c % (len(text) + 1) for c in cuts)})
-    return [text[a:b] for a, b in zip(points, points[1:])]
+    return [text[a:b] for a, b in itertools.pairwise(points)]
 
 
 def stream_think(pieces: list[str]) -> tuple[str, str]:
