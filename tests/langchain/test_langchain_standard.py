@@ -3,7 +3,7 @@
 The unit suite is fast (no generation). The integration suite generates with the real 135M pair
 and is marked slow. SmolLM2-135M cannot follow a tool or JSON schema: the tests that need it are
 marked xfail (strict: greedy decoding makes the failure deterministic) and each of those features
-is shown through the real parsing path in test_tools.py and test_structured.py.
+is shown through the real parsing path in test_langchain_tools.py and test_langchain_structured.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from rstitch_integrations.langchain import ChatRStitch
 
 CANNOT_FOLLOW_SCHEMAS = (
     "SmolLM2-135M cannot follow a tool/JSON schema: forced calls come out malformed or with wrong arguments "
-    "(shown working with scripted model text through the real parsing path in test_tools.py / test_structured.py)"
+    "(shown working with scripted model text through the real parsing path in test_langchain_tools.py / test_langchain_structured.py)"
 )
 
 
