@@ -394,19 +394,21 @@ class _AnswerParser:
 
     def feed(self, text: str) -> _Step:
         content, thinking = self._think.feed(text) if self.separate_thinking else (text, "")
-        return self._tool_step(content, thinking, final=False)
+        return self._tool_step(content, thinking)
 
     def finish(self, close_tool_call: bool = False) -> _Step:
-        """The held-back rest; ``close_tool_call`` first closes a call whose closing tag was the stop string."""
+        """The held-back rest; ``close_tool_call`` completes a block cut at its closing tag (the stop string)."""
         content, thinking = self._think.finish() if self.separate_thinking else ("", "")
-        return self._tool_step(content + (TOOL_CALL_CLOSE if close_tool_call else ""), thinking, final=True)
+        return self._tool_step(content, thinking, final=True, close_tool_call=close_tool_call)
 
-    def _tool_step(self, content: str, thinking: str, final: bool) -> _Step:
+    def _tool_step(self, content: str, thinking: str, final: bool = False, close_tool_call: bool = False) -> _Step:
         calls: list[ToolCall | InvalidToolCall] = []
         if self._tools is not None:
             step = self._tools.feed(content)
             calls.extend(step.calls)
             content = step.content
+            if close_tool_call and self._tools.inside:
+                calls.extend(self._tools.feed(TOOL_CALL_CLOSE).calls)
             if final:
                 rest = self._tools.finish()
                 content += rest.content
