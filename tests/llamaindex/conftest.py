@@ -27,8 +27,6 @@ from rstitch_engine import (
 from rstitch_engine.detokenize import TextAssembler
 from rstitch_integrations.llamaindex import RStitchLLM
 
-pytestmark = pytest.mark.real_model
-
 
 @pytest.fixture(scope="session")
 def rstitch_llm(real_engine) -> RStitchLLM:
