@@ -24,6 +24,7 @@ from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.instrumentation import Dispatcher, get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 from llama_index.core.instrumentation.events import BaseEvent
+from llama_index.core.instrumentation.events.exception import ExceptionEvent
 from llama_index.core.instrumentation.events.llm import (
     LLMChatEndEvent,
     LLMChatInProgressEvent,
@@ -79,6 +80,9 @@ class RStitchEventHandler(BaseEventHandler):
                     self._streams.setdefault(event.span_id, []).extend(sources)
         elif isinstance(event, _END):
             self._finish(event)
+        elif isinstance(event, ExceptionEvent):  # a failed or abandoned stream: no end event will come
+            with self._lock:
+                self._streams.pop(event.span_id, None)
 
     def _finish(self, event: Any) -> None:
         with self._lock:

@@ -58,6 +58,14 @@ async def test_every_call_path_is_recorded_once_with_its_attribution(rstitch_llm
     assert math.isclose(totals.cost, expected_cost, rel_tol=1e-12)
 
 
+def test_an_abandoned_stream_is_not_recorded_and_leaves_nothing_behind(rstitch_llm, handler):
+    stream = rstitch_llm.stream_complete("Name a primary colour.")
+    next(stream)
+    stream.close()
+    assert handler.calls == [] and handler.totals.requests == 0
+    assert handler._streams == {}
+
+
 def test_detach_and_reset(rstitch_llm, handler):
     rstitch_llm.complete("Say yes.", max_tokens=2)
     assert handler.reset().requests == 1
