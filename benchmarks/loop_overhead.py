@@ -1,15 +1,16 @@
 """Per-token cost of the stitched loop against a plain cached decode loop of the same model.
 
-For each model of the pair, side by side in one run (variants interleaved in every repeat, so the
-machine's noise hits all of them alike):
+For each model of the pair, in one run:
 
 * plain loop: the tightest cached greedy decode loop (forward on the last token, argmax), no engine;
-* ``model.generate``: transformers' own greedy decoding, for reference;
 * stitched loop with the always-SLM router (for the SLM) or the always-LLM router (for the LLM):
-  the engine's full path (entropy, routing, detokenisation, events, stats) with one model decoding.
+  the engine's full path (entropy, routing, detokenisation, events, stats) with one model decoding;
+* transformers' ``model.generate`` (greedy), for reference.
 
-The per-token cost is the decode phase only: (time of last token - time of first token) / (n - 1).
-Ratios are medians over repeats of stitched / plain. Prints a table and writes JSON with --json.
+The plain and stitched loops advance in lockstep, one token each in alternating order, so the
+shared machine's load hits both alike; their ratio is total stitched time / total plain time over
+the decode phase (prefill excluded), median over repeats. ``generate`` cannot be interleaved and
+runs between lockstep rounds. Prints a table; ``--json PATH`` writes the results.
 
     python benchmarks/loop_overhead.py --tokens 64 --repeats 5 --json results/loop_overhead.json
 """
@@ -22,6 +23,7 @@ import platform
 import statistics
 import time
 from pathlib import Path
+from typing import Iterator
 
 import torch
 from rich.console import Console
@@ -35,17 +37,38 @@ PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse kee
 
 
 @torch.inference_mode()
-def plain_loop_per_token(loaded: LoadedModel, prompt_ids: list[int], tokens: int) -> float:
+def plain_loop(loaded: LoadedModel, prompt_ids: list[int]) -> Iterator[int]:
+    """Greedy cached decoding, one token per ``next()``: the first call prefills the prompt."""
     model, device = loaded.model, loaded.device
     cache = DynamicCache(config=model.config)
-    next_input = torch.tensor([prompt_ids], device=device)
-    stamps = []
-    for _ in range(tokens):
+    next_input = torch.tensor([prompt_ids], device=device)  # [1, P], then [1, 1]
+    while True:
         logits = model(input_ids=next_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
         token = int(torch.argmax(logits[0, -1, : loaded.vocab_size]))
-        stamps.append(time.perf_counter())
+        yield token
         next_input = torch.tensor([[token]], device=device)
-    return (stamps[-1] - stamps[0]) / (len(stamps) - 1)
+
+
+def lockstep_seconds(engine: StitchEngine, role: str, prompt_ids: list[int], tokens: int) -> tuple[float, float]:
+    """(plain, stitched) seconds over tokens - 1 decode steps, taken alternately."""
+    loaded = engine.pair.slm if role == "slm" else engine.pair.llm
+    router = AlwaysSLMRouter() if role == "slm" else AlwaysLLMRouter()
+    plain = plain_loop(loaded, prompt_ids)
+    stitched = engine.stream(prompt_ids, GenerationSettings(max_new_tokens=tokens), router)
+    totals = {"plain": 0.0, "stitched": 0.0}
+    steps = {"plain": lambda: next(plain), "stitched": lambda: next(stitched).token_id}
+    assert steps["plain"]() == steps["stitched"]()  # prefill steps, not timed
+    for i in range(tokens - 1):
+        order = ("plain", "stitched") if i % 2 == 0 else ("stitched", "plain")
+        produced = []
+        for name in order:
+            start = time.perf_counter()
+            produced.append(steps[name]())
+            totals[name] += time.perf_counter() - start
+        if produced[0] != produced[1]:
+            raise RuntimeError(f"the stitched loop diverged from the plain loop at token {i + 1}")
+    stitched.close()
+    return totals["plain"], totals["stitched"]
 
 
 class _Stamps(StoppingCriteria):
@@ -58,20 +81,13 @@ class _Stamps(StoppingCriteria):
 
 
 @torch.inference_mode()
-def hf_generate_per_token(loaded: LoadedModel, prompt_ids: list[int], tokens: int) -> float:
+def hf_generate_seconds(loaded: LoadedModel, prompt_ids: list[int], tokens: int) -> float:
+    """Seconds of transformers' greedy generate over tokens - 1 decode steps."""
     stamps = _Stamps()
     ids = torch.tensor([prompt_ids], device=loaded.device)
     loaded.model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=tokens, min_new_tokens=tokens,
                           do_sample=False, stopping_criteria=[stamps], pad_token_id=0)
-    return (stamps.stamps[-1] - stamps.stamps[0]) / (len(stamps.stamps) - 1)
-
-
-def stitched_per_token(engine: StitchEngine, role: str, prompt_ids: list[int], tokens: int) -> float:
-    router = AlwaysSLMRouter() if role == "slm" else AlwaysLLMRouter()
-    events = list(engine.stream(prompt_ids, GenerationSettings(max_new_tokens=tokens), router))
-    if len(events) < tokens:
-        raise RuntimeError(f"the {role} stopped after {len(events)} tokens; use a prompt with a longer answer")
-    return (events[-1].seconds - events[0].seconds) / (len(events) - 1)
+    return stamps.stamps[-1] - stamps.stamps[0]
 
 
 def main() -> None:
@@ -89,34 +105,28 @@ def main() -> None:
     with console.status("loading the pair"):
         engine = StitchEngine.from_pretrained(args.llm, args.slm, device=args.device, dtype=args.dtype)
     prompt_ids = engine.encode(PROMPT)
-    variants = {
-        "plain loop": lambda loaded, role: plain_loop_per_token(loaded, prompt_ids, args.tokens),
-        "HF generate": lambda loaded, role: hf_generate_per_token(loaded, prompt_ids, args.tokens),
-        "stitched loop": lambda loaded, role: stitched_per_token(engine, role, prompt_ids, args.tokens),
-    }
-    samples: dict[str, dict[str, list[float]]] = {role: {v: [] for v in variants} for role in ("slm", "llm")}
-    for role in ("slm", "llm"):
-        loaded = engine.pair.slm if role == "slm" else engine.pair.llm
-        for fn in variants.values():  # warm-up
-            fn(loaded, role)
-        for _ in range(args.repeats):
-            for name, fn in variants.items():
-                samples[role][name].append(fn(loaded, role))
-
+    steps = args.tokens - 1
     rows = []
     for role in ("slm", "llm"):
-        medians = {name: statistics.median(values) for name, values in samples[role].items()}
-        ratios = [s / p for s, p in zip(samples[role]["stitched loop"], samples[role]["plain loop"])]
+        loaded = engine.pair.slm if role == "slm" else engine.pair.llm
+        lockstep_seconds(engine, role, prompt_ids, 8)  # warm-up
+        plain, stitched, generate = [], [], []
+        for _ in range(args.repeats):
+            plain_s, stitched_s = lockstep_seconds(engine, role, prompt_ids, args.tokens)
+            plain.append(plain_s / steps)
+            stitched.append(stitched_s / steps)
+            generate.append(hf_generate_seconds(loaded, prompt_ids, args.tokens) / steps)
+        ratios = [s / p for s, p in zip(stitched, plain)]
         rows.append({
             "model": role,
             "router": "always-SLM" if role == "slm" else "always-LLM",
-            "plain_ms_per_token": 1000 * medians["plain loop"],
-            "hf_generate_ms_per_token": 1000 * medians["HF generate"],
-            "stitched_ms_per_token": 1000 * medians["stitched loop"],
+            "plain_ms_per_token": 1000 * statistics.median(plain),
+            "hf_generate_ms_per_token": 1000 * statistics.median(generate),
+            "stitched_ms_per_token": 1000 * statistics.median(stitched),
             "ratio_stitched_over_plain": statistics.median(ratios),
             "ratio_per_repeat": ratios,
         })
-    table = Table(title=f"Per-token decode cost, {args.tokens} tokens, median of {args.repeats} interleaved repeats")
+    table = Table(title=f"Per-token decode cost over {steps} decode steps, median of {args.repeats} repeats")
     for column in ("model", "router", "plain loop ms", "HF generate ms", "stitched ms", "stitched / plain"):
         table.add_column(column, justify="right")
     for row in rows:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .settings import GenerationSettings
@@ -18,11 +19,30 @@ from .settings import GenerationSettings
 def normalised_entropy(logits: torch.Tensor) -> float:
     """H = -sum p log p / log |V| of softmax(logits), in [0, 1].
 
-    logits: [V], already sliced to the shared real vocabulary.
+    logits: [V], already sliced to the shared real vocabulary. Tokens with logit -inf count as p = 0.
+    On CPU the sums run single-threaded in NumPy: torch's intra-op threads stall on such small
+    reductions when the other cores are busy (measured on 2 cores under load: 0.3 ms in NumPy
+    against 1 to 24 ms in torch for |V| = 49,152), which would tax every stitched step.
     """
-    probs = torch.softmax(logits.float(), dim=-1)  # [V]
-    entropy = torch.special.entr(probs).sum()  # entr(p) = -p log p, and 0 at p = 0
-    return float(entropy) / math.log(logits.shape[-1])
+    if logits.device.type == "cpu":
+        entropy = _entropy_numpy(logits.detach().numpy())
+    else:
+        entropy = _entropy_torch(logits)
+    return entropy / math.log(logits.shape[-1])
+
+
+def _entropy_numpy(logits: np.ndarray) -> float:
+    # With z = x - max(x), e = exp(z), s = sum(e):  H = log s - sum(e * z) / s.
+    z = np.maximum(logits - logits.max(), np.finfo(logits.dtype).min)  # -inf -> finite, so 0 * z = 0
+    e = np.exp(z)
+    s = e.sum()
+    return float(math.log(s) - np.dot(e, z) / s)
+
+
+def _entropy_torch(logits: torch.Tensor) -> float:
+    log_probs = torch.log_softmax(logits.float(), dim=-1)  # [V]
+    log_probs = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)  # -inf -> finite, so 0 * lp = 0
+    return float(-torch.dot(log_probs.exp(), log_probs))
 
 
 def choose_token(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> int:

@@ -10,7 +10,7 @@ from hypothesis import assume, given, settings as hsettings, strategies as st
 
 from rstitch_engine import EntropyRouter, GenerationSettings, normalised_entropy
 from rstitch_engine.detokenize import IncrementalDetokenizer, StopStringFilter, TextAssembler
-from rstitch_engine.sampling import choose_token
+from rstitch_engine.sampling import _entropy_numpy, _entropy_torch, choose_token
 from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_engine
 
 
@@ -53,6 +53,18 @@ def test_normalised_entropy_bounds_and_masked_tokens():
     half = torch.full((4,), -math.inf)
     half[:2] = 0.0
     assert normalised_entropy(half) == pytest.approx(0.5)  # log 2 / log 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_numpy_and_torch_entropy_paths_agree(dtype):
+    generator = torch.Generator().manual_seed(0)
+    for scale in (0.1, 1.0, 5.0, 30.0):
+        logits = (torch.randn(49152, generator=generator) * scale).to(dtype)
+        logits[:100] = -math.inf
+        numpy_value, torch_value = _entropy_numpy(logits.numpy()), _entropy_torch(logits)
+        reference = float(torch.special.entr(torch.softmax(logits.double(), -1)).sum())
+        assert numpy_value == pytest.approx(reference, rel=1e-4, abs=1e-6)
+        assert torch_value == pytest.approx(reference, rel=1e-4, abs=1e-6)
 
 
 def test_top_p_keeps_the_smallest_sufficient_set():
