@@ -6,7 +6,7 @@ import anywhere in this package.
 """
 
 from .defaults import DEFAULT_LLM, DEFAULT_SLM_LAYERS
-from .engine import GenerationResult, StitchEngine, StitchStream
+from .engine import GenerationResult, StitchEngine, StitchRequest, StitchStream
 from .errors import (
     EmptyPromptError,
     InvalidSettingError,
@@ -42,6 +42,7 @@ __all__ = [
     "Router",
     "RouterState",
     "StitchEngine",
+    "StitchRequest",
     "StitchStats",
     "StitchStream",
     "TokenEvent",

@@ -125,7 +125,8 @@ def stats_table(stats: StitchStats) -> Table:
         ("catch-up tokens SLM / LLM", f"{stats.slm.catchup_tokens} / {stats.llm.catchup_tokens}"),
         ("catch-up time SLM / LLM", f"{stats.slm.catchup_seconds:.2f} s / {stats.llm.catchup_seconds:.2f} s"),
         ("decode time SLM / LLM", f"{stats.slm.decode_seconds:.2f} s / {stats.llm.decode_seconds:.2f} s"),
-        ("wall time", f"{stats.wall_seconds:.2f} s  ({stats.tokens_per_second:.1f} tokens/s)"),
+        ("wall time (busy)", f"{stats.wall_seconds:.2f} s ({stats.busy_seconds:.2f} s, "
+                             f"{stats.tokens_per_second:.1f} tokens/s)"),
         ("speedup vs LLM alone", speedup),
         ("finish reason", stats.finish_reason),
     ]

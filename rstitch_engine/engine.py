@@ -67,6 +67,8 @@ class StitchRequest:
     discarded_slm_tokens: int = 0
     switches_to_llm: int = 0
     switches_to_slm: int = 0
+    idle_seconds: float = 0.0
+    """Time not spent on this request: waiting for other requests' passes, or for the consumer."""
 
     @classmethod
     def start(cls, pair: ModelPair, prompt_ids: list[int]) -> "StitchRequest":
@@ -258,7 +260,9 @@ class StitchEngine:
             slot = request.slots[active]
             kind = "decode" if request.last_writer == active else "catchup"
             want_hidden = active == "slm" and router.needs_hidden_state
+            waiting_since = time.perf_counter()
             with self._forward_lock:
+                request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
                 nxt = slot.catch_up(tokens, kind, want_hidden)
             entropy = normalised_entropy(nxt.logits)
             token = choose_token(nxt.logits, settings, randomness.generator_for(nxt.logits.device))
@@ -296,7 +300,9 @@ class StitchEngine:
             took_over = False
             if is_eos or text.stopped:
                 finish_reason = "stop"
+            suspended_since = time.perf_counter()
             yield event
+            request.idle_seconds += time.perf_counter() - suspended_since  # the consumer's time
             if finish_reason == "stop":
                 break
 
@@ -316,6 +322,7 @@ class StitchEngine:
             switches_to_llm=request.switches_to_llm,
             switches_to_slm=request.switches_to_slm,
             wall_seconds=wall_seconds,
+            idle_seconds=request.idle_seconds,
             finish_reason=finish_reason,  # type: ignore[arg-type]
             router=type(router).__name__,
             threshold=router.threshold,

@@ -79,6 +79,10 @@ class StitchStats:
     switches_to_llm: int
     switches_to_slm: int
     wall_seconds: float
+    """From the start of the request to its end, as the caller saw it."""
+    idle_seconds: float
+    """Part of the wall time spent waiting: for other requests' forward passes (concurrent callers
+    are serialised) or for the consumer of the stream between two tokens."""
     finish_reason: FinishReason
     router: str
     threshold: float
@@ -99,14 +103,20 @@ class StitchStats:
         return self.slm.tokens / self.output_tokens if self.output_tokens else 0.0
 
     @property
+    def busy_seconds(self) -> float:
+        """Wall time minus idle time: what decoding this request cost."""
+        return max(self.wall_seconds - self.idle_seconds, 0.0)
+
+    @property
     def tokens_per_second(self) -> float:
-        return self.output_tokens / self.wall_seconds if self.wall_seconds > 0 else 0.0
+        return self.output_tokens / self.busy_seconds if self.busy_seconds > 0 else 0.0
 
     @property
     def speedup(self) -> float | None:
-        if self.llm_alone_seconds is None or self.wall_seconds <= 0:
+        """LLM-alone seconds / busy seconds: concurrency and slow consumers do not distort it."""
+        if self.llm_alone_seconds is None or self.busy_seconds <= 0:
             return None
-        return self.llm_alone_seconds / self.wall_seconds
+        return self.llm_alone_seconds / self.busy_seconds
 
     def with_measured_llm_alone(self, seconds: float) -> "StitchStats":
         return dataclasses.replace(self, llm_alone_seconds=seconds, speedup_basis="measured")
@@ -131,6 +141,8 @@ class StitchStats:
             "slm_forward_passes": self.slm.forward_passes,
             "llm_forward_passes": self.llm.forward_passes,
             "wall_seconds": self.wall_seconds,
+            "idle_seconds": self.idle_seconds,
+            "busy_seconds": self.busy_seconds,
             "tokens_per_second": self.tokens_per_second,
             "finish_reason": self.finish_reason,
             "router": self.router,

@@ -37,6 +37,7 @@ REQUIRED_STATS_KEYS = (
     "slm_decode_seconds",
     "llm_decode_seconds",
     "wall_seconds",
+    "busy_seconds",
     "llm_alone_seconds",
 )
 """Keys of ``StitchStats.to_dict()`` that ``StitchLedger.record`` reads."""
@@ -100,8 +101,10 @@ class LedgerTotals:
     """Wall time of all requests."""
     timed_requests: int = 0
     """Requests whose LLM-alone time is known (measured or estimated)."""
-    timed_wall_seconds: float = 0.0
-    """Wall time of those requests."""
+    busy_seconds: float = 0.0
+    """Decoding time of all requests (wall time minus waiting for other requests or consumers)."""
+    timed_busy_seconds: float = 0.0
+    """Decoding time of those requests."""
     llm_alone_seconds: float = 0.0
     """Time the LLM alone would have taken for those requests."""
     llm_alone_cost: float = 0.0
@@ -116,10 +119,10 @@ class LedgerTotals:
 
     @property
     def speedup(self) -> float | None:
-        """Cumulative speedup: LLM-alone time over stitched wall time, on the requests where it is known."""
-        if self.timed_requests == 0 or self.timed_wall_seconds <= 0:
+        """Cumulative speedup: LLM-alone time over stitched busy time, on the requests where it is known."""
+        if self.timed_requests == 0 or self.timed_busy_seconds <= 0:
             return None
-        return self.llm_alone_seconds / self.timed_wall_seconds
+        return self.llm_alone_seconds / self.timed_busy_seconds
 
     @property
     def savings(self) -> float | None:
@@ -199,8 +202,9 @@ def _request_totals(stats: Mapping[str, Any], prices: Mapping[str, ModelPrice]) 
         switches_to_llm=int(stats["switches_to_llm"]),
         switches_to_slm=int(stats["switches_to_slm"]),
         wall_seconds=float(stats["wall_seconds"]),
+        busy_seconds=float(stats["busy_seconds"]),
         timed_requests=int(timed),
-        timed_wall_seconds=float(stats["wall_seconds"]) if timed else 0.0,
+        timed_busy_seconds=float(stats["busy_seconds"]) if timed else 0.0,
         llm_alone_seconds=float(alone) if timed else 0.0,
         llm_alone_cost=prices["llm"].cost(int(stats["output_tokens"]), alone) if timed else 0.0,
         timed_cost=cost if timed else 0.0,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -80,6 +81,22 @@ def test_abandoned_stream_leaves_the_engine_ready(engine, how):
         del stream
         gc.collect()
     assert engine.generate(PROMPTS[1], settings).token_ids == expected
+
+
+def test_time_spent_waiting_is_idle_not_busy(engine):
+    """A slow consumer and another request's passes count as idle time, not as decoding time."""
+    settings = GenerationSettings(max_new_tokens=6)
+    stream = engine.stream(PROMPTS[0], settings)
+    for _ in stream:
+        time.sleep(0.05)  # the consumer's time
+    stats = stream.stats
+    assert stats.idle_seconds >= 6 * 0.05 and stats.busy_seconds == stats.wall_seconds - stats.idle_seconds
+    other = engine.stream(PROMPTS[1], settings)
+    next(other)
+    engine._forward_lock.acquire()  # another request's long forward pass
+    threading.Timer(0.3, engine._forward_lock.release).start()
+    list(other)
+    assert other.stats.idle_seconds >= 0.3 and other.stats.busy_seconds < other.stats.wall_seconds - 0.25
 
 
 def test_stats_survive_iterating_past_the_end(engine):

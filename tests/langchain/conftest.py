@@ -68,7 +68,7 @@ class ScriptedEngine(StitchEngine):
                  for role in ("slm", "llm")}
         return StitchStats(
             prompt_tokens=len(prompt_ids), output_tokens=len(ids), slm=usage["slm"], llm=usage["llm"],
-            discarded_slm_tokens=0, switches_to_llm=0, switches_to_slm=0, wall_seconds=0.01 * len(ids),
+            discarded_slm_tokens=0, switches_to_llm=0, switches_to_slm=0, wall_seconds=0.01 * len(ids), idle_seconds=0.0,
             finish_reason=finish, router="EntropyRouter", threshold=0.1, llm_alone_seconds=None,  # type: ignore[arg-type]
             speedup_basis="unavailable",
         )

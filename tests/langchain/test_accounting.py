@@ -16,7 +16,8 @@ def stats(**overrides: object) -> dict[str, object]:
         "prompt_tokens": 30, "output_tokens": 10, "slm_tokens": 7, "llm_tokens": 3, "slm_share": 0.7,
         "discarded_slm_tokens": 2, "switches_to_llm": 2, "switches_to_slm": 1,
         "slm_catchup_tokens": 31, "llm_catchup_tokens": 35, "slm_catchup_seconds": 0.25, "llm_catchup_seconds": 0.5,
-        "slm_decode_seconds": 0.5, "llm_decode_seconds": 1.0, "wall_seconds": 2.5, "finish_reason": "stop",
+        "slm_decode_seconds": 0.5, "llm_decode_seconds": 1.0, "wall_seconds": 2.5, "idle_seconds": 0.0, "busy_seconds": 2.5,
+        "finish_reason": "stop",
         "llm_alone_seconds": 5.0, "speedup": 2.0, "speedup_basis": "estimated",
     }
     return {**base, **overrides}
@@ -25,20 +26,21 @@ def stats(**overrides: object) -> dict[str, object]:
 def test_totals_add_up_exactly() -> None:
     ledger = StitchLedger({"slm": ModelPrice(per_1k_tokens=1.0), "llm": ModelPrice(per_1k_tokens=10.0, per_second=2.0)})
     ledger.record(stats())
-    ledger.record(stats(slm_tokens=0, llm_tokens=4, output_tokens=4, llm_alone_seconds=None, wall_seconds=1.5))
+    ledger.record(stats(slm_tokens=0, llm_tokens=4, output_tokens=4, llm_alone_seconds=None, wall_seconds=1.5,
+                         busy_seconds=1.5))
     totals = ledger.totals
     assert (totals.requests, totals.prompt_tokens, totals.output_tokens) == (2, 60, 14)
     assert (totals.slm.tokens, totals.llm.tokens) == (7, 7)
     assert (totals.slm.catchup_tokens, totals.llm.catchup_tokens) == (62, 70)
     assert (totals.slm.seconds, totals.llm.seconds) == (1.5, 3.0)
     assert (totals.discarded_slm_tokens, totals.switches_to_llm, totals.switches_to_slm) == (4, 4, 2)
-    assert totals.wall_seconds == 4.0
+    assert totals.wall_seconds == totals.busy_seconds == 4.0
     # costs: SLM 7 tokens at 1/1k; LLM 7 tokens at 10/1k plus 3 s at 2/s
     assert totals.slm.cost == pytest.approx(0.007, abs=1e-15)
     assert totals.llm.cost == pytest.approx(0.07 + 6.0, abs=1e-12)
     assert totals.cost == pytest.approx(totals.slm.cost + totals.llm.cost, abs=0)
-    # speedup only over the request whose LLM-alone time is known: 5.0 s alone / 2.5 s wall
-    assert (totals.timed_requests, totals.timed_wall_seconds, totals.llm_alone_seconds) == (1, 2.5, 5.0)
+    # speedup only over the request whose LLM-alone time is known: 5.0 s alone / 2.5 s busy
+    assert (totals.timed_requests, totals.timed_busy_seconds, totals.llm_alone_seconds) == (1, 2.5, 5.0)
     assert totals.speedup == 2.0
     # LLM alone for that request: 10 tokens at 10/1k + 5 s at 2/s; stitched it cost 0.007 + 0.03 + 3.0
     assert totals.llm_alone_cost == pytest.approx(10.1, abs=1e-12)
@@ -116,5 +118,5 @@ def real_stats_keys() -> set[str]:
     from rstitch_engine import ModelUsage, StitchStats
 
     usage = ModelUsage(0, 0, 0, 0.0, 0, 0, 0.0)
-    record = StitchStats(1, 0, usage, usage, 0, 0, 0, 0.0, "stop", "EntropyRouter", 0.1, None, "unavailable")
+    record = StitchStats(1, 0, usage, usage, 0, 0, 0, 0.0, 0.0, "stop", "EntropyRouter", 0.1, None, "unavailable")
     return set(record.to_dict())

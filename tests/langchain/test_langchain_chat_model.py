@@ -126,7 +126,7 @@ def test_a_measured_speedup(real_engine: StitchEngine) -> None:
     reply = ChatRStitch(max_tokens=4, measure_speedup=True).invoke(QUESTION)
     stitch = reply.response_metadata["stitch"]
     assert stitch["speedup_basis"] == "measured"
-    assert stitch["speedup"] == pytest.approx(stitch["llm_alone_seconds"] / stitch["wall_seconds"], rel=1e-12)
+    assert stitch["speedup"] == pytest.approx(stitch["llm_alone_seconds"] / stitch["busy_seconds"], rel=1e-12)
 
 
 # ----------------------------------------------------------------------------- stops
@@ -240,7 +240,7 @@ def test_usage_callback_and_cost_handler_totals_equal_the_engine_stats(chat: Cha
     )
     timed = [s for s in stats if s["llm_alone_seconds"] is not None]
     assert totals.speedup == pytest.approx(
-        sum(s["llm_alone_seconds"] for s in timed) / sum(s["wall_seconds"] for s in timed), rel=1e-12
+        sum(s["llm_alone_seconds"] for s in timed) / sum(s["busy_seconds"] for s in timed), rel=1e-12
     )
     [(name, used)] = usage.usage_metadata.items()  # LangChain's own usage callback, side by side
     assert name == chat.model_name

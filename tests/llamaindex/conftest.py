@@ -99,6 +99,7 @@ class ScriptedEngine(StitchEngine):
             switches_to_llm=written["llm"],
             switches_to_slm=written["llm"],
             wall_seconds=0.01,
+            idle_seconds=0.0,
             finish_reason="stop",
             router="Scripted",
             threshold=0.1,
