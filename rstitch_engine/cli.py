@@ -85,7 +85,7 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
     console.print()
     stats = stream.stats
     if args.measure_speedup:
-        stats = stats.with_measured_llm_alone(engine.decode_alone("llm", prompt, settings).seconds)
+        stats = stats.with_measured_llm_alone(engine.decode_alone("llm", prompt, settings))
     if args.json:
         console.print_json(json.dumps(stats.to_dict()))
     else:
@@ -117,6 +117,8 @@ def stats_table(stats: StitchStats) -> Table:
     """The stats of one request as a two-column table."""
     table = Table(title="R-Stitch stats", show_header=False, title_justify="left")
     speedup = "n/a" if stats.speedup is None else f"{stats.speedup:.2f}x ({stats.speedup_basis})"
+    if stats.llm_alone_tokens is not None:
+        speedup += f"; LLM alone: {stats.llm_alone_tokens} tokens in {stats.llm_alone_seconds:.2f} s"
     rows = [
         ("tokens (prompt / output)", f"{stats.prompt_tokens} / {stats.output_tokens}"),
         ("written by SLM / LLM", f"{stats.slm_tokens} / {stats.llm_tokens}  ({stats.slm_share:.0%} SLM)"),

@@ -223,7 +223,7 @@ class StitchEngine:
         stats = stream.stats
         if measure_speedup:
             alone = self.decode_alone("llm", prompt, settings)
-            stats = stats.with_measured_llm_alone(alone.seconds)
+            stats = stats.with_measured_llm_alone(alone)
         return GenerationResult(
             text="".join(e.text for e in events),
             token_ids=tuple(e.token_id for e in events),

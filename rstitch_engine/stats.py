@@ -6,6 +6,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
+from .baseline import AloneResult
 from .slot import ForwardRecord, ModelRole
 
 FinishReason = Literal["stop", "length"]
@@ -89,6 +90,10 @@ class StitchStats:
     llm_alone_seconds: float | None
     """Measured (an LLM-alone run) or estimated time of the LLM decoding this request alone."""
     speedup_basis: SpeedupBasis
+    llm_alone_tokens: int | None = None
+    """Tokens the LLM wrote alone when measured (it may stop earlier or later than the stitched
+    answer: the measured speedup is per request, as in the paper); None when estimated, which
+    assumes the same output length."""
 
     @property
     def slm_tokens(self) -> int:
@@ -118,8 +123,10 @@ class StitchStats:
             return None
         return self.llm_alone_seconds / self.busy_seconds
 
-    def with_measured_llm_alone(self, seconds: float) -> "StitchStats":
-        return dataclasses.replace(self, llm_alone_seconds=seconds, speedup_basis="measured")
+    def with_measured_llm_alone(self, alone: AloneResult) -> "StitchStats":
+        """These stats with the speedup measured against an LLM-alone run of the same request."""
+        return dataclasses.replace(self, llm_alone_seconds=alone.seconds, llm_alone_tokens=len(alone.token_ids),
+                                   speedup_basis="measured")
 
     def to_dict(self) -> dict[str, object]:
         """Flat, JSON-ready summary (the keys the adapters report)."""
@@ -148,6 +155,7 @@ class StitchStats:
             "router": self.router,
             "threshold": self.threshold,
             "llm_alone_seconds": self.llm_alone_seconds,
+            "llm_alone_tokens": self.llm_alone_tokens,
             "speedup": self.speedup,
             "speedup_basis": self.speedup_basis,
         }

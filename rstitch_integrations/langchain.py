@@ -269,7 +269,7 @@ class ChatRStitch(BaseChatModel):
                 input_tokens, call_index = 0, call_index + len(parsed.calls)
             stats = stream.stats
             if self.measure_speedup:
-                stats = stats.with_measured_llm_alone(engine.decode_alone("llm", request.prompt_ids, request.settings).seconds)
+                stats = stats.with_measured_llm_alone(engine.decode_alone("llm", request.prompt_ids, request.settings))
             forced_tool = request.tool_names is not None and bool(request.prefix)
             parsed = pending.then(parser.finish(close_tool_call=forced_tool and stats.finish_reason == "stop"))
             yield _last_chunk(parsed, stats, self.model_name, call_index, input_tokens)

@@ -326,7 +326,7 @@ class RStitchLLM(FunctionCallingLLM):
                     pending = []
             stats = stream.stats
         if self.measure_speedup:
-            stats = stats.with_measured_llm_alone(self.engine.decode_alone("llm", request.ids, request.settings).seconds)
+            stats = stats.with_measured_llm_alone(self.engine.decode_alone("llm", request.ids, request.settings))
         forced_call_stopped = bool(request.prefix) and stats.finish_reason == "stop"  # its </tool_call> was the stop
         final = parser.response(parser.finish(close_tool_call=forced_call_stopped), pending)
         final.raw = {

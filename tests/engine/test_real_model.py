@@ -78,6 +78,8 @@ def test_stats_add_up_and_speedup_is_estimated_from_this_run(real_engine):
     measured = real_engine.generate(CHATS[1], GenerationSettings(max_new_tokens=24), EntropyRouter(0.1),
                                     measure_speedup=True).stats
     assert measured.speedup_basis == "measured" and measured.llm_alone_seconds > 0
+    alone = real_engine.decode_alone("llm", CHATS[1], GenerationSettings(max_new_tokens=24))
+    assert measured.llm_alone_tokens == len(alone.token_ids) and stats.llm_alone_tokens is None
     assert measured.speedup == pytest.approx(measured.llm_alone_seconds / measured.busy_seconds)
 
 
