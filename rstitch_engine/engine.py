@@ -30,7 +30,7 @@ from .pair import ModelPair
 from .routers import EntropyRouter, Router, RouterState
 from .sampling import RequestRandomness, choose_token, normalised_entropy
 from .settings import GenerationSettings
-from .slot import ForwardRecord, ModelRole, Slot
+from .slot import ForwardKind, ForwardRecord, ModelRole, Slot
 from .stats import ModelUsage, StitchStats, TokenEvent
 
 Message = Mapping[str, Any]
@@ -258,7 +258,7 @@ class StitchEngine:
         while request.output_tokens < settings.max_new_tokens:
             active = request.active
             slot = request.slots[active]
-            kind = "decode" if request.last_writer == active else "catchup"
+            kind: ForwardKind = "decode" if request.last_writer == active else "catchup"
             want_hidden = active == "slm" and router.needs_hidden_state
             waiting_since = time.perf_counter()
             with self._forward_lock:

@@ -98,7 +98,7 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"could not load the model {spec.source!r}: {error}") from error
     if spec.device_map is None:
-        model = model.to(spec.torch_device())
+        model = model.to(spec.torch_device())  # type: ignore[arg-type]  # transformers types .to oddly
     return model.eval()
 
 

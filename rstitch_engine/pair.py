@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 from transformers import PreTrainedModel
 
@@ -110,9 +110,9 @@ def check_same_tokenizer(slm_tokenizer: Any, llm_tokenizer: Any) -> None:
         )
 
 
-def _as_id_set(value: object) -> set[int]:
+def _as_id_set(value: int | Iterable[int] | None) -> set[int]:
     if value is None:
         return set()
     if isinstance(value, int):
         return {value}
-    return {int(v) for v in value}  # type: ignore[union-attr]
+    return {int(v) for v in value}

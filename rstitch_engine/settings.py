@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import InvalidSettingError
 
@@ -55,7 +56,7 @@ class GenerationSettings:
     def greedy(self) -> bool:
         return self.temperature == 0
 
-    def replace(self, **changes: object) -> "GenerationSettings":
+    def replace(self, **changes: Any) -> "GenerationSettings":
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 

@@ -31,7 +31,7 @@ class LoadedModel:
 
     @property
     def device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return self.model.device  # where the input ids go (the embeddings, with a device_map too)
 
     @property
     def context_window(self) -> int | None:
