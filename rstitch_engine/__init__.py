@@ -18,7 +18,7 @@ from .errors import (
 from .loading import ModelSpec, load_pair
 from .pair import ModelPair
 from .registry import shared_engine
-from .routers import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, Router, RouterState
+from .routers import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, Router, RouterName, RouterState, router_named
 from .sampling import normalised_entropy
 from .settings import GenerationSettings
 from .stats import ModelUsage, StitchStats, TokenEvent
@@ -40,6 +40,7 @@ __all__ = [
     "PromptTooLongError",
     "RStitchError",
     "Router",
+    "RouterName",
     "RouterState",
     "StitchEngine",
     "StitchRequest",
@@ -49,5 +50,6 @@ __all__ = [
     "TokenizerMismatchError",
     "load_pair",
     "normalised_entropy",
+    "router_named",
     "shared_engine",
 ]

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 import torch
 
+from .errors import InvalidSettingError
 from .settings import validate_threshold
 
 
@@ -90,3 +91,18 @@ class AlwaysLLMRouter:
 
     def wants_llm(self, state: RouterState) -> bool:
         return True
+
+
+RouterName = Literal["entropy", "slm", "llm"]
+"""'entropy': R-Stitch at a threshold; 'slm' / 'llm': one model alone (baselines)."""
+
+
+def router_named(name: RouterName, threshold: float) -> Router:
+    """The router a configuration names; ``threshold`` is used by the entropy router only."""
+    if name == "slm":
+        return AlwaysSLMRouter()
+    if name == "llm":
+        return AlwaysLLMRouter()
+    if name == "entropy":
+        return EntropyRouter(threshold)
+    raise InvalidSettingError(f"router must be 'entropy', 'slm' or 'llm', got {name!r}")

@@ -440,6 +440,78 @@ def _name_in(raw: str) -> str | None:
     return found.group(1) if found else None
 
 
+@dataclass(frozen=True)
+class AnswerStep:
+    """What a piece of streamed answer text added: final content, reasoning and completed tool calls."""
+
+    content: str = ""
+    reasoning: str = ""
+    calls: tuple[ParsedCall, ...] = ()
+
+    @property
+    def visible(self) -> bool:
+        """Whether this step shows anything to the reader."""
+        return bool(self.content or self.reasoning or self.calls)
+
+    def then(self, later: AnswerStep) -> AnswerStep:
+        """This step followed by ``later``."""
+        return AnswerStep(self.content + later.content, self.reasoning + later.reasoning, self.calls + later.calls)
+
+
+class AnswerParser:
+    """A streamed answer split into content, ``<think>`` reasoning and tool calls, with running totals.
+
+    ``ThinkSplitter`` runs first (when ``separate_reasoning``), then ``ToolCallStream`` on the
+    content (when ``tool_names``, the names of the tools offered, is not None).
+    """
+
+    def __init__(self, separate_reasoning: bool, tool_names: Iterable[str] | None) -> None:
+        self._think = ThinkSplitter() if separate_reasoning else None
+        self._tools = ToolCallStream(tool_names) if tool_names is not None else None
+        self.content = ""
+        """All content so far."""
+        self.reasoning = ""
+        """All reasoning so far."""
+        self.tool_calls: list[ToolCall] = []
+        """Well-formed calls so far."""
+        self.invalid_tool_calls: list[InvalidToolCall] = []
+        """Malformed calls so far."""
+
+    @property
+    def in_reasoning(self) -> bool:
+        """Inside a ``<think>`` span now (the text just fed counts as reasoning)."""
+        return self._think is not None and self._think.inside
+
+    def feed(self, text: str) -> AnswerStep:
+        """What ``text`` made final."""
+        content, reasoning = self._think.feed(text) if self._think else (text, "")
+        return self._record(self._split_calls(content, reasoning))
+
+    def finish(self, close_tool_call: bool = False) -> AnswerStep:
+        """The held-back rest; ``close_tool_call`` completes a block cut at its closing tag (a stop string)."""
+        content, reasoning = self._think.finish() if self._think else ("", "")
+        step = self._split_calls(content, reasoning)
+        if self._tools is not None:
+            if close_tool_call and self._tools.inside:
+                step = step.then(AnswerStep(calls=tuple(self._tools.feed(TOOL_CALL_CLOSE).calls)))
+            rest = self._tools.finish()
+            step = step.then(AnswerStep(rest.content, "", tuple(rest.calls)))
+        return self._record(step)
+
+    def _split_calls(self, content: str, reasoning: str) -> AnswerStep:
+        if self._tools is None:
+            return AnswerStep(content, reasoning)
+        tool_step = self._tools.feed(content)
+        return AnswerStep(tool_step.content, reasoning, tuple(tool_step.calls))
+
+    def _record(self, step: AnswerStep) -> AnswerStep:
+        self.content += step.content
+        self.reasoning += step.reasoning
+        self.tool_calls += [call for call in step.calls if isinstance(call, ToolCall)]
+        self.invalid_tool_calls += [call for call in step.calls if isinstance(call, InvalidToolCall)]
+        return step
+
+
 def parse_output(
     text: str,
     *,

@@ -35,32 +35,28 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from rstitch_engine import (
     DEFAULT_LLM,
-    AlwaysLLMRouter,
-    AlwaysSLMRouter,
-    EntropyRouter,
     GenerationSettings,
     InvalidSettingError,
     Router,
+    RouterName,
     StitchEngine,
     StitchStats,
     TokenEvent,
+    router_named,
     shared_engine,
 )
 
 from .chat_format import (
+    AnswerParser,
+    AnswerStep,
     TOOL_CALL_CLOSE,
     InvalidToolCall,
     ParsedCall,
     TemplateSupport,
-    ThinkSplitter,
     ToolCall,
-    ToolCallStream,
     to_template_prompt,
     tool_call_prefix,
 )
-
-RouterName = Literal["entropy", "slm", "llm"]
-"""'entropy': R-Stitch; 'slm' / 'llm': one model alone (baselines)."""
 
 _CALL_OPTIONS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "threshold", "tools", "tool_choice",
                  "response_format")
@@ -209,11 +205,7 @@ class ChatRStitch(BaseChatModel):
         )
 
     def _router(self, options: Mapping[str, Any]) -> Router:
-        if self.router == "slm":
-            return AlwaysSLMRouter()
-        if self.router == "llm":
-            return AlwaysLLMRouter()
-        return EntropyRouter(options.get("threshold", self.threshold))
+        return router_named(self.router, options.get("threshold", self.threshold))
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> _Request:
         """Validate the call and render the prompt (no forward pass yet)."""
@@ -257,14 +249,14 @@ class ChatRStitch(BaseChatModel):
         request = self._prepare(messages, stop, kwargs)
         engine = self._engine()
         stream = engine.stream(request.prompt_ids, request.settings, request.router)
-        parser = _AnswerParser(self.separate_reasoning, request.tool_names)
+        parser = AnswerParser(self.separate_reasoning, request.tool_names)
         pending = parser.feed(request.prefix)  # the forced prefix is part of the answer
         input_tokens, call_index = stream.prompt_tokens, 0  # input tokens go on the first chunk only
         try:
             for event in stream:
                 _check_deadline(request.deadline)
                 parsed = pending.then(parser.feed(event.text))
-                pending = _Parsed()
+                pending = AnswerStep()
                 yield _token_chunk(event, parsed, call_index, input_tokens, parser.in_reasoning)
                 input_tokens, call_index = 0, call_index + len(parsed.calls)
             stats = stream.stats
@@ -410,48 +402,6 @@ class ChatRStitch(BaseChatModel):
 # ---------------------------------------------------------------------- chunk building
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    """Parsed pieces of some answer text."""
-
-    content: str = ""
-    reasoning: str = ""
-    calls: tuple[ParsedCall, ...] = ()
-
-    def then(self, later: _Parsed) -> _Parsed:
-        return _Parsed(self.content + later.content, self.reasoning + later.reasoning, self.calls + later.calls)
-
-
-class _AnswerParser:
-    """Streamed answer text -> content, reasoning and tool calls (chat_format's parsers, chained)."""
-
-    def __init__(self, separate_reasoning: bool, tool_names: frozenset[str] | None) -> None:
-        self._think = ThinkSplitter() if separate_reasoning else None
-        self._tools = ToolCallStream(tool_names) if tool_names is not None else None
-
-    @property
-    def in_reasoning(self) -> bool:
-        """Inside a ``<think>`` span now (the last token counts as reasoning)."""
-        return self._think is not None and self._think.inside
-
-    def feed(self, text: str) -> _Parsed:
-        content, reasoning = self._think.feed(text) if self._think else (text, "")
-        if self._tools is None:
-            return _Parsed(content, reasoning)
-        step = self._tools.feed(content)
-        return _Parsed(step.content, reasoning, tuple(step.calls))
-
-    def finish(self, close_tool_call: bool = False) -> _Parsed:
-        """The held-back rest; ``close_tool_call`` completes a block cut at its closing tag (a stop string)."""
-        content, reasoning = self._think.finish() if self._think else ("", "")
-        if self._tools is None:
-            return _Parsed(content, reasoning)
-        if close_tool_call and self._tools.inside:
-            content += TOOL_CALL_CLOSE
-        head, tail = self._tools.feed(content), self._tools.finish()
-        return _Parsed(head.content + tail.content, reasoning, (*head.calls, *tail.calls))
-
-
 def _tool_call_chunks(calls: Sequence[ParsedCall], first_index: int) -> list[Any]:
     """Completed calls as tool_call_chunks: valid ones with JSON arguments, invalid ones with the block's text.
 
@@ -466,7 +416,7 @@ def _tool_call_chunks(calls: Sequence[ParsedCall], first_index: int) -> list[Any
     ]
 
 
-def _message_chunk(parsed: _Parsed, call_index: int, **fields: Any) -> AIMessageChunk:
+def _message_chunk(parsed: AnswerStep, call_index: int, **fields: Any) -> AIMessageChunk:
     extra = {"reasoning_content": parsed.reasoning} if parsed.reasoning else {}
     return AIMessageChunk(
         content=parsed.content,
@@ -477,7 +427,7 @@ def _message_chunk(parsed: _Parsed, call_index: int, **fields: Any) -> AIMessage
 
 
 def _token_chunk(
-    event: TokenEvent, parsed: _Parsed, call_index: int, input_tokens: int, reasoning_token: bool
+    event: TokenEvent, parsed: AnswerStep, call_index: int, input_tokens: int, reasoning_token: bool
 ) -> ChatGenerationChunk:
     """One kept token: its text (split), usage and attribution."""
     usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": 1, "total_tokens": input_tokens + 1}
@@ -494,7 +444,7 @@ def _token_chunk(
 
 
 def _last_chunk(
-    parsed: _Parsed, stats: StitchStats, model_name: str, call_index: int, input_tokens: int
+    parsed: AnswerStep, stats: StitchStats, model_name: str, call_index: int, input_tokens: int
 ) -> ChatGenerationChunk:
     """Held-back text, the finish reason, the model name and the request's stitch stats."""
     metadata = {

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -54,34 +54,28 @@ from llama_index.core.llms.llm import ToolSelection
 
 from rstitch_engine import (
     DEFAULT_LLM,
-    AlwaysLLMRouter,
-    AlwaysSLMRouter,
-    EntropyRouter,
     GenerationSettings,
     InvalidSettingError,
     Router,
+    RouterName,
     StitchEngine,
     StitchStream,
+    router_named,
     shared_engine,
 )
 from rstitch_engine.settings import validate_threshold
 
 from .chat_format import (
+    AnswerParser,
+    AnswerStep,
     TOOL_CALL_CLOSE,
-    InvalidToolCall,
     TemplateSupport,
-    ThinkSplitter,
-    ToolCall,
-    ToolCallStream,
     to_template_prompt,
     tool_call_prefix,
 )
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
-
-RouterName = Literal["entropy", "slm", "llm"]
-"""'entropy': R-Stitch (the LLM takes over above the threshold); 'slm' / 'llm': one model alone."""
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "tools", "tool_choice")
 """Keyword arguments a single call accepts (each overrides the field of the same name)."""
@@ -306,15 +300,11 @@ class RStitchLLM(FunctionCallingLLM):
         )
 
     def _router(self, options: dict[str, Any]) -> Router:
-        if self.router == "slm":
-            return AlwaysSLMRouter()
-        if self.router == "llm":
-            return AlwaysLLMRouter()
-        return EntropyRouter(options.get("threshold", self.threshold))
+        return router_named(self.router, options.get("threshold", self.threshold))
 
     def _chat_responses(self, request: _Request) -> ChatResponseGen:
         """The core: token events in, cumulative ``ChatResponse`` items out; the last one has the stats."""
-        parser = _AnswerParser(self.separate_thinking, request.tool_names)
+        parser = AnswerParser(self.separate_thinking, request.tool_names)
         parser.feed(request.prefix)  # the forced opening of a tool call is part of the answer
         pending: list[str] = []  # sources of tokens not reported yet
         with request.stream as stream:
@@ -322,13 +312,13 @@ class RStitchLLM(FunctionCallingLLM):
                 pending.append(event.source)
                 step = parser.feed(event.text)
                 if step.visible:
-                    yield parser.response(step, pending)
+                    yield _response(parser, step, pending)
                     pending = []
             stats = stream.stats
         if self.measure_speedup:
             stats = stats.with_measured_llm_alone(self.engine.decode_alone("llm", request.ids, request.settings))
         forced_call_stopped = bool(request.prefix) and stats.finish_reason == "stop"  # its </tool_call> was the stop
-        final = parser.response(parser.finish(close_tool_call=forced_call_stopped), pending)
+        final = _response(parser, parser.finish(close_tool_call=forced_call_stopped), pending)
         final.raw = {
             "usage": {
                 "prompt_tokens": stats.prompt_tokens,
@@ -364,79 +354,24 @@ class _Request:
     """Names of the tools offered; None: tool calls are not parsed."""
 
 
-@dataclass
-class _Step:
-    content: str
-    thinking: str
-    calls: list[ToolCall | InvalidToolCall]
-
-    @property
-    def visible(self) -> bool:
-        return bool(self.content or self.thinking or self.calls)
-
-
-@dataclass
-class _AnswerParser:
-    """Streamed model text split into content, thinking and tool calls; builds the cumulative responses."""
-
-    separate_thinking: bool
-    tool_names: list[str] | None
-    content: str = ""
-    thinking: str = ""
-    calls: list[ToolCall] = field(default_factory=list)
-    invalid_calls: list[InvalidToolCall] = field(default_factory=list)
-    _think: ThinkSplitter = field(default_factory=ThinkSplitter)
-    _tools: ToolCallStream | None = None
-
-    def __post_init__(self) -> None:
-        if self.tool_names is not None:
-            self._tools = ToolCallStream(self.tool_names)
-
-    def feed(self, text: str) -> _Step:
-        content, thinking = self._think.feed(text) if self.separate_thinking else (text, "")
-        return self._tool_step(content, thinking)
-
-    def finish(self, close_tool_call: bool = False) -> _Step:
-        """The held-back rest; ``close_tool_call`` completes a block cut at its closing tag (the stop string)."""
-        content, thinking = self._think.finish() if self.separate_thinking else ("", "")
-        return self._tool_step(content, thinking, final=True, close_tool_call=close_tool_call)
-
-    def _tool_step(self, content: str, thinking: str, final: bool = False, close_tool_call: bool = False) -> _Step:
-        calls: list[ToolCall | InvalidToolCall] = []
-        if self._tools is not None:
-            step = self._tools.feed(content)
-            calls.extend(step.calls)
-            content = step.content
-            if close_tool_call and self._tools.inside:
-                calls.extend(self._tools.feed(TOOL_CALL_CLOSE).calls)
-            if final:
-                rest = self._tools.finish()
-                content += rest.content
-                calls.extend(rest.calls)
-        self.content += content
-        self.thinking += thinking
-        self.calls += [c for c in calls if isinstance(c, ToolCall)]
-        self.invalid_calls += [c for c in calls if isinstance(c, InvalidToolCall)]
-        return _Step(content, thinking, calls)
-
-    def response(self, step: _Step, sources: list[str]) -> ChatResponse:
-        """The cumulative response after ``step``, reporting the ``sources`` of its new tokens."""
-        blocks: list[Any] = [ThinkingBlock(content=self.thinking)] if self.thinking else []
-        blocks.append(TextBlock(text=self.content))
-        blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in self.calls]
-        extra: dict[str, Any] = {"token_sources": list(sources)}
-        if step.thinking:
-            extra["thinking_delta"] = step.thinking
-        invalid = [{"id": c.id, "name": c.name, "raw": c.raw, "error": c.error} for c in self.invalid_calls]
-        return ChatResponse(
-            message=ChatMessage(
-                role=MessageRole.ASSISTANT,
-                blocks=blocks,
-                additional_kwargs={"invalid_tool_calls": invalid} if invalid else {},
-            ),
-            delta=step.content,
-            additional_kwargs=extra,
-        )
+def _response(parser: AnswerParser, step: AnswerStep, sources: list[str]) -> ChatResponse:
+    """The cumulative response after ``step``, reporting the ``sources`` of its new tokens."""
+    blocks: list[Any] = [ThinkingBlock(content=parser.reasoning)] if parser.reasoning else []
+    blocks.append(TextBlock(text=parser.content))
+    blocks += [ToolCallBlock(tool_call_id=c.id, tool_name=c.name, tool_kwargs=c.arguments) for c in parser.tool_calls]
+    extra: dict[str, Any] = {"token_sources": list(sources)}
+    if step.reasoning:
+        extra["thinking_delta"] = step.reasoning
+    invalid = [{"id": c.id, "name": c.name, "raw": c.raw, "error": c.error} for c in parser.invalid_tool_calls]
+    return ChatResponse(
+        message=ChatMessage(
+            role=MessageRole.ASSISTANT,
+            blocks=blocks,
+            additional_kwargs={"invalid_tool_calls": invalid} if invalid else {},
+        ),
+        delta=step.content,
+        additional_kwargs=extra,
+    )
 
 
 # ---------------------------------------------------------------------- LlamaIndex -> chat_format

@@ -123,3 +123,14 @@ def test_same_tokenizer_files_are_accepted():
     pair = ModelPair.from_models(tiny_model("llama", 300, 1), tiny_model("qwen2", 300, 2), byte_level_tokenizer(),
                                  slm_tokenizer=byte_level_tokenizer())
     assert pair.vocab_size == 300 and pair.eos_token_ids == frozenset({0})
+
+
+def test_routers_by_name():
+    from rstitch_engine import AlwaysLLMRouter, AlwaysSLMRouter, router_named
+
+    assert router_named("entropy", 0.3) == EntropyRouter(0.3)
+    assert router_named("slm", 0.3) == AlwaysSLMRouter() and router_named("llm", 0.3) == AlwaysLLMRouter()
+    with pytest.raises(InvalidSettingError, match="router must be"):
+        router_named("bogus", 0.3)  # type: ignore[arg-type]
+    with pytest.raises(InvalidSettingError, match="threshold"):
+        router_named("entropy", math.nan)
