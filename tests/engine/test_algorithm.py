@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
@@ -202,7 +204,7 @@ def test_property_loop_invariants(prompt, tau, max_new, extra):
     assert_loop_invariants(events, stats, request, tau)
     if "seed" in extra:  # seeded sampling is reproducible, switches included
         again, again_stats, _ = run(engine, prompt, tau, max_new_tokens=max_new, **extra)
-        assert again == [e.__class__(**{**e.__dict__, "seconds": a.seconds}) for e, a in zip(events, again)]
+        assert again == [dataclasses.replace(e, seconds=a.seconds) for e, a in zip(events, again)]
         assert again_stats.switches_to_llm == stats.switches_to_llm
 
 
