@@ -27,7 +27,7 @@ from .detokenize import TextAssembler
 from .errors import EmptyPromptError, InvalidSettingError, PromptTooLongError
 from .loading import ModelSpec, load_pair
 from .pair import ModelPair
-from .routers import EntropyRouter, Router, RouterState
+from .routers import EntropyRouter, Router, RouterState, hand_back_hook
 from .sampling import RequestRandomness, choose_token, normalised_entropy
 from .settings import GenerationSettings
 from .slot import ForwardKind, ForwardRecord, ModelRole, Slot
@@ -252,6 +252,7 @@ class StitchEngine:
         eos_ids = self.pair.eos_token_ids
         tokens = request.tokens  # x + y, grows in place
         took_over = False
+        hand_back = hand_back_hook(router)  # None: the LLM hands back exactly when H <= tau
         finish_reason = "length"
         start = time.perf_counter()
 
@@ -276,8 +277,11 @@ class StitchEngine:
                     request.switches_to_llm += 1
                     request.active, took_over = "llm", True
                     continue
+                if active == "llm" and hand_back is not None:
+                    hands_back = hand_back(state)
             elif active == "llm":
-                hands_back = True  # the LLM's confident token is kept, then the SLM resumes
+                # The LLM's confident token is kept, then the SLM resumes (unless a hook says otherwise).
+                hands_back = True if hand_back is None else hand_back(RouterState(entropy, len(tokens), token, None))
 
             tokens.append(token)
             request.written[active] += 1

@@ -10,13 +10,17 @@ model's next-token distribution and tau the router's threshold:
   not consulted there: its answer could not change anything.
 
 A learned router (R-Stitch+) implements the same protocol with ``needs_hidden_state = True``.
+
+Optional hand-back hook: a router with a ``hands_back(state)`` method (``HandBackRouter``) decides
+instead of the first rule when the LLM returns control, after every LLM token (trace replay uses
+it). Without one the rules above hold bit for bit.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol, runtime_checkable
+from typing import Callable, Literal, Protocol, runtime_checkable
 
 import torch
 
@@ -55,6 +59,22 @@ class Router(Protocol):
     def wants_llm(self, state: RouterState) -> bool:
         """True to discard the SLM token and let the LLM decode this position."""
         ...
+
+
+@runtime_checkable
+class HandBackRouter(Protocol):
+    """Optional extension of ``Router``: decides when the LLM hands control back to the SLM."""
+
+    def hands_back(self, state: RouterState) -> bool:
+        """Consulted after every kept LLM token (``state.entropy`` is the LLM's, ``slm_hidden`` None):
+        True to return control to the SLM after it."""
+        ...
+
+
+def hand_back_hook(router: object) -> Callable[[RouterState], bool] | None:
+    """The router's ``hands_back`` method, or None for the default rule (hand back when H <= tau)."""
+    method = getattr(router, "hands_back", None)
+    return method if callable(method) else None
 
 
 @dataclass(frozen=True)
