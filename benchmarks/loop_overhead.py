@@ -93,7 +93,7 @@ def hf_generate_seconds(loaded: LoadedModel, prompt_ids: list[int], tokens: int)
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llm", default="smollm2-135m-instruct")
-    parser.add_argument("--slm", default=None, help="default: the early-exit cut of the default LLM")
+    parser.add_argument("--slm", default=None, help="default: the draft shipped for the default LLM")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--tokens", type=int, default=64, help="tokens decoded per run")

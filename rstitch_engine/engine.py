@@ -22,7 +22,7 @@ from typing import Any, Generator, Iterator, Mapping, Sequence, Union
 
 from .baseline import AloneResult, decode_alone
 from .cost import LlmCostHistory
-from .defaults import DEFAULT_LLM, DEFAULT_SLM_LAYERS
+from .defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
 from .detokenize import TextAssembler
 from .errors import EmptyPromptError, InvalidSettingError, PromptTooLongError
 from .loading import ModelSpec, load_pair
@@ -155,21 +155,23 @@ class StitchEngine:
         llm: str | ModelSpec = DEFAULT_LLM,
         slm: str | ModelSpec | None = None,
         *,
-        threshold: float = 0.1,
+        threshold: float = DEFAULT_THRESHOLD,
         device: str = "auto",
         dtype: str = "auto",
         settings: GenerationSettings | None = None,
     ) -> "StitchEngine":
         """Load a pair (hub ids, folders, .gguf files or specs) with the entropy router at ``threshold``.
 
-        With no SLM given and the default LLM, the SLM is the early-exit cut of the default LLM
-        (its first ``DEFAULT_SLM_LAYERS`` layers).
+        With no SLM given and the default LLM, the SLM is the draft shipped for it (``DEFAULT_SLM``).
         """
         llm_spec = llm if isinstance(llm, ModelSpec) else ModelSpec(llm, device=device, dtype=dtype)  # type: ignore[arg-type]
         if slm is None:
             if llm_spec.source != DEFAULT_LLM:
-                raise InvalidSettingError("give an SLM: only the default LLM has a built-in SLM")
-            slm_spec = ModelSpec(DEFAULT_LLM, device=device, dtype=dtype, num_layers=DEFAULT_SLM_LAYERS)  # type: ignore[arg-type]
+                raise InvalidSettingError(
+                    "give an SLM (a model sharing the LLM's tokenizer, or a draft made with `rstitch distill`): "
+                    "only the default LLM has a built-in SLM"
+                )
+            slm_spec = ModelSpec(DEFAULT_SLM, device=device, dtype=dtype)  # type: ignore[arg-type]
         else:
             slm_spec = slm if isinstance(slm, ModelSpec) else ModelSpec(slm, device=device, dtype=dtype)  # type: ignore[arg-type]
         return cls(load_pair(slm_spec, llm_spec), EntropyRouter(threshold), settings)

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
 from .defaults import resolve_alias
+from .draft import is_draft_folder, load_draft
 from .errors import InvalidSettingError, ModelLoadError
 from .pair import ModelPair
 
@@ -29,7 +30,8 @@ class ModelSpec:
     """Where a model comes from and where it runs."""
 
     source: str
-    """Hub id, local folder, path to a .gguf file, or a built-in alias such as 'smollm2-135m-instruct'."""
+    """Hub id, local folder, path to a .gguf file, a draft folder made by ``rstitch distill`` (SLM only),
+    or a built-in alias such as 'smollm2-135m-instruct' or 'smollm2-135m-instruct-draft'."""
     device: str = "auto"
     """'cpu', 'cuda', 'cuda:N', or 'auto' (CUDA when available). Ignored when device_map is set."""
     dtype: DTypeName = "auto"
@@ -103,12 +105,22 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
 
 
 def load_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
-    """Load both models and their tokenizers; refuse a pair whose tokenizers differ."""
+    """Load both models and their tokenizers; refuse a pair whose tokenizers differ.
+
+    An SLM that is a draft folder (``rstitch distill``) is built on the loaded LLM: it shares the
+    LLM's tokenizer, embeddings, norm and head, and so its device and dtype (``slm.device`` and
+    ``slm.dtype`` are not used).
+    """
     llm_tokenizer = load_tokenizer(llm)
-    slm_tokenizer = llm_tokenizer if _same_files(slm, llm) else load_tokenizer(slm)
+    llm_model = load_model(llm)
+    if is_draft_folder(resolve_alias(slm.source)):
+        slm_model, slm_tokenizer = load_draft(resolve_alias(slm.source), llm_model), None
+    else:
+        slm_tokenizer = llm_tokenizer if _same_files(slm, llm) else load_tokenizer(slm)
+        slm_model = load_model(slm)
     return ModelPair.from_models(
-        slm=load_model(slm),
-        llm=load_model(llm),
+        slm=slm_model,
+        llm=llm_model,
         tokenizer=llm_tokenizer,
         slm_tokenizer=slm_tokenizer,
         slm_name=slm.label,

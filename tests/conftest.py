@@ -12,7 +12,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 @pytest.fixture(scope="session")
 def real_engine():
-    """The real default pair (SmolLM2-135M-Instruct + its early-exit cut), loaded once per session."""
+    """The real default pair (SmolLM2-135M-Instruct + its distilled draft), loaded once per session."""
     from rstitch_engine import shared_engine
 
     return shared_engine()

@@ -49,6 +49,25 @@ def test_early_exit_cut_keeps_the_first_layers(tmp_path):
                                pair.llm.model.model.layers[0].mlp.up_proj.weight)
 
 
+def test_a_draft_folder_loads_on_the_llm_it_was_cut_from(tmp_path):
+    """A draft folder as the SLM: built on the loaded LLM, sharing its head, with its own saved layers."""
+    from rstitch_engine.draft import DraftConfig, build_draft, llm_fingerprint, save_draft
+
+    folder = save_tiny(tmp_path / "llm", "llama", 1, byte_level_tokenizer())
+    llm = load_pair(ModelSpec(str(folder), device="cpu"), ModelSpec(str(folder), device="cpu")).llm.model
+    draft = build_draft(llm, [1])
+    with torch.no_grad():
+        draft.model.layers[0].mlp.up_proj.weight.mul_(0.5)  # differs from both LLM layers, and bfloat16-exact
+    save_draft(draft, tmp_path / "draft", DraftConfig("tiny", (1,), llm_fingerprint(llm), dtype="float32"))
+
+    pair = load_pair(ModelSpec(str(tmp_path / "draft")), ModelSpec(str(folder), device="cpu"))
+    assert pair.slm.model.lm_head.weight is pair.llm.model.lm_head.weight
+    assert torch.equal(pair.slm.model.model.layers[0].mlp.up_proj.weight, draft.model.layers[0].mlp.up_proj.weight)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.equal(pair.slm.model(ids).logits, draft(ids).logits)
+
+
 class _Exploit:
     def __reduce__(self):
         return (os.system, ("touch exploited-marker",))

@@ -1,4 +1,4 @@
-"""The engine on the real default pair: SmolLM2-135M-Instruct and its early-exit cut."""
+"""The engine on the real default pair: SmolLM2-135M-Instruct and its distilled draft."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import pytest
 
 from helpers import assert_cache_is_fresh_prefill, hf_greedy
 from rstitch_engine import (
-    DEFAULT_SLM_LAYERS,
     EntropyRouter,
     GenerationSettings,
     ModelPair,
@@ -26,13 +25,14 @@ CHATS = [
 ]
 
 
-def test_default_pair_is_smollm2_and_its_early_exit_cut(real_engine):
+def test_default_pair_is_smollm2_and_its_distilled_draft(real_engine):
     slm, llm = real_engine.pair.slm.model, real_engine.pair.llm.model
-    assert llm.config.num_hidden_layers == 30 and slm.config.num_hidden_layers == DEFAULT_SLM_LAYERS
+    assert llm.config.num_hidden_layers == 30 and slm.config.num_hidden_layers == 4
     assert real_engine.pair.vocab_size == 49152 and real_engine.pair.llm.context_window == 8192
     assert 2 in real_engine.pair.eos_token_ids  # <|im_end|>
-    # The cut shares the LLM's embeddings, first layers, final norm and head (same weights, loaded twice).
-    assert (slm.lm_head.weight == llm.lm_head.weight).all() and (slm.model.norm.weight == llm.model.norm.weight).all()
+    # The draft shares the LLM's embeddings, final norm and head: the same tensors, not copies.
+    assert slm.lm_head.weight is llm.lm_head.weight and slm.model.norm.weight is llm.model.norm.weight
+    assert slm.model.embed_tokens.weight is llm.model.embed_tokens.weight
 
 
 @pytest.mark.parametrize("chat", CHATS[:2])

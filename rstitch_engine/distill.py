@@ -1,0 +1,344 @@
+"""``rstitch distill``: train a draft SLM that matches an LLM's next-token distributions.
+
+Two stages, each resumable from ``work_dir``:
+
+1. **Teacher data.** The LLM answers every prompt of the pool (greedy, batched ``generate``). At
+   each answer position we keep the LLM's top-k log-probabilities over the shared vocabulary; the
+   remaining probability mass is one lumped bucket. Saved in chunks (``teacher-NNNN.pt``).
+2. **Training.** The draft (``draft.build_draft``: kept LLM layers on the LLM's embeddings, norm
+   and head) is trained, kept layers only, to minimise KL(teacher || draft) over the top-k tokens
+   plus the lumped rest, at answer positions. AdamW, linear warm-up then cosine decay, gradient
+   clipping. A checkpoint (``checkpoint.pt``) is written every ``checkpoint_every`` steps.
+
+Everything random (pool, batch order) comes from ``seed``; on one machine a rerun gives the same
+draft. Checkpoints and teacher chunks are read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel
+
+from .draft import DraftConfig, build_draft, default_layers, draft_layer_parameters, llm_fingerprint, round_to_storage, save_draft
+from .errors import InvalidSettingError
+from .pair import shared_vocab_size
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    """How to distil a draft; the defaults are the ones used for the shipped SmolLM2 draft."""
+
+    num_layers: int = 4
+    """Decoder layers in the draft (taken from the LLM: the first and the last n-1)."""
+    layers: tuple[int, ...] | None = None
+    """Exact LLM layer indices to start from; overrides ``num_layers``."""
+    max_new_tokens: int = 64
+    """Length cap of the teacher's answers."""
+    generation_batch_size: int = 16
+    top_k: int = 64
+    """Teacher log-probs kept per position; the rest of the mass is one bucket."""
+    steps: int = 700
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    warmup_steps: int = 30
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    checkpoint_every: int = 100
+    seed: int = 0
+    storage_dtype: str = "bfloat16"
+
+    def __post_init__(self) -> None:
+        for name in ("num_layers", "max_new_tokens", "generation_batch_size", "top_k", "steps", "batch_size",
+                     "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise InvalidSettingError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.learning_rate > 0:
+            raise InvalidSettingError(f"learning_rate must be > 0, got {self.learning_rate}")
+
+    def draft_layers(self, num_llm_layers: int) -> tuple[int, ...]:
+        return self.layers if self.layers is not None else default_layers(num_llm_layers, self.num_layers)
+
+
+@dataclass
+class TeacherSequence:
+    """One prompt and the LLM's answer, with the LLM's top-k log-probs at each answer position."""
+
+    ids: torch.Tensor
+    """[P + R] int64: prompt then answer (ends at EOS or the length cap)."""
+    prompt_length: int
+    topk_ids: torch.Tensor
+    """[R, k] int64: the LLM's k likeliest tokens at each answer position."""
+    topk_logprobs: torch.Tensor
+    """[R, k] float32: their log-probabilities over the shared vocabulary."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ids": self.ids, "prompt_length": self.prompt_length, "topk_ids": self.topk_ids,
+                "topk_logprobs": self.topk_logprobs}
+
+
+def distill(
+    llm: PreTrainedModel,
+    tokenizer: Any,
+    prompts: Sequence[Messages],
+    out_dir: Path,
+    settings: DistillSettings = DistillSettings(),
+    *,
+    base_model: str = "",
+    work_dir: Path | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> PreTrainedModel:
+    """Distil a draft for ``llm`` and save it to ``out_dir``; returns the draft (equal to the saved one)."""
+    started = time.perf_counter()
+    work_dir = work_dir if work_dir is not None else out_dir / "work"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    vocab_size = shared_vocab_size(tokenizer, llm, llm)
+    data = teacher_data(llm, tokenizer, prompts, settings, vocab_size, work_dir, progress)
+    log(f"teacher data: {len(data)} answers, {sum(len(s.topk_ids) for s in data)} answer tokens")
+    layers = settings.draft_layers(len(llm.get_decoder().layers))
+    draft = build_draft(llm, layers)
+    history = train_draft(draft, data, settings, vocab_size, work_dir, progress, log)
+    round_to_storage(draft, settings.storage_dtype)
+    config = DraftConfig(
+        base_model=base_model or str(getattr(llm.config, "_name_or_path", "")),
+        layers=tuple(layers),
+        fingerprint=llm_fingerprint(llm),
+        dtype=settings.storage_dtype,
+        training={
+            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+            "prompts": len(prompts),
+            "answer_tokens": sum(len(s.topk_ids) for s in data),
+            "final_loss": history[-1] if history else None,
+            "seconds": round(time.perf_counter() - started, 1),
+        },
+    )
+    save_draft(draft, out_dir, config)
+    log(f"saved the draft ({len(layers)} layers from {list(layers)}) to {out_dir}")
+    return draft
+
+
+# ----------------------------------------------------------------------------- stage 1: teacher data
+
+
+def teacher_data(
+    llm: PreTrainedModel,
+    tokenizer: Any,
+    prompts: Sequence[Messages],
+    settings: DistillSettings,
+    vocab_size: int,
+    work_dir: Path,
+    progress: bool = True,
+) -> list[TeacherSequence]:
+    """The LLM's greedy answers with top-k log-probs; chunks already in ``work_dir`` are reused."""
+    encoded = [_render(tokenizer, messages) for messages in prompts]
+    # Batches of similar prompt length waste less on padding; the order is fixed by the lengths.
+    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
+    batches = [order[i:i + settings.generation_batch_size] for i in range(0, len(order), settings.generation_batch_size)]
+    by_index: dict[int, TeacherSequence] = {}
+    for number, batch in enumerate(tqdm(batches, desc="teacher answers", unit="batch", disable=not progress)):
+        chunk = work_dir / f"teacher-{number:04d}.pt"
+        if chunk.is_file():
+            saved = torch.load(chunk, weights_only=True)
+            sequences = [TeacherSequence(**item) for item in saved["sequences"]]
+            if saved["indices"] != batch:
+                raise InvalidSettingError(f"{chunk} was made for another prompt pool; use a fresh work folder")
+        else:
+            sequences = _answer_batch(llm, tokenizer, [encoded[i] for i in batch], settings, vocab_size)
+            partial = chunk.with_suffix(".partial")
+            torch.save({"indices": batch, "sequences": [s.to_dict() for s in sequences]}, partial)
+            partial.replace(chunk)
+        by_index.update(zip(batch, sequences))
+    return [by_index[i] for i in range(len(encoded))]
+
+
+@torch.inference_mode()
+def _answer_batch(
+    llm: PreTrainedModel, tokenizer: Any, prompts: list[list[int]], settings: DistillSettings, vocab_size: int
+) -> list[TeacherSequence]:
+    device = next(llm.parameters()).device
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    width = max(len(p) for p in prompts)
+    # Left padding: every prompt ends at column ``width``, where the answers start.
+    input_ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in prompts], device=device)
+    attention_mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+    out = llm.generate(
+        input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=settings.max_new_tokens,
+        do_sample=False, pad_token_id=pad_id, output_logits=True, return_dict_in_generate=True,
+        top_p=None, top_k=None, temperature=None,
+    )
+    answers = out.sequences[:, width:]  # [B, R_max]
+    logits = torch.stack(out.logits, dim=1)[..., :vocab_size].float()  # [B, R_max, V]: raw, untempered
+    eos_ids = _eos_ids(llm, tokenizer)
+    sequences = []
+    for row, prompt in enumerate(prompts):
+        length = _answer_length(answers[row].tolist(), eos_ids)
+        logprobs = torch.log_softmax(logits[row, :length], dim=-1)
+        top = logprobs.topk(settings.top_k, dim=-1)
+        sequences.append(TeacherSequence(
+            ids=torch.tensor(prompt + answers[row, :length].tolist()),
+            prompt_length=len(prompt),
+            topk_ids=top.indices.cpu(),
+            topk_logprobs=top.values.cpu(),
+        ))
+    return sequences
+
+
+def _answer_length(answer: list[int], eos_ids: set[int]) -> int:
+    """Tokens up to and including the first EOS (generate pads finished rows after it)."""
+    for position, token in enumerate(answer):
+        if token in eos_ids:
+            return position + 1
+    return len(answer)
+
+
+def _eos_ids(llm: PreTrainedModel, tokenizer: Any) -> set[int]:
+    ids = llm.generation_config.eos_token_id
+    found = set(ids if isinstance(ids, list) else [ids] if ids is not None else [])
+    if tokenizer.eos_token_id is not None:
+        found.add(tokenizer.eos_token_id)
+    return found
+
+
+def _render(tokenizer: Any, messages: Messages) -> list[int]:
+    rendered = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True, return_dict=True)
+    return list(rendered["input_ids"])
+
+
+# ----------------------------------------------------------------------------- stage 2: training
+
+
+def distillation_loss(
+    student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor
+) -> torch.Tensor:
+    """Mean over positions of KL(teacher || student) on the teacher's top-k plus one lumped bucket.
+
+    student_logits: [N, V]; topk_ids, topk_logprobs: [N, k]. The bucket holds the probability both
+    put outside the teacher's top-k, so the loss is a true KL between two (k+1)-way distributions
+    and is 0 exactly when the student matches the teacher on the top-k.
+    """
+    student = torch.log_softmax(student_logits.float(), dim=-1)
+    student_top = student.gather(-1, topk_ids)  # [N, k]
+    teacher_rest = _log_rest(topk_logprobs)
+    student_rest = _log_rest(student_top)
+    teacher_p = topk_logprobs.exp()
+    kl_top = (teacher_p * (topk_logprobs - student_top)).sum(-1)
+    kl_rest = teacher_rest.exp() * (teacher_rest - student_rest)
+    return (kl_top + kl_rest).mean()
+
+
+def _log_rest(top_logprobs: torch.Tensor) -> torch.Tensor:
+    """log(1 - sum(exp(top))), clamped away from log(0)."""
+    covered = torch.logsumexp(top_logprobs, dim=-1).clamp(max=-1e-6)
+    return torch.log1p(-covered.exp()).clamp(min=-30.0)
+
+
+def train_draft(
+    draft: PreTrainedModel,
+    data: Sequence[TeacherSequence],
+    settings: DistillSettings,
+    vocab_size: int,
+    work_dir: Path,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[float]:
+    """Train the draft's own layers in place; resumes from ``work_dir/checkpoint.pt``. Returns the loss per step."""
+    own = draft_layer_parameters(draft)
+    for p in draft.parameters():
+        p.requires_grad_(False)
+    for p in own.values():
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(own.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(settings.warmup_steps, settings.steps))
+    checkpoint = work_dir / "checkpoint.pt"
+    start_step, history = 0, []
+    if checkpoint.is_file():
+        state = torch.load(checkpoint, weights_only=True)
+        with torch.no_grad():
+            for name, p in own.items():
+                p.copy_(state["weights"][name])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_step, history = state["step"], list(state["history"])
+        log(f"resumed from {checkpoint} at step {start_step}")
+    batches = _batch_order(len(data), settings)
+    device = next(draft.parameters()).device
+    draft.train()
+    bar = tqdm(range(start_step, settings.steps), desc="distilling", unit="step", disable=not progress,
+               initial=start_step, total=settings.steps)
+    try:
+        for step in bar:
+            loss = _loss_on(draft, [data[i] for i in batches[step]], vocab_size, device)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(own.values(), settings.max_grad_norm)
+            optimizer.step()
+            schedule.step()
+            history.append(round(loss.item(), 5))
+            bar.set_postfix(loss=f"{sum(history[-20:]) / len(history[-20:]):.4f}")
+            done = step + 1
+            if done % settings.checkpoint_every == 0 or done == settings.steps:
+                _save_checkpoint(checkpoint, own, optimizer, schedule, done, history)
+    finally:
+        draft.eval()
+        for p in draft.parameters():
+            p.requires_grad_(False)
+    return history
+
+
+def _loss_on(draft: PreTrainedModel, batch: list[TeacherSequence], vocab_size: int, device: torch.device) -> torch.Tensor:
+    width = max(len(s.ids) for s in batch)
+    # Right padding; the pads sit after every answer position, so causal attention never sees them.
+    input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+    for row, sequence in enumerate(batch):
+        input_ids[row, :len(sequence.ids)] = sequence.ids
+    hidden = draft.get_decoder()(input_ids=input_ids.to(device)).last_hidden_state  # [B, T, H]
+    # The answer token at position P + j is predicted from position P + j - 1.
+    rows = torch.cat([torch.full((len(s.topk_ids),), r) for r, s in enumerate(batch)])
+    cols = torch.cat([torch.arange(len(s.topk_ids)) + s.prompt_length - 1 for s in batch])
+    logits = draft.get_output_embeddings()(hidden[rows.to(device), cols.to(device)])[:, :vocab_size]  # [N, V]
+    topk_ids = torch.cat([s.topk_ids for s in batch]).to(device)
+    topk_logprobs = torch.cat([s.topk_logprobs for s in batch]).to(device)
+    return distillation_loss(logits, topk_ids, topk_logprobs)
+
+
+def _batch_order(count: int, settings: DistillSettings) -> list[list[int]]:
+    """Indices of each step's batch: seeded shuffles of the data, epoch after epoch."""
+    rng = random.Random(settings.seed)
+    order: list[int] = []
+    while len(order) < settings.steps * settings.batch_size:
+        epoch = list(range(count))
+        rng.shuffle(epoch)
+        order += epoch
+    return [order[i * settings.batch_size:(i + 1) * settings.batch_size] for i in range(settings.steps)]
+
+
+def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(total - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return factor
+
+
+def _save_checkpoint(path: Path, own: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+                     schedule: Any, step: int, history: list[float]) -> None:
+    partial = path.with_suffix(".partial")
+    torch.save({
+        "weights": {name: p.detach().clone() for name, p in own.items()},
+        "optimizer": optimizer.state_dict(),
+        "schedule": schedule.state_dict(),
+        "step": step,
+        "history": history,
+    }, partial)
+    partial.replace(path)

@@ -1,0 +1,111 @@
+"""Prompts for distillation: GSM8K questions plus chat instructions built from templates.
+
+The draft learns the LLM's own answers to these prompts, so the pool should look like what users
+ask: word problems, explanations, lists, rewrites and short answers. Everything is drawn with a
+seeded ``random.Random``, so a pool is a pure function of its arguments.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Sequence
+
+from .quality import quality_suite
+
+Messages = list[dict[str, str]]
+
+TOPICS = (
+    "photosynthesis", "gravity", "the water cycle", "volcanoes", "the internet", "democracy", "inflation",
+    "vaccines", "climate change", "electricity", "the moon", "recycling", "sleep", "the human heart",
+    "rainbows", "bees", "the Roman Empire", "music", "friendship", "exercise", "money", "clouds",
+    "computers", "the ocean", "plants", "magnets", "earthquakes", "the solar system", "time zones", "bread",
+    "honey", "bicycles", "libraries", "elections", "batteries", "coffee", "dinosaurs", "rivers", "snow",
+)
+CATEGORIES = (
+    "fruits", "vegetables", "mammals", "birds", "colors", "musical instruments", "sports", "planets",
+    "countries in Europe", "programming languages", "kitchen tools", "types of weather", "jobs",
+    "shapes", "board games", "things that are cold", "ways to save energy", "healthy breakfast foods",
+)
+SENTENCES = (
+    "me and him goes to the store yesterday.", "The meeting have been moved to friday.",
+    "i dont know where is the library.", "She can sings very good.", "Their going to they're house later.",
+    "The cat sat on the mat and it was happy because the sun was warm.",
+    "We need to finish the report before the deadline which is tomorrow morning at nine.",
+    "This phone is very very good and I like it a lot.", "He said that he will come but he did not came.",
+    "The weather is nice today so we should go outside and play in the park.",
+    "Can you send me the file when you have time?", "Our team won the game after a long and hard match.",
+)
+WORDS = (
+    "apple", "river", "garden", "window", "planet", "butter", "candle", "forest", "pencil", "rocket",
+    "silver", "thunder", "market", "bridge", "yellow", "winter", "orange", "doctor", "camera", "island",
+)
+
+TEMPLATES: tuple[str, ...] = (
+    "Explain {topic} in simple terms.",
+    "Why is {topic} important?",
+    "Give a short definition of {topic}.",
+    "Write two sentences about {topic}.",
+    "What are the main facts about {topic}?",
+    "List three facts about {topic}.",
+    "Name three {category}.",
+    "List five {category}.",
+    "Give me some examples of {category}.",
+    "Correct the grammar: {sentence}",
+    "Rewrite this sentence more formally: {sentence}",
+    "Make this sentence shorter: {sentence}",
+    "Summarize in a few words: {sentence}",
+    "What is {a} times {b}?",
+    "What is {big} minus {a}?",
+    "What is {big} plus {big2}?",
+    "How many letters are in the word {word}?",
+    "What is the first letter of the word {word}?",
+    "Use the word {word} in a sentence.",
+    "Write a short poem about {word}.",
+    "What rhymes with {word}?",
+)
+
+
+def instruction_prompts(count: int, seed: int) -> list[Messages]:
+    """``count`` chat instructions, each a template filled with seeded random values."""
+    rng = random.Random(seed)
+    prompts = []
+    for _ in range(count):
+        text = rng.choice(TEMPLATES).format(
+            topic=rng.choice(TOPICS), category=rng.choice(CATEGORIES), sentence=rng.choice(SENTENCES),
+            word=rng.choice(WORDS), a=rng.randint(2, 12), b=rng.randint(2, 12),
+            big=rng.randint(20, 99), big2=rng.randint(10, 99),
+        )
+        prompts.append([{"role": "user", "content": text}])
+    return prompts
+
+
+def gsm8k_prompts(path: Path, count: int, seed: int) -> list[Messages]:
+    """``count`` questions drawn without replacement from a GSM8K jsonl file."""
+    questions = [json.loads(line)["question"] for line in path.read_text().splitlines() if line.strip()]
+    chosen = random.Random(seed).sample(questions, min(count, len(questions)))
+    return [[{"role": "user", "content": q}] for q in chosen]
+
+
+def quality_tuning_prompts() -> list[Messages]:
+    """The tuning part of the quality suite (its held-out part never enters a pool)."""
+    return [item.messages() for item in quality_suite("tuning")]
+
+
+def prompt_pool(
+    instructions: int, gsm8k: int, seed: int, gsm8k_path: Path | None = None, include_quality_tuning: bool = True
+) -> list[Messages]:
+    """The distillation pool: instructions + GSM8K questions (+ the quality suite's tuning part), shuffled."""
+    pool: list[Messages] = instruction_prompts(instructions, seed)
+    if gsm8k and gsm8k_path is not None:
+        pool += gsm8k_prompts(gsm8k_path, gsm8k, seed)
+    if include_quality_tuning:
+        pool += quality_tuning_prompts()
+    random.Random(seed).shuffle(pool)
+    return pool
+
+
+def texts(pool: Sequence[Messages]) -> list[str]:
+    """The user text of each prompt (for logs and tests)."""
+    return [messages[-1]["content"] for messages in pool]
