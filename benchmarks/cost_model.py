@@ -1,0 +1,154 @@
+"""Calibrate a pair's cost model on this device and check it on held-out passes.
+
+Times forward passes of both models (exactly as the engine runs them) over a grid of (new tokens,
+cached tokens), fits ``PairCostModel`` (grid knots + the smooth formula, see
+``rstitch_engine/costmodel.py``), then measures a second, disjoint set of points (other new-token
+counts and cache sizes, between the grid's) and reports the relative prediction error there,
+separately for decode (one new token) and catch-up (several), per model. The SLM's and the LLM's
+passes are interleaved cache size by cache size. Each point is the median of ``--repeats`` passes.
+
+    python benchmarks/cost_model.py --json results/cost_model_default_cpu.json     # default pair, saved
+    python benchmarks/cost_model.py --slm-shape mini-s --llm-shape mini-l --out results/mini-cpu.json
+    python benchmarks/cost_model.py --slm-shape r1-distill-qwen-1.5b --llm-shape r1-distill-qwen-7b --device cuda
+
+With a real pair the model is saved to ``rstitch_engine/costs/<pair>-<device>.json`` unless ``--out``
+says otherwise (the harness and ``shipped_cost_model`` find it there).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm.auto import tqdm
+
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import SHAPES, build_engine, pick_device  # noqa: E402
+
+from rstitch_engine.costmodel import (  # noqa: E402
+    PairCostModel,
+    PassCost,
+    cost_model_path,
+    device_name,
+    measure_passes,
+    pair_name,
+)
+from rstitch_engine.slot import ForwardRecord  # noqa: E402
+
+GRIDS = {
+    # (fit new tokens, fit cached tokens, held-out new tokens, held-out cached tokens)
+    "full": ((1, 2, 4, 8, 16, 32, 64, 128, 256), (0, 128, 320, 512),
+             (1, 3, 6, 12, 24, 48, 96, 192), (48, 224, 416)),
+    "quick": ((1, 2, 4, 8, 16, 32, 64), (0, 64, 192), (1, 3, 12, 48), (32, 128)),
+}
+
+
+def measure_pair(engine: Any, points: Sequence[tuple[int, int]], repeats: int, seed: int,
+                 progress: tqdm) -> list[ForwardRecord]:
+    """Both models' passes at ``points``, the SLM and the LLM alternating cache size by cache size."""
+    records: list[ForwardRecord] = []
+    for c in sorted({c for _, c in points}):
+        at_c = [(n, cc) for n, cc in points if cc == c]
+        for loaded in (engine.pair.slm, engine.pair.llm):
+            records += measure_passes(loaded, at_c, repeats=repeats, seed=seed + c)
+            progress.update(len(at_c))
+    return records
+
+
+def error_summary(model: PairCostModel, held_out: Sequence[ForwardRecord]) -> list[dict[str, Any]]:
+    rows = []
+    for role in ("slm", "llm"):
+        for kind in ("decode", "catchup"):
+            points = [r for r in held_out if r.role == role and (r.new_tokens == 1) == (kind == "decode")]
+            errors = [(model.pass_seconds(role, r.new_tokens, r.cached_tokens) - r.seconds) / r.seconds for r in points]
+            formula = model.slm if role == "slm" else model.llm
+            formula_only = PassCost(formula.fixed, formula.per_token, formula.per_token_context)
+            formula_errors = [abs(formula_only.seconds(r.new_tokens, r.cached_tokens) - r.seconds) / r.seconds
+                              for r in points]
+            worst = max(range(len(points)), key=lambda i: abs(errors[i]))
+            rows.append({
+                "model": role, "kind": kind, "points": len(points),
+                "median_abs_rel_error": statistics.median(abs(e) for e in errors),
+                "worst_abs_rel_error": abs(errors[worst]),
+                "worst_at": {"new_tokens": points[worst].new_tokens, "cached_tokens": points[worst].cached_tokens,
+                             "measured_s": points[worst].seconds},
+                "formula_only_median_abs_rel_error": statistics.median(formula_errors),
+                "formula_only_worst_abs_rel_error": max(formula_errors),
+            })
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--llm", default=None)
+    p.add_argument("--slm", default=None)
+    p.add_argument("--slm-layers", type=int, default=None, help="SLM: the first N layers of the real LLM")
+    p.add_argument("--slm-shape", choices=sorted(SHAPES), default=None)
+    p.add_argument("--llm-shape", choices=sorted(SHAPES), default=None)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--grid", choices=sorted(GRIDS), default="full")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--out", type=Path, default=None, help="where to save the fitted model "
+                   "(default for a real pair: rstitch_engine/costs/<pair>-<device>.json)")
+    p.add_argument("--json", type=Path, default=None, help="write the calibration report here")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = pick_device(args.device)
+    engine, real = build_engine(args, device)
+    fit_n, fit_c, held_n, held_c = GRIDS[args.grid]
+    fit_points = list(itertools.product(fit_n, fit_c))
+    held_points = list(itertools.product(held_n, held_c))
+    for loaded in (engine.pair.slm, engine.pair.llm):  # warm-up
+        measure_passes(loaded, [(1, 0), (8, 16)], repeats=2)
+    with tqdm(total=2 * (len(fit_points) + len(held_points)), desc="passes", file=sys.stderr) as progress:
+        fit_records = measure_pair(engine, fit_points, args.repeats, args.seed, progress)
+        held_records = measure_pair(engine, held_points, args.repeats, args.seed + 1, progress)
+    pair, device_label = pair_name(engine.pair.slm.name, engine.pair.llm.name), device_name(device)
+    model = PairCostModel.fit(fit_records, pair=pair, device=device_label)
+    summary = error_summary(model, held_records)
+
+    print(f"Cost model of {engine.pair.slm.name} + {engine.pair.llm.name} on {device_label}: "
+          f"{len(fit_points)} fit points, {len(held_points)} held-out points per model, median of {args.repeats}\n")
+    print("| model | pass | held-out points | median abs. rel. error | worst | worst at (n, c) | formula alone: median / worst |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in summary:
+        at = row["worst_at"]
+        print(f"| {row['model'].upper()} | {row['kind']} | {row['points']} | {row['median_abs_rel_error']:.1%} | "
+              f"{row['worst_abs_rel_error']:.1%} | ({at['new_tokens']}, {at['cached_tokens']}) | "
+              f"{row['formula_only_median_abs_rel_error']:.1%} / {row['formula_only_worst_abs_rel_error']:.1%} |")
+    decode = {role: model.pass_seconds(role, 1, 256) * 1000 for role in ("slm", "llm")}
+    print(f"\nDecode at 256 cached tokens: SLM {decode['slm']:.2f} ms, LLM {decode['llm']:.2f} ms "
+          f"(SLM/LLM cost ratio {decode['slm'] / decode['llm']:.2f}).")
+    worst = max(row["worst_abs_rel_error"] for row in summary)
+    print(f"Worst held-out error {worst:.1%}: {'within' if worst <= 0.10 else 'OVER'} the 10% acceptance bound.")
+
+    out = args.out if args.out is not None else (cost_model_path(pair, device_label) if real else None)
+    if out is not None:
+        model.save(out)
+        print(f"saved the model to {out}")
+    if args.json:
+        report = {
+            "benchmark": "cost_model", "command": " ".join(sys.argv), "pair": pair, "device": device_label,
+            "machine": platform.platform(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "repeats": args.repeats, "grid": args.grid, "model": model.to_dict(), "held_out_errors": summary,
+            "fit_passes": [r.__dict__ for r in fit_records], "held_out_passes": [r.__dict__ for r in held_records],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
