@@ -1,0 +1,388 @@
+"""Speed and quality of the default pair on the held-out quality suite, every decoder side by side.
+
+Configurations, all greedy with the same ``max_new_tokens`` and the chat template (``item.messages()``):
+
+* ``SLM alone`` / ``LLM alone``: the engine's plain cached decode loop (``engine.decode_alone``);
+* ``assisted``: Hugging Face assisted generation (speculative decoding) with the SLM as
+  ``assistant_model`` of the LLM (transformers' defaults for the assistant);
+* ``R-Stitch tau=...``: the engine with ``EntropyRouter(tau)`` for each tau.
+
+Fairness on a shared, noisy machine: for each item every configuration runs back to back, in an
+order rotated by one per item, so load drifts hit all of them alike. Each answer is timed with
+the wall clock around one call that takes the already-encoded prompt ids (the chat template is
+applied once per item, outside the timings; decoding the output text is inside them). A warm-up
+item runs every configuration once, untimed.
+
+Per configuration: exact-match accuracy (``item.is_correct``), agreement with the LLM-alone answer
+(identical text; same extracted answer ``item.extract``), mean per-token negative log-likelihood
+of the output under the LLM (one LLM forward over prompt + output, averaged per answer, then over
+answers; computed outside the timings and cached by output), mean latency per answer, tokens per
+answer, share of tokens written by the SLM (for assisted generation: accepted draft tokens, i.e.
+tokens minus LLM verification passes), switches to the LLM per answer, and the speedup against the
+LLM alone: total LLM-alone seconds / total seconds over all items, and the mean per-item ratio.
+
+    python benchmarks/default_pair.py --json results/default_pair.json --plot results/default_pair.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
+from rstitch_engine.defaults import DEFAULT_LLM
+from rstitch_engine.quality import QualityItem, quality_suite
+
+DEFAULT_TAUS = (0.001, 0.01, 0.02, 0.03, 0.05, 0.1)
+Kind = Literal["slm", "llm", "assisted", "stitch"]
+
+
+@dataclass(frozen=True)
+class Config:
+    """One decoder under test."""
+
+    name: str
+    kind: Kind
+    tau: float | None = None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One configuration's answer to one item, and what it cost."""
+
+    token_ids: tuple[int, ...]
+    text: str
+    seconds: float
+    slm_tokens: int
+    switches: int | None
+    """Switches SLM -> LLM (R-Stitch only)."""
+    llm_passes: int | None = None
+    """LLM forward passes (assisted generation only: prefill + verifications)."""
+    detail: dict[str, float] = field(default_factory=dict)
+    """Engine accounting of a stitched answer: decode and catch-up passes and seconds per model."""
+
+
+def configs_for(taus: Sequence[float]) -> list[Config]:
+    """SLM alone, LLM alone, assisted generation, then R-Stitch at each tau."""
+    fixed = [Config("SLM alone", "slm"), Config("LLM alone", "llm"), Config("assisted (HF)", "assisted")]
+    return fixed + [Config(f"R-Stitch tau={tau:g}", "stitch", tau) for tau in taus]
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_engine(llm: str, slm: str | None, device: str, dtype: str) -> StitchEngine:
+    """The pair under test; a draft folder (``rstitch distill``) is built on the loaded LLM."""
+    return StitchEngine.from_pretrained(llm, slm, device=device, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- running one answer
+
+
+def run_config(engine: StitchEngine, config: Config, prompt_ids: list[int], settings: GenerationSettings) -> Answer:
+    """Decode one answer with ``config``, timed with the wall clock around the call."""
+    if config.kind in ("slm", "llm"):
+        start = time.perf_counter()
+        alone = engine.decode_alone(config.kind, prompt_ids, settings)
+        seconds = time.perf_counter() - start
+        slm_tokens = len(alone.token_ids) if config.kind == "slm" else 0
+        return Answer(alone.token_ids, alone.text, seconds, slm_tokens, None)
+    if config.kind == "assisted":
+        return _assisted(engine, prompt_ids, settings)
+    start = time.perf_counter()
+    result = engine.generate(prompt_ids, settings, EntropyRouter(config.tau))
+    seconds = time.perf_counter() - start
+    stats = result.stats
+    detail = {
+        "slm_decode_passes": stats.slm.decode_passes, "slm_decode_seconds": stats.slm.decode_seconds,
+        "llm_decode_passes": stats.llm.decode_passes, "llm_decode_seconds": stats.llm.decode_seconds,
+        "slm_catchup_seconds": stats.slm.catchup_seconds, "llm_catchup_seconds": stats.llm.catchup_seconds,
+        "slm_catchup_passes": stats.slm.catchup_passes, "llm_catchup_passes": stats.llm.catchup_passes,
+        "discarded_slm_tokens": stats.discarded_slm_tokens,
+    }
+    return Answer(result.token_ids, result.text, seconds, stats.slm_tokens, stats.switches_to_llm, detail=detail)
+
+
+@torch.inference_mode()
+def _assisted(engine: StitchEngine, prompt_ids: list[int], settings: GenerationSettings) -> Answer:
+    """Transformers' assisted generation, greedy; counts the LLM's forward passes with a hook."""
+    llm, slm = engine.pair.llm.model, engine.pair.slm.model
+    eos = sorted(engine.pair.eos_token_ids)
+    passes = [0]
+    hook = llm.register_forward_pre_hook(lambda module, args: passes.__setitem__(0, passes[0] + 1))
+    try:
+        start = time.perf_counter()
+        ids = torch.tensor([prompt_ids], device=engine.pair.llm.device)  # [1, P]
+        out = llm.generate(
+            ids, attention_mask=torch.ones_like(ids), assistant_model=slm, max_new_tokens=settings.max_new_tokens,
+            do_sample=False, top_p=None, top_k=None, temperature=None, eos_token_id=eos, pad_token_id=eos[0],
+        )
+        output = tuple(out[0, len(prompt_ids):].tolist())
+        output = _through_first_eos(output, set(eos))
+        text = engine.pair.tokenizer.decode(list(output), skip_special_tokens=True, clean_up_tokenization_spaces=False)
+        seconds = time.perf_counter() - start
+    finally:
+        hook.remove()
+    # Each LLM pass (the prefill with the first verification, then one per round) keeps exactly one
+    # token of its own (the correction or the bonus token); every other kept token is the draft's.
+    slm_tokens = max(len(output) - passes[0], 0)
+    return Answer(output, text, seconds, slm_tokens, None, llm_passes=passes[0])
+
+
+def _through_first_eos(output: tuple[int, ...], eos: set[int]) -> tuple[int, ...]:
+    for position, token in enumerate(output):
+        if token in eos:
+            return output[:position + 1]
+    return output
+
+
+# ----------------------------------------------------------------------------- quality under the LLM
+
+
+class LlmNll:
+    """Mean per-token NLL of an output under the LLM, cached by (item, output ids)."""
+
+    def __init__(self, engine: StitchEngine) -> None:
+        self._loaded = engine.pair.llm
+        self._cache: dict[tuple[str, tuple[int, ...]], float] = {}
+
+    @torch.inference_mode()
+    def __call__(self, item_id: str, prompt_ids: list[int], output: tuple[int, ...]) -> float:
+        key = (item_id, output)
+        if key not in self._cache:
+            self._cache[key] = self._compute(prompt_ids, output)
+        return self._cache[key]
+
+    def _compute(self, prompt_ids: list[int], output: tuple[int, ...]) -> float:
+        if not output:
+            return 0.0
+        model, vocab = self._loaded.model, self._loaded.vocab_size
+        ids = torch.tensor([prompt_ids + list(output)], device=self._loaded.device)  # [1, P + R]
+        logits = model(input_ids=ids, use_cache=False).logits[0, :, :vocab].float()  # [P + R, V]
+        # Output token j (at position P + j) is predicted from position P + j - 1.
+        predicting = logits[len(prompt_ids) - 1: len(prompt_ids) + len(output) - 1]  # [R, V]
+        logprobs = torch.log_softmax(predicting, dim=-1)
+        targets = torch.tensor(output, device=logprobs.device)
+        return float(-logprobs.gather(-1, targets[:, None]).mean())
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def benchmark(
+    engine: StitchEngine,
+    items: Sequence[QualityItem],
+    configs: Sequence[Config],
+    settings: GenerationSettings,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Every configuration on every item, rotated per item; one record per (item, configuration)."""
+    nll = LlmNll(engine)
+    encoded = [engine.encode(item.messages()) for item in items]
+    for config in configs:  # warm-up, untimed: first calls pay for lazy initialisation
+        run_config(engine, config, encoded[0], settings)
+    records = []
+    for index, (item, prompt_ids) in enumerate(tqdm(list(zip(items, encoded)), desc="items", unit="item",
+                                                     disable=not progress)):
+        shift = index % len(configs)
+        order = list(configs[shift:]) + list(configs[:shift])
+        answers = {config.name: run_config(engine, config, prompt_ids, settings) for config in order}
+        reference = answers["LLM alone"]
+        for config in configs:  # records in the fixed config order
+            answer = answers[config.name]
+            records.append({
+                "item": item.id, "skill": item.skill, "config": config.name, "kind": config.kind, "tau": config.tau,
+                "text": answer.text, "token_ids": list(answer.token_ids), "tokens": len(answer.token_ids),
+                "seconds": answer.seconds, "slm_tokens": answer.slm_tokens, "switches": answer.switches,
+                "llm_passes": answer.llm_passes, "correct": item.is_correct(answer.text),
+                "same_text_as_llm": answer.text == reference.text,
+                "same_answer_as_llm": item.extract(answer.text) == item.extract(reference.text),
+                "nll": nll(item.id, prompt_ids, answer.token_ids), "llm_alone_seconds": reference.seconds,
+                **answer.detail,
+            })
+    return records
+
+
+def summarise(records: Sequence[dict[str, Any]], configs: Sequence[Config]) -> list[dict[str, Any]]:
+    """One row per configuration (in ``configs`` order)."""
+    rows = []
+    for config in configs:
+        mine = [r for r in records if r["config"] == config.name]
+        n = len(mine)
+        seconds = sum(r["seconds"] for r in mine)
+        llm_seconds = sum(r["llm_alone_seconds"] for r in mine)
+        tokens = sum(r["tokens"] for r in mine)
+        row: dict[str, Any] = {
+            "config": config.name, "kind": config.kind, "tau": config.tau, "items": n,
+            "accuracy": sum(r["correct"] for r in mine) / n,
+            "agree_text": sum(r["same_text_as_llm"] for r in mine) / n,
+            "agree_answer": sum(r["same_answer_as_llm"] for r in mine) / n,
+            "nll": statistics.fmean(r["nll"] for r in mine),
+            "latency_s": seconds / n,
+            "tokens": tokens / n,
+            "slm_share": sum(r["slm_tokens"] for r in mine) / tokens if tokens else 0.0,
+            "switches": statistics.fmean(r["switches"] for r in mine) if config.kind == "stitch" else None,
+            "speedup": llm_seconds / seconds,
+            "speedup_mean_per_item": statistics.fmean(r["llm_alone_seconds"] / r["seconds"] for r in mine),
+            "ms_per_token": 1000 * seconds / tokens if tokens else None,
+        }
+        if config.kind == "assisted":
+            row["llm_passes"] = statistics.fmean(r["llm_passes"] for r in mine)
+        if config.kind == "stitch":
+            row.update(_stitch_costs(mine))
+        rows.append(row)
+    return rows
+
+
+def _stitch_costs(mine: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Where a stitched answer's time goes: per-token decode cost of each model, and catch-up time."""
+    def total(key: str) -> float:
+        return sum(r[key] for r in mine)
+
+    slm_decode = total("slm_decode_seconds") / max(total("slm_decode_passes"), 1)
+    llm_decode = total("llm_decode_seconds") / max(total("llm_decode_passes"), 1)
+    return {
+        "slm_decode_ms": 1000 * slm_decode,
+        "llm_decode_ms": 1000 * llm_decode if total("llm_decode_passes") else None,
+        "slm_catchup_s": total("slm_catchup_seconds") / len(mine),
+        "llm_catchup_s": total("llm_catchup_seconds") / len(mine),
+        "discarded_slm_tokens": total("discarded_slm_tokens") / len(mine),
+    }
+
+
+def cost_ratio(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """The draft's per-token cost against the LLM's: alone (whole answers) and decode passes only."""
+    by_kind = {row["kind"]: row for row in rows}
+    alone = (by_kind["slm"]["ms_per_token"] / by_kind["llm"]["ms_per_token"]
+             if by_kind.get("slm") and by_kind.get("llm") else None)
+    stitched = [row for row in rows if row["kind"] == "stitch" and row.get("llm_decode_ms")]
+    decode = (sum(row["slm_decode_ms"] for row in stitched) / sum(row["llm_decode_ms"] for row in stitched)
+              if stitched else None)
+    return {"alone_ms_per_token_ratio": alone, "stitched_decode_pass_ratio": decode}
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The summary as a Markdown table."""
+    header = ("| config | accuracy | same text as LLM | same answer as LLM | NLL under LLM | latency s | tokens "
+              "| SLM share | switches | speedup (total) | speedup (mean/item) |")
+    lines = [header, "|" + "---|" * 11]
+    for row in rows:
+        switches = f"{row['switches']:.2f}" if row["switches"] is not None else "-"
+        lines.append(
+            f"| {row['config']} | {100 * row['accuracy']:.1f}% | {100 * row['agree_text']:.1f}% "
+            f"| {100 * row['agree_answer']:.1f}% | {row['nll']:.3f} | {row['latency_s']:.3f} | {row['tokens']:.1f} "
+            f"| {100 * row['slm_share']:.1f}% | {switches} | {row['speedup']:.2f}x | {row['speedup_mean_per_item']:.2f}x |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
+    """Speedup against the LLM alone (x) and accuracy (y), one labelled point per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"slm": "tab:orange", "llm": "tab:red", "assisted": "tab:purple", "stitch": "tab:blue"}
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    stitched = [row for row in rows if row["kind"] == "stitch"]
+    axes.plot([r["speedup"] for r in stitched], [100 * r["accuracy"] for r in stitched], color="tab:blue", alpha=0.4)
+    for row in rows:
+        axes.scatter(row["speedup"], 100 * row["accuracy"], color=colours[row["kind"]], zorder=3)
+        label = f"tau={row['tau']:g}" if row["kind"] == "stitch" else row["config"]
+        axes.annotate(label, (row["speedup"], 100 * row["accuracy"]), textcoords="offset points", xytext=(5, 4),
+                      fontsize=8)
+    axes.set_xlabel("speedup against the LLM alone (total latency ratio)")
+    axes.set_ylabel("exact-match accuracy (%)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=150)
+    plt.close(figure)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slm", default=None, help="SLM: a draft folder, hub id or folder (default: the engine's default SLM)")
+    parser.add_argument("--llm", default=DEFAULT_LLM, help="LLM (default: %(default)s)")
+    parser.add_argument("--part", default="heldout", choices=["heldout", "tuning", "all"], help="quality suite part")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N items of the part")
+    parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS), help="comma-separated thresholds")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", type=Path, default=None, help="write the summary and every answer as JSON here")
+    parser.add_argument("--plot", type=Path, default=None, help="write a speedup-vs-accuracy plot (PNG) here")
+    parser.add_argument("--no-progress", action="store_true")
+    return parser.parse_args(argv)
+
+
+def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
+    """Benchmark ``engine``'s pair as ``args`` say; prints the table, writes the JSON and plot; returns the report."""
+    taus = [float(t) for t in args.taus.split(",") if t.strip()]
+    items = quality_suite(args.part)[: args.limit]
+    configs = configs_for(taus)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    started = time.perf_counter()
+    records = benchmark(engine, items, configs, settings, progress=not args.no_progress)
+    rows = summarise(records, configs)
+    ratio = cost_ratio(rows)
+    pair = {"slm": engine.pair.slm.name, "llm": engine.pair.llm.name}
+    table = markdown_table(rows)
+    print(f"\n{len(items)} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, "
+          f"pair {pair['slm']} + {pair['llm']}\n")
+    print(table)
+    print("\nSLM/LLM per-token cost: " + ", ".join(
+        f"{name} {value:.3f}" for name, value in ratio.items() if value is not None))
+    assistant = engine.pair.slm.model.generation_config
+    report = {
+        "benchmark": "default_pair",
+        "pair": pair,
+        "part": args.part,
+        "items": len(items),
+        "max_new_tokens": args.max_new_tokens,
+        "taus": taus,
+        "configs": [asdict(c) for c in configs],
+        "assistant": {key: getattr(assistant, key, None) for key in
+                      ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")},
+        "device": str(engine.pair.llm.device),
+        "dtype": str(next(engine.pair.llm.model.parameters()).dtype),
+        "machine": platform.platform(),
+        "torch_threads": torch.get_num_threads(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "cost_ratio": ratio,
+        "rows": rows,
+        "table": table,
+        "answers": records,
+    }
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        plot(rows, args.plot, f"{pair['slm']} + {pair['llm']}: {len(items)} {args.part} items")
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    run(load_engine(args.llm, args.slm, args.device, args.dtype), args)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""benchmarks/default_pair.py: every decoder side by side, with a consistent table, JSON and plot."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from rstitch_engine import ModelPair, StitchEngine
+from rstitch_engine.draft import build_draft
+from tiny import byte_level_tokenizer, tiny_model
+
+ROOT = Path(__file__).resolve().parents[2]
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<bos>assistant: {% endif %}"
+)
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("default_pair_benchmark", ROOT / "benchmarks" / "default_pair.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+bench = _load_benchmark()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: more threads only add stalls on a loaded machine
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_draft_engine():
+    """A tiny LLM and a draft cut from it (its layers 0 and 2), over a tokenizer with a chat template."""
+    base = byte_level_tokenizer()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, eos_token="<eos>",
+                                        bos_token="<bos>", pad_token="<pad>", chat_template=CHAT_TEMPLATE)
+    llm = tiny_model("qwen2", len(tokenizer), seed=2, layers=3, hidden=48)
+    draft = build_draft(llm, [0, 2])
+    return StitchEngine(ModelPair.from_models(draft, llm, tokenizer, slm_name="tiny-draft", llm_name="tiny-qwen2"))
+
+
+def test_every_config_on_a_tiny_pair_with_exact_cross_checks(tiny_draft_engine, tmp_path, capsys):
+    # tau = 2 never switches (the SLM alone); tau = -1 always does (the LLM alone).
+    args = bench.parse_args(["--limit", "2", "--taus", "2,-1", "--max-new-tokens", "6", "--no-progress",
+                             "--json", str(tmp_path / "out.json"), "--plot", str(tmp_path / "out.png")])
+    report = bench.run(tiny_draft_engine, args)
+    names = ["SLM alone", "LLM alone", "assisted (HF)", "R-Stitch tau=2", "R-Stitch tau=-1"]
+    assert [row["config"] for row in report["rows"]] == names
+    answers = report["answers"]
+    assert len(answers) == 2 * len(names) and report["items"] == 2
+    by = {(a["item"], a["config"]): a for a in answers}
+    for item in {a["item"] for a in answers}:
+        slm, llm = by[item, "SLM alone"], by[item, "LLM alone"]
+        assert by[item, "R-Stitch tau=2"]["token_ids"] == slm["token_ids"]
+        assert by[item, "R-Stitch tau=2"]["switches"] == 0
+        assert by[item, "R-Stitch tau=-1"]["token_ids"] == llm["token_ids"]
+        assert by[item, "assisted (HF)"]["token_ids"] == llm["token_ids"]  # greedy speculative decoding is lossless
+        assert by[item, "assisted (HF)"]["llm_passes"] >= 1
+        for config in names:  # one NLL per distinct output
+            if by[item, config]["token_ids"] == llm["token_ids"]:
+                assert by[item, config]["nll"] == llm["nll"]
+
+    rows = {row["config"]: row for row in report["rows"]}
+    assert rows["LLM alone"]["speedup"] == 1.0 and rows["LLM alone"]["speedup_mean_per_item"] == 1.0
+    assert rows["LLM alone"]["agree_text"] == rows["LLM alone"]["agree_answer"] == 1.0
+    assert rows["R-Stitch tau=-1"]["agree_text"] == rows["assisted (HF)"]["agree_text"] == 1.0
+    assert rows["SLM alone"]["slm_share"] == rows["R-Stitch tau=2"]["slm_share"] == 1.0
+    assert rows["LLM alone"]["slm_share"] == rows["R-Stitch tau=-1"]["slm_share"] == 0.0
+    assert rows["R-Stitch tau=-1"]["switches"] >= 1 and rows["SLM alone"]["switches"] is None
+    for row in report["rows"]:
+        mine = [a for a in answers if a["config"] == row["config"]]
+        assert row["accuracy"] == sum(a["correct"] for a in mine) / 2
+        assert row["tokens"] == sum(a["tokens"] for a in mine) / 2
+        assert row["latency_s"] == pytest.approx(sum(a["seconds"] for a in mine) / 2)
+        assert row["speedup"] == pytest.approx(sum(a["llm_alone_seconds"] for a in mine) / sum(a["seconds"] for a in mine))
+
+    saved = json.loads((tmp_path / "out.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"])) and saved["table"] == report["table"]
+    assert saved["pair"] == {"slm": "tiny-draft", "llm": "tiny-qwen2"} and saved["taus"] == [2.0, -1.0]
+    assert (tmp_path / "out.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert report["table"] in printed
+    table_lines = report["table"].splitlines()
+    assert len(table_lines) == 2 + len(names)
+    assert all(line.count("|") == 12 for line in table_lines)
+    assert table_lines[3].startswith("| LLM alone |") and "| 1.00x | 1.00x |" in table_lines[3]
+
+
+def test_rotation_puts_every_config_first_in_turn():
+    configs = bench.configs_for([0.01, 0.1])
+    assert [c.name for c in configs] == ["SLM alone", "LLM alone", "assisted (HF)", "R-Stitch tau=0.01",
+                                         "R-Stitch tau=0.1"]
+    assert bench.DEFAULT_TAUS == (0.001, 0.01, 0.02, 0.03, 0.05, 0.1)
+
+
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_the_command_on_the_default_pair(tmp_path, capsys):
+    out = tmp_path / "default_pair.json"
+    assert bench.main(["--limit", "2", "--taus", "0.01,0.1", "--no-progress", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["items"] == 2 and len(report["answers"]) == 2 * 5 and report["max_new_tokens"] == 32
+    rows = {row["config"]: row for row in report["rows"]}
+    assert rows["LLM alone"]["speedup"] == 1.0 and rows["LLM alone"]["agree_text"] == 1.0
+    assert rows["SLM alone"]["slm_share"] == 1.0 and 0.0 <= rows["R-Stitch tau=0.1"]["slm_share"] <= 1.0
+    assert all(row["nll"] >= 0 and row["latency_s"] > 0 for row in report["rows"])
+    assert report["table"] in capsys.readouterr().out
