@@ -22,6 +22,7 @@ from typing import Any, Generator, Iterator, Mapping, Sequence, Union
 
 from .baseline import AloneResult, decode_alone
 from .cost import LlmCostHistory
+from .costmodel import shipped_cost_model
 from .defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
 from .detokenize import TextAssembler
 from .errors import EmptyPromptError, InvalidSettingError, PromptTooLongError
@@ -147,7 +148,7 @@ class StitchEngine:
         self.router: Router = router if router is not None else EntropyRouter()
         self.settings = settings if settings is not None else GenerationSettings()
         self._forward_lock = threading.Lock()
-        self._llm_history = LlmCostHistory()
+        self._llm_history = LlmCostHistory(model=shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device))
 
     @classmethod
     def from_pretrained(

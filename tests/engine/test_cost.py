@@ -34,3 +34,17 @@ def test_estimate_prefers_the_requests_own_llm_passes_then_history():
     fit = PassCostFit.fit([(12, 0.2), (1, 0.1)])
     assert history.estimate(own, 10, 5) == pytest.approx(fit.generation_seconds(10, 5))
     assert history.estimate([record("slm", 1, 0.01)], 10, 5) == pytest.approx(9.0 * 5)
+
+
+def test_with_a_cost_model_the_estimate_is_its_prediction_scaled_to_the_requests_llm_speed():
+    from rstitch_engine.costmodel import PairCostModel, PassCost
+
+    cost = PassCost(fixed=0.05, per_token=0.002, per_token_context=1e-5)
+    history = LlmCostHistory(model=PairCostModel(slm=cost, llm=cost))
+    predicted_alone = history.model.alone_seconds("llm", 10, 5)
+    assert history.estimate([record("slm", 1, 0.01)], 10, 5) == pytest.approx(predicted_alone)  # never ran
+    own = [ForwardRecord("llm", "catchup", 12, 0, 2 * cost.seconds(12, 0)),  # twice as slow as calibrated
+           ForwardRecord("llm", "decode", 1, 12, 2 * cost.seconds(1, 12))]
+    assert history.estimate(own, 10, 5) == pytest.approx(2 * predicted_alone)
+    history.add(own)
+    assert history.estimate([record("slm", 1, 0.01)], 10, 5) == pytest.approx(2 * predicted_alone)  # from history
