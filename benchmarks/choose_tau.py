@@ -1,0 +1,68 @@
+"""Choose the default threshold tau on the TUNING part of the quality suite (never the held-out part).
+
+Runs the LLM alone and R-Stitch at each tau side by side (``benchmarks/default_pair.py``'s
+machinery: rotated order per item, greedy, same ``max_new_tokens``) on every ``--every``-th tuning
+item (the suite is ordered by skill, so every skill is sampled), then applies one rule:
+
+    the fastest tau whose accuracy is at least the LLM alone's minus ``--margin`` points.
+
+The held-out numbers of the chosen tau then come from ``benchmarks/default_pair.py``.
+
+    python benchmarks/choose_tau.py --json results/choose_tau.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from default_pair import DEFAULT_TAUS, Config, benchmark, load_engine, markdown_table, summarise  # noqa: E402
+
+from rstitch_engine import GenerationSettings  # noqa: E402
+from rstitch_engine.defaults import DEFAULT_LLM  # noqa: E402
+from rstitch_engine.quality import quality_suite  # noqa: E402
+
+
+def choose(rows: Sequence[dict[str, Any]], margin_points: float) -> dict[str, Any] | None:
+    """The stitched row with the highest speedup among those within ``margin_points`` of the LLM's accuracy."""
+    llm = next(row for row in rows if row["config"] == "LLM alone")
+    eligible = [row for row in rows if row["kind"] == "stitch"
+                and 100 * row["accuracy"] >= 100 * llm["accuracy"] - margin_points]
+    return max(eligible, key=lambda row: row["speedup"], default=None)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slm", default=None, help="SLM (default: the engine's default SLM)")
+    parser.add_argument("--llm", default=DEFAULT_LLM)
+    parser.add_argument("--every", type=int, default=3, help="use every N-th tuning item (default: %(default)s)")
+    parser.add_argument("--margin", type=float, default=1.0, help="accuracy points allowed below the LLM alone")
+    parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS))
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+
+    engine = load_engine(args.llm, args.slm, "auto", "auto")
+    items = quality_suite("tuning")[:: args.every]
+    taus = [float(t) for t in args.taus.split(",") if t.strip()]
+    configs = [Config("LLM alone", "llm")] + [Config(f"R-Stitch tau={tau:g}", "stitch", tau) for tau in taus]
+    records = benchmark(engine, items, configs, GenerationSettings(max_new_tokens=args.max_new_tokens))
+    rows = summarise(records, configs)
+    chosen = choose(rows, args.margin)
+    print(f"\n{len(items)} tuning items (every {args.every}-th), max_new_tokens={args.max_new_tokens}\n")
+    print(markdown_table(rows))
+    print(f"\nchosen: {chosen['config'] if chosen else 'none'} (fastest within {args.margin:g} points of the LLM alone)")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"items": len(items), "every": args.every, "margin_points": args.margin,
+                                         "rows": rows, "chosen": chosen}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
