@@ -245,30 +245,39 @@ def summarise(records: Sequence[dict[str, Any]], configs: Sequence[Config]) -> l
 
 
 def _stitch_costs(mine: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Where a stitched answer's time goes: per-token decode cost of each model, and catch-up time."""
+    """Where a stitched answer's time goes: per-pass decode cost of each model, and catch-up time."""
     def total(key: str) -> float:
         return sum(r[key] for r in mine)
 
-    slm_decode = total("slm_decode_seconds") / max(total("slm_decode_passes"), 1)
-    llm_decode = total("llm_decode_seconds") / max(total("llm_decode_passes"), 1)
+    def per_pass_ms(role: str) -> float | None:
+        passes = total(f"{role}_decode_passes")
+        return 1000 * total(f"{role}_decode_seconds") / passes if passes else None
+
     return {
-        "slm_decode_ms": 1000 * slm_decode,
-        "llm_decode_ms": 1000 * llm_decode if total("llm_decode_passes") else None,
+        "slm_decode_ms": per_pass_ms("slm"),
+        "llm_decode_ms": per_pass_ms("llm"),
         "slm_catchup_s": total("slm_catchup_seconds") / len(mine),
         "llm_catchup_s": total("llm_catchup_seconds") / len(mine),
         "discarded_slm_tokens": total("discarded_slm_tokens") / len(mine),
     }
 
 
-def cost_ratio(rows: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """The draft's per-token cost against the LLM's: alone (whole answers) and decode passes only."""
+def cost_ratio(rows: Sequence[dict[str, Any]], records: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """The SLM's per-token cost against the LLM's: alone (whole answers, prefill included), and per
+    decode pass inside stitched answers (all taus pooled)."""
     by_kind = {row["kind"]: row for row in rows}
-    alone = (by_kind["slm"]["ms_per_token"] / by_kind["llm"]["ms_per_token"]
-             if by_kind.get("slm") and by_kind.get("llm") else None)
-    stitched = [row for row in rows if row["kind"] == "stitch" and row.get("llm_decode_ms")]
-    decode = (sum(row["slm_decode_ms"] for row in stitched) / sum(row["llm_decode_ms"] for row in stitched)
-              if stitched else None)
-    return {"alone_ms_per_token_ratio": alone, "stitched_decode_pass_ratio": decode}
+    alone = None
+    if by_kind.get("slm") and by_kind.get("llm") and by_kind["llm"]["ms_per_token"]:
+        alone = by_kind["slm"]["ms_per_token"] / by_kind["llm"]["ms_per_token"]
+    stitched = [r for r in records if r["kind"] == "stitch"]
+    costs = _stitch_costs(stitched) if stitched else {}
+    slm_ms, llm_ms = costs.get("slm_decode_ms"), costs.get("llm_decode_ms")
+    return {
+        "alone_ms_per_token_ratio": alone,
+        "stitched_decode_pass_ratio": slm_ms / llm_ms if slm_ms and llm_ms else None,
+        "stitched_slm_decode_ms": slm_ms,
+        "stitched_llm_decode_ms": llm_ms,
+    }
 
 
 # ----------------------------------------------------------------------------- output
@@ -286,6 +295,22 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
             f"| {100 * row['agree_answer']:.1f}% | {row['nll']:.3f} | {row['latency_s']:.3f} | {row['tokens']:.1f} "
             f"| {100 * row['slm_share']:.1f}% | {switches} | {row['speedup']:.2f}x | {row['speedup_mean_per_item']:.2f}x |"
         )
+    return "\n".join(lines)
+
+
+def cost_table(rows: Sequence[dict[str, Any]]) -> str:
+    """Where stitched time goes: per-pass decode cost of each model and catch-up seconds per answer."""
+    header = ("| config | SLM decode ms/pass | LLM decode ms/pass | SLM catch-up s/answer | LLM catch-up s/answer "
+              "| discarded SLM tokens/answer | switches per 100 tokens |")
+    lines = [header, "|" + "---|" * 7]
+    for row in rows:
+        if row["kind"] != "stitch":
+            continue
+        slm_ms = f"{row['slm_decode_ms']:.1f}" if row["slm_decode_ms"] is not None else "-"
+        llm_ms = f"{row['llm_decode_ms']:.1f}" if row["llm_decode_ms"] is not None else "-"
+        per_100 = 100 * row["switches"] / row["tokens"] if row["tokens"] else 0.0
+        lines.append(f"| {row['config']} | {slm_ms} | {llm_ms} | {row['slm_catchup_s']:.3f} "
+                     f"| {row['llm_catchup_s']:.3f} | {row['discarded_slm_tokens']:.2f} | {per_100:.1f} |")
     return "\n".join(lines)
 
 
@@ -328,6 +353,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--json", type=Path, default=None, help="write the summary and every answer as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write a speedup-vs-accuracy plot (PNG) here")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     parser.add_argument("--no-progress", action="store_true")
     return parser.parse_args(argv)
 
@@ -341,13 +367,14 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     started = time.perf_counter()
     records = benchmark(engine, items, configs, settings, progress=not args.no_progress)
     rows = summarise(records, configs)
-    ratio = cost_ratio(rows)
+    ratio = cost_ratio(rows, records)
     pair = {"slm": engine.pair.slm.name, "llm": engine.pair.llm.name}
     table = markdown_table(rows)
     print(f"\n{len(items)} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, "
           f"pair {pair['slm']} + {pair['llm']}\n")
     print(table)
-    print("\nSLM/LLM per-token cost: " + ", ".join(
+    print("\n" + cost_table(rows))
+    print("\nSLM/LLM cost: " + ", ".join(
         f"{name} {value:.3f}" for name, value in ratio.items() if value is not None))
     assistant = engine.pair.slm.model.generation_config
     report = {
@@ -368,6 +395,7 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         "cost_ratio": ratio,
         "rows": rows,
         "table": table,
+        "cost_table": cost_table(rows),
         "answers": records,
     }
     if args.json:
@@ -380,6 +408,8 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     run(load_engine(args.llm, args.slm, args.device, args.dtype), args)
     return 0
 
