@@ -1,0 +1,61 @@
+"""The draft shipped for SmolLM2-135M-Instruct: small, loads on the default LLM, stable output."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rstitch_engine import EntropyRouter, GenerationSettings, ModelSpec, StitchEngine, load_pair
+from rstitch_engine.defaults import DEFAULT_LLM, DEFAULT_SLM, SHIPPED_DRAFTS, resolve_alias
+from rstitch_engine.draft import DRAFT_CONFIG, DRAFT_WEIGHTS, DraftConfig, draft_layer_parameters
+
+pytestmark = pytest.mark.real_model
+
+DRAFT = SHIPPED_DRAFTS[DEFAULT_SLM]
+PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
+# Greedy output of the shipped draft alone and of the stitched pair at tau = 0.1 (float32, CPU),
+# recorded once; a change means the draft, its loading or the engine changed.
+DRAFT_ALONE_IDS = [504, 3575, 282, 4649, 314, 7042, 30, 2]  # "The capital of France is Paris." + <|im_end|>
+STITCHED_IDS = [504, 3575, 282, 4649, 314, 7042, 30, 2]
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_pair(ModelSpec(str(DRAFT), device="cpu", dtype="float32"),
+                     ModelSpec(DEFAULT_LLM, device="cpu", dtype="float32"))
+
+
+def test_the_shipped_draft_is_small_and_holds_only_its_layers():
+    assert Path(resolve_alias(DEFAULT_SLM)) == DRAFT
+    assert {p.name for p in DRAFT.iterdir()} == {DRAFT_CONFIG, DRAFT_WEIGHTS}
+    assert (DRAFT / DRAFT_WEIGHTS).stat().st_size <= 40 * 2**20
+    config = DraftConfig.read(DRAFT)
+    assert config.base_model == DEFAULT_LLM and config.fingerprint["num_hidden_layers"] == 30
+    assert all(key.startswith("layers.") for key in load_file(str(DRAFT / DRAFT_WEIGHTS)))
+
+
+def test_the_draft_adds_only_its_layers_to_the_llm(pair):
+    slm, llm = pair.slm.model, pair.llm.model
+    assert slm.lm_head.weight is llm.lm_head.weight
+    assert slm.model.embed_tokens.weight is llm.model.embed_tokens.weight
+    assert slm.model.norm.weight is llm.model.norm.weight
+    llm_tensors = {p.data_ptr() for p in llm.parameters()}
+    own = draft_layer_parameters(slm)
+    assert {p.data_ptr() for p in slm.parameters()} - llm_tensors == {p.data_ptr() for p in own.values()}
+    saved = load_file(str(DRAFT / DRAFT_WEIGHTS))
+    assert saved.keys() == own.keys()
+    for name, p in own.items():
+        assert torch.equal(p, saved[name].to(p.dtype)), name
+
+
+def test_the_draft_gives_stable_output_on_a_fixed_prompt(pair):
+    engine = StitchEngine(pair)
+    settings = GenerationSettings(max_new_tokens=16)
+    alone = engine.decode_alone("slm", PROMPT, settings)
+    stitched = engine.generate(PROMPT, settings, EntropyRouter(0.1))
+    assert list(alone.token_ids) == DRAFT_ALONE_IDS, (list(alone.token_ids), alone.text)
+    assert list(stitched.token_ids) == STITCHED_IDS, (list(stitched.token_ids), stitched.text)
+    assert engine.decode_alone("slm", PROMPT, settings).token_ids == alone.token_ids
