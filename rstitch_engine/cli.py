@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--measure-speedup", action="store_true", help="also time the LLM alone on the same prompt")
     output.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
     generate.set_defaults(handler=_generate)
+    _add_train_router(commands)
     return parser
 
 
@@ -135,6 +136,97 @@ def stats_table(stats: StitchStats) -> Table:
     for name, value in rows:
         table.add_row(name, value)
     return table
+
+
+def _add_train_router(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from pathlib import Path
+
+    from .train_router import TrainSettings
+
+    defaults = TrainSettings()
+    train = commands.add_parser(
+        "train-router", help="train an R-Stitch+ router for a pair with DAPO (reward: accuracy minus lambda x latency)",
+        description="Rollouts of the pair on tasks with checkable answers; the router's routing decisions are sampled, "
+                    "rewarded with R = r_acc - lambda * r_acc * L_hat (L_hat: latency predicted by the pair's cost "
+                    "model, relative to the LLM alone) and improved with DAPO. Resumable: rerun the same command.",
+    )
+    train.add_argument("--out", required=True, type=Path, help="folder for the router (router.json + router.safetensors)")
+    train.add_argument("--work-dir", type=Path, default=None, help="checkpoint, log.jsonl, cost model (default: OUT/work)")
+    train.add_argument("--llm", default=DEFAULT_LLM, help="LLM (default: %(default)s)")
+    train.add_argument("--slm", default=None, help="SLM or draft folder (default: the default pair's SLM)")
+    train.add_argument("--device", default="auto")
+    train.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    train.add_argument("--cost-model", type=Path, default=None,
+                       help="the pair's PairCostModel JSON (default: fitted from a few runs, kept in the work folder)")
+    train.add_argument("--lambda", "--lam", dest="lam", type=float, default=defaults.lam,
+                       help="latency weight in the reward (default: %(default)s)")
+    train.add_argument("--tau", "--threshold", dest="tau", type=float, default=defaults.threshold,
+                       help="the router is consulted only above this normalised entropy (default: %(default)s)")
+    train.add_argument("--steps", type=int, default=defaults.steps)
+    train.add_argument("--batch-size", type=int, default=defaults.batch_size, help="tasks per step")
+    train.add_argument("--group-size", type=int, default=defaults.group_size, help="rollouts per task (G)")
+    train.add_argument("--updates-per-step", type=int, default=defaults.updates_per_step)
+    train.add_argument("--lr", type=float, default=defaults.learning_rate)
+    train.add_argument("--eps-low", type=float, default=defaults.eps_low)
+    train.add_argument("--eps-high", type=float, default=defaults.eps_high)
+    train.add_argument("--width", type=int, default=defaults.width, help="router MLP width")
+    train.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens)
+    train.add_argument("--temperature", type=float, default=defaults.temperature,
+                       help="0: models decode greedily, routing is the only randomness (default: %(default)s)")
+    train.add_argument("--reference", choices=["budget", "llm_greedy", "same_length"], default=defaults.reference,
+                       help="latency normaliser, the LLM alone on the prompt writing: max-new-tokens tokens, its own "
+                            "answer, or as many tokens as the rollout (default: %(default)s)")
+    train.add_argument("--init-tau", type=float, default=defaults.initial_threshold,
+                       help="start as an entropy router at this threshold (default: P(LLM) = 0.5 everywhere)")
+    train.add_argument("--tasks", choices=["quality", "gsm8k", "both"], default="quality",
+                       help="quality: the quality suite's tuning part; gsm8k: GSM8K train questions (default: %(default)s)")
+    train.add_argument("--gsm8k-limit", type=int, default=200)
+    train.add_argument("--gsm8k-path", type=Path,
+                       default=Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl")
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    train.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    train.set_defaults(handler=_train_router)
+
+
+def _train_router(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
+    from .costmodel import PairCostModel, shipped_cost_model
+    from .train_router import TrainSettings, calibrate_cost_model, gsm8k_tasks, quality_tasks, train_router
+
+    settings = TrainSettings(
+        lam=args.lam, threshold=args.tau, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
+        updates_per_step=args.updates_per_step, learning_rate=args.lr, eps_low=args.eps_low, eps_high=args.eps_high,
+        width=args.width, max_new_tokens=args.max_new_tokens, temperature=args.temperature, reference=args.reference,
+        seed=args.seed, checkpoint_every=args.checkpoint_every, initial_threshold=args.init_tau,
+    )
+    tasks = quality_tasks("tuning") if args.tasks in ("quality", "both") else []
+    if args.tasks in ("gsm8k", "both"):
+        tasks += gsm8k_tasks(args.gsm8k_path, args.gsm8k_limit, args.seed)
+    work_dir = args.work_dir or args.out / "work"
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    with console.status("loading the pair", spinner="dots"):
+        engine = StitchEngine.from_pretrained(args.llm, args.slm, device=args.device, dtype=args.dtype)
+    pair_name = f"{engine.pair.slm.name}+{engine.pair.llm.name}"
+    fitted = work_dir / "cost_model.json"
+    shipped = shipped_cost_model(engine.pair.slm.name, engine.pair.llm.name, engine.pair.slm.device)
+    if args.cost_model is not None:
+        cost = PairCostModel.load(args.cost_model)
+    elif shipped is not None:
+        cost = shipped
+    elif fitted.is_file():
+        cost = PairCostModel.load(fitted)
+    else:
+        with console.status("no calibrated cost model for this pair: timing passes to fit one", spinner="dots"):
+            cost = calibrate_cost_model(engine, pair=pair_name)
+        cost.save(fitted)
+        console.print(f"cost model fitted and saved to {fitted}")
+    router = train_router(engine, tasks, cost, args.out, settings, work_dir, pair_name,
+                          log=lambda line: console.print(line))
+    console.print(f"router saved to {args.out} ({router!r}); log: {work_dir / 'log.jsonl'}")
+    return 0
 
 
 if __name__ == "__main__":

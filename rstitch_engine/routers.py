@@ -25,6 +25,7 @@ from typing import Callable, Literal, Protocol, runtime_checkable
 import torch
 
 from .errors import InvalidSettingError
+from .defaults import DEFAULT_THRESHOLD
 from .settings import validate_threshold
 
 
@@ -81,7 +82,7 @@ def hand_back_hook(router: object) -> Callable[[RouterState], bool] | None:
 class EntropyRouter:
     """R-Stitch: every SLM token above the threshold goes to the LLM."""
 
-    threshold: float = 0.1
+    threshold: float = DEFAULT_THRESHOLD
     needs_hidden_state: bool = False
 
     def __post_init__(self) -> None:
@@ -113,16 +114,28 @@ class AlwaysLLMRouter:
         return True
 
 
-RouterName = Literal["entropy", "slm", "llm"]
-"""'entropy': R-Stitch at a threshold; 'slm' / 'llm': one model alone (baselines)."""
+RouterName = Literal["entropy", "learned", "slm", "llm"]
+"""'entropy': R-Stitch at a threshold; 'learned': R-Stitch+ (a trained router, by default the one shipped
+for the default pair); 'slm' / 'llm': one model alone (baselines)."""
 
 
-def router_named(name: RouterName, threshold: float) -> Router:
-    """The router a configuration names; ``threshold`` is used by the entropy router only."""
+def router_named(name: RouterName, threshold: float, path: str | None = None) -> Router:
+    """The router a configuration names.
+
+    ``threshold`` is used by the entropy router only (a learned router keeps the tau it was trained
+    with). ``path`` is a learned router's folder (``rstitch train-router --out``); None with
+    'learned' is the router shipped for the default pair.
+    """
+    if path is not None and name != "learned":
+        raise InvalidSettingError(f"a router path is only used with router='learned', not {name!r}")
+    if name == "learned":
+        from .learned_router import load_learned_router  # the learned router imports this module
+
+        return load_learned_router(path)
     if name == "slm":
         return AlwaysSLMRouter()
     if name == "llm":
         return AlwaysLLMRouter()
     if name == "entropy":
         return EntropyRouter(threshold)
-    raise InvalidSettingError(f"router must be 'entropy', 'slm' or 'llm', got {name!r}")
+    raise InvalidSettingError(f"router must be 'entropy', 'learned', 'slm' or 'llm', got {name!r}")

@@ -107,7 +107,10 @@ class ChatRStitch(BaseChatModel):
     threshold: float = 0.1
     """tau: the SLM hands a position to the LLM when its normalised entropy is above this."""
     router: RouterName = "entropy"
-    """Routing policy: 'entropy' (R-Stitch), or 'slm'/'llm' for one model alone."""
+    """Routing policy: 'entropy' (R-Stitch), 'learned' (R-Stitch+, the shipped router of the default pair
+    unless ``router_path`` is set; it keeps its trained tau), or 'slm'/'llm' for one model alone."""
+    router_path: str | None = None
+    """Folder of a learned router (``rstitch train-router --out``), used with ``router='learned'``."""
     temperature: float = 0.0
     """Sampling temperature; 0 is greedy decoding."""
     top_p: float = 1.0
@@ -205,7 +208,7 @@ class ChatRStitch(BaseChatModel):
         )
 
     def _router(self, options: Mapping[str, Any]) -> Router:
-        return router_named(self.router, options.get("threshold", self.threshold))
+        return router_named(self.router, options.get("threshold", self.threshold), self.router_path)
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> _Request:
         """Validate the call and render the prompt (no forward pass yet)."""

@@ -101,7 +101,12 @@ class RStitchLLM(FunctionCallingLLM):
         default=0.1, description="tau: the LLM takes over where the SLM's normalised entropy is above it."
     )
     router: RouterName = Field(
-        default="entropy", description="'entropy' (R-Stitch), or 'slm' / 'llm' for one model alone (baselines)."
+        default="entropy",
+        description="'entropy' (R-Stitch), 'learned' (R-Stitch+: the default pair's shipped router unless router_path "
+                    "is set; it keeps its trained tau), or 'slm' / 'llm' for one model alone (baselines).",
+    )
+    router_path: str | None = Field(
+        default=None, description="Folder of a learned router (rstitch train-router --out), used with router='learned'."
     )
     temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
@@ -300,7 +305,7 @@ class RStitchLLM(FunctionCallingLLM):
         )
 
     def _router(self, options: dict[str, Any]) -> Router:
-        return router_named(self.router, options.get("threshold", self.threshold))
+        return router_named(self.router, options.get("threshold", self.threshold), self.router_path)
 
     def _chat_responses(self, request: _Request) -> ChatResponseGen:
         """The core: token events in, cumulative ``ChatResponse`` items out; the last one has the stats."""
