@@ -5,7 +5,7 @@ TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PROMPT ?= A train leaves at 3 pm and travels for 2 hours. At what time does it arrive? Explain briefly.
 
-.PHONY: setup demo test test-slow test-all bench
+.PHONY: setup demo test test-slow test-all bench bench-pair draft
 
 setup: $(VENV)/.installed
 
@@ -32,3 +32,11 @@ test-all: setup
 
 bench: setup
 	$(BIN)/python benchmarks/loop_overhead.py --json results/loop_overhead.json
+
+# The speed/quality table of the default pair on the held-out quality suite (about 25 min on 2 CPU cores).
+bench-pair: setup
+	$(BIN)/python benchmarks/default_pair.py --json results/default_pair.json --plot results/default_pair.png
+
+# Rebuild the shipped draft from scratch (teacher answers + training; about 45 min on 2 CPU cores).
+draft: setup
+	$(BIN)/rstitch distill --out rstitch_engine/drafts/smollm2-135m-instruct --work-dir .distill-work

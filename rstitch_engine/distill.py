@@ -47,7 +47,7 @@ class DistillSettings:
     generation_batch_size: int = 16
     top_k: int = 64
     """Teacher log-probs kept per position; the rest of the mass is one bucket."""
-    steps: int = 700
+    steps: int = 800
     batch_size: int = 8
     learning_rate: float = 5e-4
     warmup_steps: int = 30
@@ -139,26 +139,35 @@ def teacher_data(
     work_dir: Path,
     progress: bool = True,
 ) -> list[TeacherSequence]:
-    """The LLM's greedy answers with top-k log-probs; chunks already in ``work_dir`` are reused."""
+    """The LLM's greedy answers with top-k log-probs.
+
+    Answers already saved in ``work_dir`` (any ``teacher-*.pt`` chunk) are reused by prompt, so
+    growing a pool only answers the new prompts. New prompts are answered in batches of similar
+    length (less padding), in an order fixed by their lengths.
+    """
     encoded = [_render(tokenizer, messages) for messages in prompts]
-    # Batches of similar prompt length waste less on padding; the order is fixed by the lengths.
-    order = sorted(range(len(encoded)), key=lambda i: (len(encoded[i]), i))
-    batches = [order[i:i + settings.generation_batch_size] for i in range(0, len(order), settings.generation_batch_size)]
-    by_index: dict[int, TeacherSequence] = {}
+    known = _saved_answers(work_dir)
+    missing = sorted({tuple(ids) for ids in encoded} - known.keys(), key=lambda ids: (len(ids), ids))
+    batches = [missing[i:i + settings.generation_batch_size] for i in range(0, len(missing), settings.generation_batch_size)]
+    first_new = len(list(work_dir.glob("teacher-*.pt")))
     for number, batch in enumerate(tqdm(batches, desc="teacher answers", unit="batch", disable=not progress)):
-        chunk = work_dir / f"teacher-{number:04d}.pt"
-        if chunk.is_file():
-            saved = torch.load(chunk, weights_only=True)
-            sequences = [TeacherSequence(**item) for item in saved["sequences"]]
-            if saved["indices"] != batch:
-                raise InvalidSettingError(f"{chunk} was made for another prompt pool; use a fresh work folder")
-        else:
-            sequences = _answer_batch(llm, tokenizer, [encoded[i] for i in batch], settings, vocab_size)
-            partial = chunk.with_suffix(".partial")
-            torch.save({"indices": batch, "sequences": [s.to_dict() for s in sequences]}, partial)
-            partial.replace(chunk)
-        by_index.update(zip(batch, sequences))
-    return [by_index[i] for i in range(len(encoded))]
+        sequences = _answer_batch(llm, tokenizer, [list(ids) for ids in batch], settings, vocab_size)
+        chunk = work_dir / f"teacher-{first_new + number:04d}.pt"
+        partial = chunk.with_suffix(".partial")
+        torch.save({"sequences": [s.to_dict() for s in sequences]}, partial)
+        partial.replace(chunk)
+        known.update(zip(batch, sequences))
+    return [known[tuple(ids)] for ids in encoded]
+
+
+def _saved_answers(work_dir: Path) -> dict[tuple[int, ...], TeacherSequence]:
+    """Every answer saved in ``work_dir``, by its prompt's token ids."""
+    answers = {}
+    for chunk in sorted(work_dir.glob("teacher-*.pt")):
+        for item in torch.load(chunk, weights_only=True)["sequences"]:
+            sequence = TeacherSequence(**item)
+            answers[tuple(sequence.ids[:sequence.prompt_length].tolist())] = sequence
+    return answers
 
 
 @torch.inference_mode()

@@ -12,7 +12,7 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from .quality import quality_suite
+from .quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
 
 Messages = list[dict[str, str]]
 
@@ -81,6 +81,52 @@ def instruction_prompts(count: int, seed: int) -> list[Messages]:
     return prompts
 
 
+# Short-answer questions in the quality suite's forms, about things the suite never asks about:
+# a draft learns the answer shapes (and to be unsure where the answer needs knowledge) without
+# ever seeing a held-out item.
+FAMILY_COUNTRIES = (
+    "Portugal", "Greece", "Sweden", "Norway", "Denmark", "Finland", "Ireland", "Austria", "Switzerland",
+    "Belgium", "Netherlands", "Hungary", "Czech Republic", "Cuba", "Jamaica", "Ecuador", "Bolivia", "Uruguay",
+    "Paraguay", "New Zealand", "Israel", "Jordan", "Lebanon", "Qatar", "Kuwait", "Oman", "Singapore",
+    "Cambodia", "Laos", "Mongolia", "Senegal", "Tunisia", "Libya", "Zimbabwe", "Rwanda", "Somalia",
+    "Iceland", "Croatia", "Serbia", "Bulgaria",
+)
+FAMILY_NOUNS = (
+    "cherry", "lady", "fox", "glass", "watch", "brush", "class", "calf", "shelf", "loaf", "thief", "echo",
+    "volcano", "louse", "die", "radius", "fungus", "crisis", "thesis", "index", "horse", "table", "window",
+    "garden", "river", "pencil", "flower", "bottle", "monkey", "donkey", "valley", "journey", "puppy",
+    "pony", "army", "candy", "city block", "spoon", "cup", "star",
+)
+FAMILY_ADJECTIVES = (
+    "brave", "cheap", "quick", "noisy", "rough", "bright", "heavy", "polite", "tight", "smooth", "sharp",
+    "fat", "warm", "calm", "wild", "safe", "loose", "fresh", "proud", "kind", "busy", "huge", "tiny",
+    "modern", "ancient", "simple", "public", "active", "absent", "major", "inner", "upper", "positive",
+    "visible", "legal", "honest", "patient", "possible", "correct", "regular",
+)
+_FAMILY_LARGER_SEED = 7
+
+
+def family_prompts(seed: int) -> list[Messages]:
+    """Questions in the quality suite's five forms on entities and numbers outside the suite."""
+    assert not set(FAMILY_COUNTRIES) & CAPITALS.keys() and not set(FAMILY_NOUNS) & PLURALS.keys()
+    assert not set(FAMILY_ADJECTIVES) & OPPOSITES.keys()
+    suite_questions = {item.question for item in quality_suite("all")}
+    texts = [f"What is the capital of {country}?" for country in FAMILY_COUNTRIES]
+    texts += [f"What is the plural of {noun}?" for noun in FAMILY_NOUNS]
+    texts += [f"What is the opposite of {word}?" for word in FAMILY_ADJECTIVES]
+    texts += [f"What is {a} + {b}?" for a in range(10, 20) for b in range(1, 10)]
+    rng = random.Random(_FAMILY_LARGER_SEED + seed)
+    larger: list[str] = []
+    while len(larger) < 60:
+        a, b = rng.sample(range(10, 100), 2)
+        question = f"Which is larger, {a} or {b}?"
+        if question not in suite_questions and question not in larger:
+            larger.append(question)
+    texts += larger
+    assert not suite_questions & set(texts)
+    return [[{"role": "user", "content": text}] for text in texts]
+
+
 def gsm8k_prompts(path: Path, count: int, seed: int) -> list[Messages]:
     """``count`` questions drawn without replacement from a GSM8K jsonl file."""
     questions = [json.loads(line)["question"] for line in path.read_text().splitlines() if line.strip()]
@@ -94,10 +140,18 @@ def quality_tuning_prompts() -> list[Messages]:
 
 
 def prompt_pool(
-    instructions: int, gsm8k: int, seed: int, gsm8k_path: Path | None = None, include_quality_tuning: bool = True
+    instructions: int,
+    gsm8k: int,
+    seed: int,
+    gsm8k_path: Path | None = None,
+    include_quality_tuning: bool = True,
+    include_families: bool = True,
 ) -> list[Messages]:
-    """The distillation pool: instructions + GSM8K questions (+ the quality suite's tuning part), shuffled."""
+    """The distillation pool, shuffled: instructions + GSM8K questions, and optionally the quality
+    suite's tuning part and the short-answer families (``family_prompts``)."""
     pool: list[Messages] = instruction_prompts(instructions, seed)
+    if include_families:
+        pool += family_prompts(seed)
     if gsm8k and gsm8k_path is not None:
         pool += gsm8k_prompts(gsm8k_path, gsm8k, seed)
     if include_quality_tuning:
