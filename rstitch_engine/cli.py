@@ -9,16 +9,21 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Sequence
+
+import torch
 
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .defaults import DEFAULT_LLM, DEFAULT_SLM_LAYERS
+from .defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
 from .engine import StitchEngine
-from .errors import RStitchError
-from .loading import ModelSpec, load_pair
+from .errors import InvalidSettingError, RStitchError
+from .distill import DistillSettings, distill
+from .loading import ModelSpec, load_model, load_pair, load_tokenizer
+from .prompt_pool import prompt_pool
 from .routers import EntropyRouter
 from .settings import GenerationSettings
 from .stats import StitchStats, TokenEvent
@@ -44,15 +49,16 @@ def _parser() -> argparse.ArgumentParser:
     generate.add_argument("prompt", help="the user message (or raw text with --raw)")
     pair = generate.add_argument_group("model pair")
     pair.add_argument("--llm", default=DEFAULT_LLM, help="LLM: hub id, folder, .gguf file or alias (default: %(default)s)")
-    pair.add_argument("--slm", default=None, help="SLM: hub id, folder or .gguf (default: early-exit cut of the LLM)")
+    pair.add_argument("--slm", default=None,
+                      help=f"SLM: hub id, folder, .gguf or draft folder from `rstitch distill` (default: {DEFAULT_SLM})")
     pair.add_argument("--slm-layers", type=int, default=None,
-                      help=f"keep only the SLM's first N layers (default with no --slm: {DEFAULT_SLM_LAYERS})")
+                      help="keep only the SLM's first N layers (an untrained early-exit cut; with no --slm, of the LLM)")
     pair.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     pair.add_argument("--device-map", default=None, help="accelerate device_map for the LLM, e.g. auto")
     pair.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     decoding = generate.add_argument_group("decoding")
-    decoding.add_argument("--threshold", "--tau", type=float, default=0.1, dest="threshold",
+    decoding.add_argument("--threshold", "--tau", type=float, default=DEFAULT_THRESHOLD, dest="threshold",
                           help="normalised-entropy threshold tau (default: %(default)s)")
     decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens (default: %(default)s)")
     decoding.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
@@ -66,8 +72,67 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--measure-speedup", action="store_true", help="also time the LLM alone on the same prompt")
     output.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
     generate.set_defaults(handler=_generate)
+    _add_distill(commands)
     _add_train_router(commands)
     return parser
+
+
+def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    defaults = DistillSettings()
+    distill = commands.add_parser(
+        "distill", help="train a draft SLM for an LLM (same tokenizer) by matching its next-token distributions",
+        description="Builds a draft from a subset of the LLM's layers (sharing its embeddings, norm and head) and "
+                    "trains those layers on the LLM's own answers to a prompt pool. Resumable: rerun the same "
+                    "command to continue from the work folder.",
+    )
+    distill.add_argument("--llm", default=DEFAULT_LLM, help="LLM: hub id, folder, .gguf or alias (default: %(default)s)")
+    distill.add_argument("--out", required=True, type=Path, help="folder for the draft (rstitch_draft.json + draft.safetensors)")
+    distill.add_argument("--work-dir", type=Path, default=None, help="teacher data and checkpoints (default: OUT/work)")
+    distill.add_argument("--layers", type=int, default=defaults.num_layers,
+                         help="draft layers: the LLM's first and last N-1 (default: %(default)s)")
+    distill.add_argument("--layer-indices", default=None, help="exact LLM layers to start from, e.g. 0,1,2,29")
+    distill.add_argument("--instructions", type=int, default=400, help="template chat instructions in the pool (default: %(default)s)")
+    distill.add_argument("--gsm8k", type=int, default=200, help="GSM8K questions in the pool (default: %(default)s)")
+    distill.add_argument("--gsm8k-path", type=Path, default=_default_gsm8k(), help="GSM8K train.jsonl (default: %(default)s)")
+    distill.add_argument("--no-quality-tuning", action="store_true", help="leave the quality suite's tuning part out of the pool")
+    distill.add_argument("--no-families", action="store_true",
+                         help="leave out the short-answer questions in the quality suite's forms (never its items)")
+    distill.add_argument("--steps", type=int, default=defaults.steps, help="training steps (default: %(default)s)")
+    distill.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    distill.add_argument("--lr", type=float, default=defaults.learning_rate)
+    distill.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="teacher answer cap")
+    distill.add_argument("--top-k", type=int, default=defaults.top_k, help="teacher log-probs kept per position")
+    distill.add_argument("--seed", type=int, default=defaults.seed)
+    distill.add_argument("--device", default="auto")
+    distill.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
+                         help="training dtype of the LLM and draft (default: %(default)s)")
+    distill.add_argument("--save-dtype", default=defaults.storage_dtype, choices=["float32", "bfloat16", "float16"])
+    distill.add_argument("--trust-remote-code", action="store_true")
+    distill.set_defaults(handler=_distill)
+
+
+def _default_gsm8k() -> Path:
+    return Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl"
+
+
+def _distill(args: argparse.Namespace, console: Console) -> int:
+    layers = tuple(int(i) for i in args.layer_indices.split(",")) if args.layer_indices else None
+    settings = DistillSettings(
+        num_layers=args.layers, layers=layers, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        max_new_tokens=args.max_new_tokens, top_k=args.top_k, seed=args.seed, storage_dtype=args.save_dtype,
+    )
+    spec = ModelSpec(args.llm, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    gsm8k_path = args.gsm8k_path if args.gsm8k and args.gsm8k_path.is_file() else None
+    if args.gsm8k and gsm8k_path is None:
+        console.print(f"[yellow]no GSM8K file at {args.gsm8k_path}; the pool has instructions only[/yellow]")
+    pool = prompt_pool(args.instructions, args.gsm8k, args.seed, gsm8k_path, not args.no_quality_tuning,
+                       not args.no_families)
+    torch.manual_seed(args.seed)
+    with console.status(f"loading {spec.label}", spinner="dots"):
+        llm, tokenizer = load_model(spec), load_tokenizer(spec)
+    distill(llm, tokenizer, pool, args.out, settings, base_model=args.llm, work_dir=args.work_dir,
+            log=lambda line: console.print(line))
+    return 0
 
 
 def _generate(args: argparse.Namespace, console: Console) -> int:
@@ -97,8 +162,12 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
 def _load_engine(args: argparse.Namespace, console: Console) -> StitchEngine:
     common = dict(device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     llm = ModelSpec(args.llm, device_map=args.device_map, **common)
-    slm_layers = args.slm_layers if args.slm is not None or args.slm_layers else DEFAULT_SLM_LAYERS
-    slm = ModelSpec(args.slm or args.llm, num_layers=slm_layers, **common)
+    if args.slm is not None or args.slm_layers is not None:
+        slm = ModelSpec(args.slm or args.llm, num_layers=args.slm_layers, **common)
+    elif args.llm == DEFAULT_LLM:
+        slm = ModelSpec(DEFAULT_SLM, **common)
+    else:
+        raise InvalidSettingError("give --slm (or --slm-layers for an early-exit cut): only the default LLM has a built-in SLM")
     with console.status(f"loading SLM {slm.label} and LLM {llm.label}", spinner="dots"):
         pair = load_pair(slm, llm)
     return StitchEngine(pair)

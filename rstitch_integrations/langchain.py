@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from rstitch_engine import (
     DEFAULT_LLM,
+    DEFAULT_THRESHOLD,
     GenerationSettings,
     InvalidSettingError,
     Router,
@@ -103,8 +104,8 @@ class ChatRStitch(BaseChatModel):
     llm: str = Field(default=DEFAULT_LLM, alias="model")
     """The large model: hub id, local folder, .gguf file or built-in alias (also accepted as ``model``)."""
     slm: str | None = None
-    """The small model (same tokenizer); None with the default LLM: its built-in early-exit draft."""
-    threshold: float = 0.1
+    """The small model (same tokenizer, or a draft folder from `rstitch distill`); None with the default LLM: its shipped draft."""
+    threshold: float = DEFAULT_THRESHOLD
     """tau: the SLM hands a position to the LLM when its normalised entropy is above this."""
     router: RouterName = "entropy"
     """Routing policy: 'entropy' (R-Stitch), 'learned' (R-Stitch+, the shipped router of the default pair
@@ -163,7 +164,7 @@ class ChatRStitch(BaseChatModel):
 
     @property
     def model_name(self) -> str:
-        """'rstitch:<llm>+<slm>' (the SLM part is 'draft' for the built-in early-exit draft)."""
+        """'rstitch:<llm>+<slm>' (the SLM part is 'draft' for the shipped draft)."""
         return f"rstitch:{self.llm}+{self.slm or 'draft'}"
 
     @property

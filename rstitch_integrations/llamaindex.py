@@ -54,6 +54,7 @@ from llama_index.core.llms.llm import ToolSelection
 
 from rstitch_engine import (
     DEFAULT_LLM,
+    DEFAULT_THRESHOLD,
     GenerationSettings,
     InvalidSettingError,
     Router,
@@ -98,7 +99,7 @@ class RStitchLLM(FunctionCallingLLM):
         default=None, description="The small model (same tokenizer as the LLM); None: the default pair's built-in SLM."
     )
     threshold: float = Field(
-        default=0.1, description="tau: the LLM takes over where the SLM's normalised entropy is above it."
+        default=DEFAULT_THRESHOLD, description="tau: the LLM takes over where the SLM's normalised entropy is above it."
     )
     router: RouterName = Field(
         default="entropy",
