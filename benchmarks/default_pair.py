@@ -22,6 +22,9 @@ tokens minus LLM verification passes), switches to the LLM per answer, and the s
 LLM alone: total LLM-alone seconds / total seconds over all items, and the mean per-item ratio.
 
     python benchmarks/default_pair.py --json results/default_pair.json --plot results/default_pair.png
+
+Ctrl-C (SIGINT) ends the run early and reports the items finished so far (``items`` in the JSON,
+next to ``items_planned``).
 """
 
 from __future__ import annotations
@@ -186,30 +189,47 @@ def benchmark(
     settings: GenerationSettings,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Every configuration on every item, rotated per item; one record per (item, configuration)."""
+    """Every configuration on every item, rotated per item; one record per (item, configuration).
+
+    Ctrl-C (SIGINT) stops at once and returns the items finished so far (every configuration ran on
+    each of them, so they still compare side by side); an interrupted item leaves no records.
+    """
     nll = LlmNll(engine)
     encoded = [engine.encode(item.messages()) for item in items]
     for config in configs:  # warm-up, untimed: first calls pay for lazy initialisation
         run_config(engine, config, encoded[0], settings)
+    records: list[dict[str, Any]] = []
+    try:
+        for index, (item, prompt_ids) in enumerate(tqdm(list(zip(items, encoded)), desc="items", unit="item",
+                                                         disable=not progress)):
+            shift = index % len(configs)
+            order = list(configs[shift:]) + list(configs[:shift])
+            answers = {config.name: run_config(engine, config, prompt_ids, settings) for config in order}
+            records += _item_records(item, prompt_ids, configs, answers, nll)
+    except KeyboardInterrupt:
+        if not records:
+            raise
+        print(f"\ninterrupted: reporting the {len(records) // len(configs)} items finished")
+    return records
+
+
+def _item_records(item: QualityItem, prompt_ids: list[int], configs: Sequence[Config], answers: dict[str, Answer],
+                  nll: LlmNll) -> list[dict[str, Any]]:
+    """One record per configuration (in the fixed config order) for one item."""
+    reference = answers["LLM alone"]
     records = []
-    for index, (item, prompt_ids) in enumerate(tqdm(list(zip(items, encoded)), desc="items", unit="item",
-                                                     disable=not progress)):
-        shift = index % len(configs)
-        order = list(configs[shift:]) + list(configs[:shift])
-        answers = {config.name: run_config(engine, config, prompt_ids, settings) for config in order}
-        reference = answers["LLM alone"]
-        for config in configs:  # records in the fixed config order
-            answer = answers[config.name]
-            records.append({
-                "item": item.id, "skill": item.skill, "config": config.name, "kind": config.kind, "tau": config.tau,
-                "text": answer.text, "token_ids": list(answer.token_ids), "tokens": len(answer.token_ids),
-                "seconds": answer.seconds, "slm_tokens": answer.slm_tokens, "switches": answer.switches,
-                "llm_passes": answer.llm_passes, "correct": item.is_correct(answer.text),
-                "same_text_as_llm": answer.text == reference.text,
-                "same_answer_as_llm": item.extract(answer.text) == item.extract(reference.text),
-                "nll": nll(item.id, prompt_ids, answer.token_ids), "llm_alone_seconds": reference.seconds,
-                **answer.detail,
-            })
+    for config in configs:
+        answer = answers[config.name]
+        records.append({
+            "item": item.id, "skill": item.skill, "config": config.name, "kind": config.kind, "tau": config.tau,
+            "text": answer.text, "token_ids": list(answer.token_ids), "tokens": len(answer.token_ids),
+            "seconds": answer.seconds, "slm_tokens": answer.slm_tokens, "switches": answer.switches,
+            "llm_passes": answer.llm_passes, "correct": item.is_correct(answer.text),
+            "same_text_as_llm": answer.text == reference.text,
+            "same_answer_as_llm": item.extract(answer.text) == item.extract(reference.text),
+            "nll": nll(item.id, prompt_ids, answer.token_ids), "llm_alone_seconds": reference.seconds,
+            **answer.detail,
+        })
     return records
 
 
@@ -366,11 +386,12 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
     records = benchmark(engine, items, configs, settings, progress=not args.no_progress)
+    done = len(records) // len(configs)
     rows = summarise(records, configs)
     ratio = cost_ratio(rows, records)
     pair = {"slm": engine.pair.slm.name, "llm": engine.pair.llm.name}
     table = markdown_table(rows)
-    print(f"\n{len(items)} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, "
+    print(f"\n{done} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, "
           f"pair {pair['slm']} + {pair['llm']}\n")
     print(table)
     print("\n" + cost_table(rows))
@@ -381,7 +402,8 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "default_pair",
         "pair": pair,
         "part": args.part,
-        "items": len(items),
+        "items": done,
+        "items_planned": len(items),
         "max_new_tokens": args.max_new_tokens,
         "taus": taus,
         "configs": [asdict(c) for c in configs],
@@ -402,7 +424,7 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.plot:
-        plot(rows, args.plot, f"{pair['slm']} + {pair['llm']}: {len(items)} {args.part} items")
+        plot(rows, args.plot, f"{pair['slm']} + {pair['llm']}: {done} {args.part} items")
     return report
 
 
