@@ -20,7 +20,7 @@ from pathlib import Path
 DEFAULT_LLM = "smollm2-135m-instruct"
 DEFAULT_SLM = "smollm2-135m-instruct-draft"
 """The draft shipped for the default LLM (``rstitch distill``): 4 of its layers, trained to match it."""
-DEFAULT_THRESHOLD = 0.1
+DEFAULT_THRESHOLD = 0.15
 """tau of the entropy router when none is given (chosen from benchmarks/default_pair.py, see README)."""
 SHIPPED_DRAFTS = {DEFAULT_SLM: Path(__file__).parent / "drafts" / DEFAULT_LLM}
 """Drafts inside the package, by alias."""
