@@ -367,6 +367,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--llm", default=DEFAULT_LLM, help="LLM (default: %(default)s)")
     parser.add_argument("--part", default="heldout", choices=["heldout", "tuning", "all"], help="quality suite part")
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of the part")
+    parser.add_argument("--every", type=int, default=1,
+                        help="only every N-th item of the part (the suite is ordered by skill, so all skills stay in)")
     parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS), help="comma-separated thresholds")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="auto")
@@ -381,7 +383,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark ``engine``'s pair as ``args`` say; prints the table, writes the JSON and plot; returns the report."""
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
-    items = quality_suite(args.part)[: args.limit]
+    items = quality_suite(args.part)[:: args.every][: args.limit]
     configs = configs_for(taus)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
@@ -404,6 +406,7 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         "part": args.part,
         "items": done,
         "items_planned": len(items),
+        "every": args.every,
         "max_new_tokens": args.max_new_tokens,
         "taus": taus,
         "configs": [asdict(c) for c in configs],
