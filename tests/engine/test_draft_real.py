@@ -15,11 +15,29 @@ from rstitch_engine.draft import DRAFT_CONFIG, DRAFT_WEIGHTS, DraftConfig, draft
 pytestmark = pytest.mark.real_model
 
 DRAFT = SHIPPED_DRAFTS[DEFAULT_SLM]
-PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
-# Greedy output of the shipped draft alone and of the stitched pair at tau = 0.1 (float32, CPU),
-# recorded once; a change means the draft, its loading or the engine changed.
-DRAFT_ALONE_IDS = [504, 3575, 282, 4649, 314, 7042, 30, 2]  # "The capital of France is Paris." + <|im_end|>
-STITCHED_IDS = [504, 3575, 282, 4649, 314, 7042, 30, 2]
+# Greedy output (16 tokens at most) of the shipped draft alone and of the stitched pair at tau = 0.1
+# (float32, CPU), recorded once; a change means the draft, its loading or the engine changed.
+EXPECTED = {
+    "What is the capital of France?": (
+        [504, 3575, 282, 4649, 314, 7042, 30, 2],  # "The capital of France is Paris." + <|im_end|>
+        [504, 3575, 282, 4649, 314, 7042, 30, 2],
+    ),
+    "Explain gravity in one sentence.": (
+        # "1. Gravity, a fundamental concept in physics that describes the force that causes objects"
+        [33, 30, 39315, 28, 253, 4959, 1909, 281, 6944, 338, 6601, 260, 3075, 338, 2981, 3401],
+        # "Gravity is a fundamental concept in physics that describes the force of gravity, which"
+        [22007, 6463, 314, 253, 4959, 1909, 281, 6944, 338, 6601, 260, 3075, 282, 9354, 28, 527],
+    ),
+}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One torch thread: on a loaded 2-core machine a second one stalls every small op."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -51,11 +69,14 @@ def test_the_draft_adds_only_its_layers_to_the_llm(pair):
         assert torch.equal(p, saved[name].to(p.dtype)), name
 
 
-def test_the_draft_gives_stable_output_on_a_fixed_prompt(pair):
+@pytest.mark.parametrize("question", list(EXPECTED))
+def test_the_draft_gives_stable_output_on_a_fixed_prompt(pair, question):
     engine = StitchEngine(pair)
+    prompt = [{"role": "user", "content": question}]
     settings = GenerationSettings(max_new_tokens=16)
-    alone = engine.decode_alone("slm", PROMPT, settings)
-    stitched = engine.generate(PROMPT, settings, EntropyRouter(0.1))
-    assert list(alone.token_ids) == DRAFT_ALONE_IDS, (list(alone.token_ids), alone.text)
-    assert list(stitched.token_ids) == STITCHED_IDS, (list(stitched.token_ids), stitched.text)
-    assert engine.decode_alone("slm", PROMPT, settings).token_ids == alone.token_ids
+    alone = engine.decode_alone("slm", prompt, settings)
+    stitched = engine.generate(prompt, settings, EntropyRouter(0.1))
+    draft_ids, stitched_ids = EXPECTED[question]
+    assert list(alone.token_ids) == draft_ids, (list(alone.token_ids), alone.text)
+    assert list(stitched.token_ids) == stitched_ids, (list(stitched.token_ids), stitched.text)
+    assert engine.decode_alone("slm", prompt, settings).token_ids == alone.token_ids
