@@ -99,6 +99,25 @@ def test_every_config_on_a_tiny_pair_with_exact_cross_checks(tiny_draft_engine, 
     assert table_lines[3].startswith("| LLM alone |") and "| 1.00x | 1.00x |" in table_lines[3]
 
 
+def test_ctrl_c_reports_the_items_finished(tiny_draft_engine, monkeypatch):
+    from rstitch_engine import GenerationSettings
+    from rstitch_engine.quality import quality_suite
+
+    configs = bench.configs_for([0.5])
+    real_run, calls = bench.run_config, []
+
+    def interrupt_in_the_third_item(*args):
+        calls.append(args)
+        if len(calls) == len(configs) * 3 + 2:  # warm-up, two items, then Ctrl-C inside the third
+            raise KeyboardInterrupt
+        return real_run(*args)
+
+    monkeypatch.setattr(bench, "run_config", interrupt_in_the_third_item)
+    records = bench.benchmark(tiny_draft_engine, quality_suite("heldout")[:4], configs,
+                              GenerationSettings(max_new_tokens=3), progress=False)
+    assert len(records) == 2 * len(configs) and len({r["item"] for r in records}) == 2
+
+
 def test_rotation_puts_every_config_first_in_turn():
     configs = bench.configs_for([0.01, 0.1])
     assert [c.name for c in configs] == ["SLM alone", "LLM alone", "assisted (HF)", "R-Stitch tau=0.01",
