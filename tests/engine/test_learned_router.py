@@ -269,13 +269,23 @@ def test_resume_continues_exactly_where_a_run_stopped(engine, tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
 
 
-def test_a_router_started_at_an_entropy_threshold_decodes_like_the_entropy_router(engine):
-    from rstitch_engine import EntropyRouter
+@dataclass(frozen=True)
+class EntropyRule:
+    """Consulted above ``threshold`` (tau, which also sets when the LLM hands back); calls the LLM above ``cut``."""
 
-    config = RouterConfig(hidden_size=engine.pair.slm.model.config.hidden_size, width=16, threshold=0.5)
+    threshold: float
+    cut: float
+    needs_hidden_state: bool = False
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return state.entropy > self.cut
+
+
+def test_a_router_started_at_an_entropy_threshold_decodes_like_that_entropy_rule(engine):
+    config = RouterConfig(hidden_size=engine.pair.slm.model.config.hidden_size, width=16, threshold=0.6)
     router = LearnedRouter.from_net(config, RouterNet(config, initial_threshold=0.75))
     for prompt in PROMPTS[:2]:
         settings = GenerationSettings(max_new_tokens=12)
-        learned, entropy = engine.generate(prompt, settings, router), engine.generate(prompt, settings, EntropyRouter(0.75))
-        assert learned.token_ids == entropy.token_ids
-        assert [e.source for e in learned.events] == [e.source for e in entropy.events]
+        learned, rule = engine.generate(prompt, settings, router), engine.generate(prompt, settings, EntropyRule(0.6, 0.75))
+        assert learned.token_ids == rule.token_ids
+        assert [e.source for e in learned.events] == [e.source for e in rule.events]
