@@ -16,6 +16,7 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
 from rstitch_engine import (
+    DEFAULT_THRESHOLD,
     EntropyRouter,
     GenerationSettings,
     ModelUsage,
@@ -43,7 +44,8 @@ def engine_answer(real_engine):
         key = (question, max_tokens)
         if key not in answers:
             answers[key] = real_engine.generate(
-                [{"role": "user", "content": question}], GenerationSettings(max_new_tokens=max_tokens), EntropyRouter(0.1)
+                [{"role": "user", "content": question}], GenerationSettings(max_new_tokens=max_tokens),
+                EntropyRouter(DEFAULT_THRESHOLD)
             )
         return answers[key]
 

@@ -52,7 +52,7 @@ def test_construction_is_cheap_and_metadata_is_real(real_engine):
         ({"temperature": -1.0}, "temperature must be a finite number >= 0"),
         ({"max_tokens": 0}, "max_new_tokens must be an integer >= 1"),
         ({"top_p": 0.0}, "top_p must be in (0, 1]"),
-        ({"router": "random"}, "Input should be 'entropy', 'slm' or 'llm'"),
+        ({"router": "random"}, "Input should be 'entropy', 'learned', 'slm' or 'llm'"),
     ],
 )
 def test_bad_fields_are_rejected_with_the_reason(fields, message):
