@@ -466,7 +466,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     left.legend(fontsize=8)
     right.bar(range(len(rows)), [r["efficiency"] for r in rows], color="tab:green")
     right.axhline(0.95, color="red", lw=0.8, ls="--")
-    right.set_ylim(0, 1.1)
+    right.set_ylim(0, max(1.1, 1.05 * max(r["efficiency"] for r in rows)))
     right.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
     right.set_title("engine efficiency (ideal / measured)", fontsize=9)
     fig.tight_layout()
