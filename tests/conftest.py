@@ -16,3 +16,15 @@ def real_engine():
     from rstitch_engine import shared_engine
 
     return shared_engine()
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for a module: on a loaded 2-core machine a second one stalls every small op
+    (tiny-model distillation took 15 s instead of 0.5 s). Use with ``pytest.mark.usefixtures``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

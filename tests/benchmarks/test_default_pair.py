@@ -8,12 +8,13 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import PreTrainedTokenizerFast
 
 from rstitch_engine import ModelPair, StitchEngine
 from rstitch_engine.draft import build_draft
 from tiny import byte_level_tokenizer, tiny_model
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 ROOT = Path(__file__).resolve().parents[2]
 CHAT_TEMPLATE = (
@@ -31,14 +32,6 @@ def _load_benchmark():
 
 
 bench = _load_benchmark()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny matrices: more threads only add stalls on a loaded machine
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

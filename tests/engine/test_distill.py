@@ -22,6 +22,8 @@ from rstitch_engine.draft import (
 from rstitch_engine.errors import InvalidSettingError, ModelLoadError
 from tiny import byte_level_tokenizer, tiny_model
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 # A minimal chat template for the tiny tokenizer (it has none): role-tagged turns, then the prompt.
 CHAT_TEMPLATE = (
     "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -34,15 +36,6 @@ PROMPTS = [
 ]
 FAST = DistillSettings(num_layers=2, max_new_tokens=8, generation_batch_size=4, top_k=16, steps=5, batch_size=3,
                        learning_rate=1e-2, warmup_steps=2, checkpoint_every=2)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny matrices: torch's thread pool only adds stalls on a loaded machine (15 s instead of 0.5 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from rstitch_engine import EntropyRouter, GenerationSettings, ModelSpec, StitchE
 from rstitch_engine.defaults import DEFAULT_LLM, DEFAULT_SLM, SHIPPED_DRAFTS, resolve_alias
 from rstitch_engine.draft import DRAFT_CONFIG, DRAFT_WEIGHTS, DraftConfig, draft_layer_parameters
 
-pytestmark = pytest.mark.real_model
+pytestmark = [pytest.mark.real_model, pytest.mark.usefixtures("one_torch_thread")]
 
 DRAFT = SHIPPED_DRAFTS[DEFAULT_SLM]
 # Greedy output (16 tokens at most) of the shipped draft alone and of the stitched pair at tau = 0.1
@@ -29,15 +29,6 @@ EXPECTED = {
         [22007, 6463, 314, 253, 4959, 1909, 281, 6944, 338, 6601, 260, 3075, 282, 9354, 28, 527],
     ),
 }
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One torch thread: on a loaded 2-core machine a second one stalls every small op."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
