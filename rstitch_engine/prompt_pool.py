@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
-from typing import Sequence
 
 from .quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
 
@@ -159,7 +158,3 @@ def prompt_pool(
     random.Random(seed).shuffle(pool)
     return pool
 
-
-def texts(pool: Sequence[Messages]) -> list[str]:
-    """The user text of each prompt (for logs and tests)."""
-    return [messages[-1]["content"] for messages in pool]
