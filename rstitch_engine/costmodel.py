@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 import re
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -227,33 +228,51 @@ def shipped_cost_model(slm_name: str, llm_name: str, device: torch.device | str)
 
 @torch.inference_mode()
 def measure_passes(
-    loaded: LoadedModel,
+    loaded: LoadedModel | Sequence[LoadedModel],
     points: Sequence[tuple[int, int]],
     repeats: int = 3,
     seed: int = 0,
+    on_pass: Callable[[], None] | None = None,
 ) -> list[ForwardRecord]:
     """Time one forward pass of ``n`` new tokens on ``c`` cached ones for each (n, c) in ``points``.
 
     The pass is the engine's (``Slot.catch_up``: cache_position, logits_to_keep=1, logits sliced to
-    the shared vocabulary, CUDA synchronised). The cache of ``c`` tokens is prefilled once per ``c``
-    (untimed) and copied for each timed pass. Returns one record per point with the median of
-    ``repeats`` passes; its kind is 'decode' for n = 1, else 'catchup'. Token ids are random.
+    the shared vocabulary, CUDA synchronised). Given several models, each is timed at every point.
+    Each of the ``repeats`` sweeps times every (model, n, c) once, in a new random order, so a slow
+    spell of a shared machine lands on one sample of many points rather than on every sample of a
+    few (which is what biased a fit measured cache size by cache size). A cache of ``c`` tokens is
+    prefilled once per model and ``c`` (untimed) and copied for each timed pass. Returns one record
+    per model and point, models in the order given, with the median over the sweeps; its kind is
+    'decode' for n = 1, else 'catchup'. Token ids are random. ``on_pass`` is called after each pass.
     """
-    model, device = loaded.model, loaded.device
+    models = [loaded] if isinstance(loaded, LoadedModel) else list(loaded)
+    rng = random.Random(seed)
     generator = torch.Generator().manual_seed(seed)
-    by_cached: dict[int, list[int]] = defaultdict(list)
-    for n, c in points:
-        by_cached[c].append(n)
-    medians: dict[tuple[int, int], float] = {}
-    for c, news in by_cached.items():
-        ids = torch.randint(0, loaded.vocab_size, (1, c + max(news)), generator=generator)  # [1, c + n_max]
-        base = DynamicCache(config=model.config)
-        if c:
-            model(input_ids=ids[:, :c].to(device), past_key_values=base, use_cache=True, logits_to_keep=1)
-        for n in news:
-            times = [_timed_pass(loaded, copy.deepcopy(base), ids[0, c:c + n].tolist(), c) for _ in range(repeats)]
-            medians[(n, c)] = float(np.median(times))
-    return [ForwardRecord(loaded.role, "decode" if n == 1 else "catchup", n, c, medians[(n, c)]) for n, c in points]
+    longest = max(c + n for n, c in points)
+    bases: dict[tuple[int, int], DynamicCache] = {}
+    ids: list[torch.Tensor] = []  # per model: [1, longest]
+    for m, model in enumerate(models):
+        ids.append(torch.randint(0, model.vocab_size, (1, longest), generator=generator))
+        for c in sorted({c for _, c in points}):
+            bases[(m, c)] = _prefilled_cache(model, ids[m][:, :c])
+    jobs = [(m, n, c) for m in range(len(models)) for n, c in dict.fromkeys(points)]
+    times: dict[tuple[int, int, int], list[float]] = defaultdict(list)
+    for _ in range(repeats):
+        rng.shuffle(jobs)
+        for m, n, c in jobs:
+            times[(m, n, c)].append(_timed_pass(models[m], copy.deepcopy(bases[(m, c)]), ids[m][0, c:c + n].tolist(), c))
+            if on_pass is not None:
+                on_pass()
+    return [ForwardRecord(model.role, "decode" if n == 1 else "catchup", n, c, float(np.median(times[(m, n, c)])))
+            for m, model in enumerate(models) for n, c in points]
+
+
+def _prefilled_cache(loaded: LoadedModel, prefix: torch.Tensor) -> DynamicCache:
+    """A cache holding ``prefix`` ([1, c] ids), as a prefill of the engine leaves it."""
+    cache = DynamicCache(config=loaded.model.config)
+    if prefix.shape[1]:
+        loaded.model(input_ids=prefix.to(loaded.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+    return cache
 
 
 def _timed_pass(loaded: LoadedModel, cache: DynamicCache, new_ids: list[int], cached: int) -> float:
