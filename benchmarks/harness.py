@@ -146,7 +146,7 @@ class AloneLoop:
     def __next__(self) -> int:
         loaded, n_cached = self.loaded, self.cache.get_seq_length()
         ids = torch.tensor([self._next_input], device=loaded.device)  # [1, P] then [1, 1]
-        logits = loaded.model(input_ids=ids, past_key_values=self.cache, use_cache=True, logits_to_keep=1).logits
+        logits = loaded.forward(ids, self.cache, n_cached).logits
         token = int(torch.argmax(logits[0, -1, : loaded.vocab_size]))
         assert self.cache.get_seq_length() == n_cached + len(self._next_input)
         self._next_input = [token]
@@ -172,9 +172,7 @@ class IdealReplay:
             role = STEP_ROLE[code]
             loaded, start = self.models[role], self.cached[role]
             ids = torch.tensor([self.tokens[start:]], device=loaded.device)
-            position = torch.arange(start, len(self.tokens), device=loaded.device)
-            logits = loaded.model(input_ids=ids, past_key_values=self.cache[role], cache_position=position,
-                                  use_cache=True, logits_to_keep=1).logits
+            logits = loaded.forward(ids, self.cache[role], start).logits
             token = int(torch.argmax(logits[0, -1, : loaded.vocab_size]))
             self.cached[role] = len(self.tokens)
             if code != "x":

@@ -42,8 +42,10 @@ def plain_loop(loaded: LoadedModel, prompt_ids: list[int]) -> Iterator[int]:
     model, device = loaded.model, loaded.device
     cache = DynamicCache(config=model.config)
     next_input = torch.tensor([prompt_ids], device=device)  # [1, P], then [1, 1]
+    fed = 0  # tokens the cache covers
     while True:
-        logits = model(input_ids=next_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = loaded.forward(next_input, cache, fed).logits
+        fed += next_input.shape[1]
         token = int(torch.argmax(logits[0, -1, : loaded.vocab_size]))
         yield token
         next_input = torch.tensor([[token]], device=device)

@@ -41,8 +41,10 @@ def decode_alone(
     output: list[int] = []
     start = time.perf_counter()
     next_input = torch.tensor([prompt_ids], device=device)  # [1, P], then [1, 1]
+    fed = 0  # tokens the cache covers
     while len(output) < settings.max_new_tokens:
-        logits = model(input_ids=next_input, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+        logits = loaded.forward(next_input, cache, fed).logits
+        fed += next_input.shape[1]
         scores = logits[0, -1, : loaded.vocab_size].float()  # [V]
         token = choose_token(scores, settings, randomness.generator_for(scores.device))
         output.append(token)

@@ -236,7 +236,7 @@ def measure_passes(
 ) -> list[ForwardRecord]:
     """Time one forward pass of ``n`` new tokens on ``c`` cached ones for each (n, c) in ``points``.
 
-    The pass is the engine's (``Slot.catch_up``: cache_position, logits_to_keep=1, logits sliced to
+    The pass is the engine's (``LoadedModel.forward``: positions, logits_to_keep=1, logits sliced to
     the shared vocabulary, CUDA synchronised). Given several models, each is timed at every point.
     Each of the ``repeats`` sweeps times every (model, n, c) once, in a new random order, so a slow
     spell of a shared machine lands on one sample of many points rather than on every sample of a
@@ -271,7 +271,7 @@ def _prefilled_cache(loaded: LoadedModel, prefix: torch.Tensor) -> DynamicCache:
     """A cache holding ``prefix`` ([1, c] ids), as a prefill of the engine leaves it."""
     cache = DynamicCache(config=loaded.model.config)
     if prefix.shape[1]:
-        loaded.model(input_ids=prefix.to(loaded.device), past_key_values=cache, use_cache=True, logits_to_keep=1)
+        loaded.forward(prefix.to(loaded.device), cache, 0)
     return cache
 
 
@@ -279,9 +279,7 @@ def _timed_pass(loaded: LoadedModel, cache: DynamicCache, new_ids: list[int], ca
     device = loaded.device
     start = time.perf_counter()
     input_ids = torch.tensor([new_ids], dtype=torch.long, device=device)  # [1, n]
-    cache_position = torch.arange(cached, cached + len(new_ids), device=device)  # [n]
-    output = loaded.model(input_ids=input_ids, past_key_values=cache, cache_position=cache_position,
-                          use_cache=True, logits_to_keep=1)
+    output = loaded.forward(input_ids, cache, cached)
     output.logits[0, -1, : loaded.vocab_size].float()
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -8,9 +8,11 @@ SLM token is never fed to the SLM (see ``Slot.catch_up``), so rolling it back co
 
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -37,6 +39,31 @@ class LoadedModel:
     def context_window(self) -> int | None:
         config = self.model.config.get_text_config(decoder=True)
         return getattr(config, "max_position_embeddings", None)
+
+    def forward(self, input_ids: torch.Tensor, cache: DynamicCache, start: int, want_hidden: bool = False) -> Any:
+        """One cached pass: ``input_ids`` [1, n] at positions ``start .. start + n - 1``, after the
+        ``start`` tokens ``cache`` covers (which it then covers too). Logits of the last position only."""
+        positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)  # [n]
+        return self.model(input_ids=input_ids, **{self._cache_keyword: cache}, cache_position=positions,
+                          use_cache=True, logits_to_keep=1, output_hidden_states=want_hidden)
+
+    @torch.inference_mode()
+    def answer_logits(self, prompt: list[int], answer: list[int], want_hidden: bool = False
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher forcing: one uncached pass over prompt + answer. Returns the float32 logits over the
+        shared vocabulary that predict each answer token ([R, V]: row j predicts ``answer[j]`` from
+        everything before it) and, when asked, the last-layer hidden states there ([R, d])."""
+        ids = torch.tensor([prompt + answer], device=self.device)  # [1, P + R]
+        output = self.model(input_ids=ids, use_cache=False, output_hidden_states=want_hidden)
+        span = slice(len(prompt) - 1, len(prompt) - 1 + len(answer))
+        hidden = output.hidden_states[-1][0, span] if want_hidden else None
+        return output.logits[0, span, : self.vocab_size].float(), hidden
+
+    @functools.cached_property
+    def _cache_keyword(self) -> str:
+        """The forward argument taking the KV cache: 'cache' in later transformers 5.x, where
+        'past_key_values' is deprecated (removed in 5.40), and 'past_key_values' before."""
+        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
 
 
 @dataclass(frozen=True)
@@ -88,15 +115,7 @@ class Slot:
         device = self.loaded.device
         start = time.perf_counter()
         input_ids = torch.tensor([unseen], dtype=torch.long, device=device)  # [1, n_new]
-        cache_position = torch.arange(self.n_cached, len(tokens), device=device)  # [n_new]
-        output = self.loaded.model(
-            input_ids=input_ids,
-            past_key_values=self.cache,
-            cache_position=cache_position,
-            use_cache=True,
-            logits_to_keep=1,
-            output_hidden_states=want_hidden,
-        )
+        output = self.loaded.forward(input_ids, self.cache, self.n_cached, want_hidden)
         logits = output.logits[0, -1, : self.loaded.vocab_size].float()  # [V]
         hidden = output.hidden_states[-1][0, -1] if want_hidden else None  # [hidden_size]
         if device.type == "cuda":
