@@ -16,6 +16,7 @@ draft. Checkpoints and teacher chunks are read with ``torch.load(weights_only=Tr
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -39,7 +40,7 @@ class DistillSettings:
     """How to distil a draft; the defaults are the ones used for the shipped SmolLM2 draft."""
 
     num_layers: int = 4
-    """Decoder layers in the draft (taken from the LLM: the first and the last n-1)."""
+    """Decoder layers in the draft (taken from the LLM: the first n-1 and the last, ``draft.default_layers``)."""
     layers: tuple[int, ...] | None = None
     """Exact LLM layer indices to start from; overrides ``num_layers``."""
     max_new_tokens: int = 64
@@ -47,15 +48,21 @@ class DistillSettings:
     generation_batch_size: int = 16
     top_k: int = 64
     """Teacher log-probs kept per position; the rest of the mass is one bucket."""
-    steps: int = 800
-    batch_size: int = 8
+    steps: int = 2000
+    batch_size: int = 16
     learning_rate: float = 5e-4
-    warmup_steps: int = 30
+    warmup_steps: int = 50
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     checkpoint_every: int = 100
     seed: int = 0
     storage_dtype: str = "bfloat16"
+    compute_dtype: str = "auto"
+    """Matmul precision while training: 'bfloat16' (autocast; master weights stay float32),
+    'float32', or 'auto' = bfloat16 where the device computes it natively (CUDA, or a CPU with
+    AVX512-BF16/AMX), else float32. Teacher answers always come from the LLM as loaded."""
+    validation_share: float = 0.03
+    """Share of the pool's answers held out of training; their loss is logged at each checkpoint."""
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "max_new_tokens", "generation_batch_size", "top_k", "steps", "batch_size",
@@ -64,6 +71,10 @@ class DistillSettings:
                 raise InvalidSettingError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
             raise InvalidSettingError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.compute_dtype not in ("auto", "float32", "bfloat16"):
+            raise InvalidSettingError(f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+        if not 0 <= self.validation_share < 0.5:
+            raise InvalidSettingError(f"validation_share must be in [0, 0.5), got {self.validation_share}")
 
     def draft_layers(self, num_llm_layers: int) -> tuple[int, ...]:
         return self.layers if self.layers is not None else default_layers(num_llm_layers, self.num_layers)
@@ -109,6 +120,8 @@ def distill(
     draft = build_draft(llm, layers)
     history = train_draft(draft, data, settings, vocab_size, work_dir, progress, log)
     round_to_storage(draft, settings.storage_dtype)
+    held_out = [data[i] for i in split_for_validation(len(data), settings)[1]]
+    held_out_loss = validation_loss(draft, held_out, vocab_size, settings.batch_size) if held_out else None
     config = DraftConfig(
         base_model=base_model or str(getattr(llm.config, "_name_or_path", "")),
         layers=tuple(layers),
@@ -119,6 +132,8 @@ def distill(
             "prompts": len(prompts),
             "answer_tokens": sum(len(s.topk_ids) for s in data),
             "final_loss": history[-1] if history else None,
+            "validation_answers": len(held_out),
+            "validation_loss": None if held_out_loss is None else round(held_out_loss, 5),
             "seconds": round(time.perf_counter() - started, 1),
         },
     )
@@ -260,7 +275,11 @@ def train_draft(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[float]:
-    """Train the draft's own layers in place; resumes from ``work_dir/checkpoint.pt``. Returns the loss per step."""
+    """Train the draft's own layers in place; resumes from ``work_dir/checkpoint.pt``. Returns the loss per step.
+
+    ``settings.validation_share`` of the answers (a seeded choice) never enter a batch; their mean
+    loss is logged at each checkpoint, so over-fitting shows while training runs.
+    """
     own = draft_layer_parameters(draft)
     for p in draft.parameters():
         p.requires_grad_(False)
@@ -279,14 +298,17 @@ def train_draft(
         schedule.load_state_dict(state["schedule"])
         start_step, history = state["step"], list(state["history"])
         log(f"resumed from {checkpoint} at step {start_step}")
-    batches = _batch_order(len(data), settings)
+    train, validation = split_for_validation(len(data), settings)
+    batches = _batch_order(train, settings)
     device = next(draft.parameters()).device
+    precision = _training_precision(device, settings.compute_dtype)
     draft.train()
     bar = tqdm(range(start_step, settings.steps), desc="distilling", unit="step", disable=not progress,
                initial=start_step, total=settings.steps)
     try:
         for step in bar:
-            loss = _loss_on(draft, [data[i] for i in batches[step]], vocab_size, device)
+            with precision:
+                loss = _loss_on(draft, [data[i] for i in batches[step]], vocab_size, device)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(own.values(), settings.max_grad_norm)
@@ -297,11 +319,57 @@ def train_draft(
             done = step + 1
             if done % settings.checkpoint_every == 0 or done == settings.steps:
                 _save_checkpoint(checkpoint, own, optimizer, schedule, done, history)
+                if validation:
+                    with precision:
+                        held = validation_loss(draft, [data[i] for i in validation], vocab_size, settings.batch_size)
+                    log(f"step {done}: train loss {sum(history[-50:]) / len(history[-50:]):.4f} "
+                        f"(last 50 steps), validation loss {held:.4f} ({len(validation)} answers)")
     finally:
         draft.eval()
         for p in draft.parameters():
             p.requires_grad_(False)
     return history
+
+
+def split_for_validation(count: int, settings: DistillSettings) -> tuple[list[int], list[int]]:
+    """(training indices, validation indices): a seeded ``validation_share`` of ``range(count)`` is held out."""
+    indices = list(range(count))
+    held = sorted(random.Random(f"validation-{settings.seed}").sample(indices, int(count * settings.validation_share)))
+    held_set = set(held)
+    return [i for i in indices if i not in held_set], held
+
+
+@torch.no_grad()
+def validation_loss(draft: PreTrainedModel, data: Sequence[TeacherSequence], vocab_size: int, batch_size: int) -> float:
+    """Mean distillation loss per answer position over ``data`` (no training)."""
+    was_training = draft.training
+    draft.eval()
+    device = next(draft.parameters()).device
+    total, positions = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        batch = list(data[start:start + batch_size])
+        count = sum(len(s.topk_ids) for s in batch)
+        total += _loss_on(draft, batch, vocab_size, device).item() * count
+        positions += count
+    draft.train(was_training)
+    return total / max(positions, 1)
+
+
+def _training_precision(device: torch.device, compute_dtype: str) -> contextlib.AbstractContextManager[Any]:
+    """bf16 autocast where asked (or, for 'auto', where the device has native bf16 matmuls); else nothing."""
+    wanted = compute_dtype == "bfloat16" or (compute_dtype == "auto" and _native_bfloat16(device))
+    return torch.autocast(device.type, dtype=torch.bfloat16) if wanted else contextlib.nullcontext()
+
+
+def _native_bfloat16(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        try:
+            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 / AMX
+        except (AttributeError, RuntimeError):
+            return False
+    return False
 
 
 def _loss_on(draft: PreTrainedModel, batch: list[TeacherSequence], vocab_size: int, device: torch.device) -> torch.Tensor:
@@ -320,12 +388,12 @@ def _loss_on(draft: PreTrainedModel, batch: list[TeacherSequence], vocab_size: i
     return distillation_loss(logits, topk_ids, topk_logprobs)
 
 
-def _batch_order(count: int, settings: DistillSettings) -> list[list[int]]:
-    """Indices of each step's batch: seeded shuffles of the data, epoch after epoch."""
+def _batch_order(indices: Sequence[int], settings: DistillSettings) -> list[list[int]]:
+    """Each step's batch: seeded shuffles of ``indices`` (the training answers), epoch after epoch."""
     rng = random.Random(settings.seed)
     order: list[int] = []
     while len(order) < settings.steps * settings.batch_size:
-        epoch = list(range(count))
+        epoch = list(indices)
         rng.shuffle(epoch)
         order += epoch
     return [order[i * settings.batch_size:(i + 1) * settings.batch_size] for i in range(settings.steps)]

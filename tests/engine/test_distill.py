@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -10,7 +11,14 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerFast
 
 import rstitch_engine.distill as distill_module
-from rstitch_engine.distill import DistillSettings, distill, distillation_loss, teacher_data, train_draft
+from rstitch_engine.distill import (
+    DistillSettings,
+    distill,
+    distillation_loss,
+    split_for_validation,
+    teacher_data,
+    train_draft,
+)
 from rstitch_engine.draft import (
     DRAFT_CONFIG,
     DRAFT_WEIGHTS,
@@ -120,6 +128,44 @@ def test_loss_goes_down_on_a_fixed_batch(llm, data, tmp_path):
     assert not draft.training and not any(p.requires_grad for p in draft.parameters())
 
 
+def test_validation_answers_never_enter_a_batch_and_their_loss_is_logged(llm, data, tmp_path, monkeypatch):
+    settings = DistillSettings(num_layers=2, steps=4, batch_size=2, learning_rate=1e-2, warmup_steps=1,
+                               checkpoint_every=2, validation_share=0.34)
+    train, held = split_for_validation(len(data), settings)
+    assert len(held) == 2 and sorted(train + held) == list(range(len(data)))
+    assert split_for_validation(len(data), settings) == (train, held)  # seeded
+    seen: list[int] = []
+    real_loss_on = distill_module._loss_on
+
+    def recording_loss_on(draft, batch, vocab_size, device):
+        if draft.training:  # training batches only; validation runs in eval mode
+            seen.extend(next(i for i, s in enumerate(data) if s is item) for item in batch)
+        return real_loss_on(draft, batch, vocab_size, device)
+
+    monkeypatch.setattr(distill_module, "_loss_on", recording_loss_on)
+    lines: list[str] = []
+    train_draft(build_draft(llm, [0, 2]), data, settings, llm.config.vocab_size, tmp_path, progress=False,
+                log=lines.append)
+    assert len(seen) == settings.steps * settings.batch_size and not set(seen) & set(held)
+    assert [line.split(":")[0] for line in lines] == ["step 2", "step 4"]
+    assert all("validation loss" in line and "(2 answers)" in line for line in lines)
+
+
+def test_bfloat16_training_reduces_the_loss_and_keeps_float32_master_weights(llm, data, tmp_path):
+    llm32 = copy.deepcopy(llm).float()  # autocast lowers float32 matmuls (the tiny models are float64)
+    histories = {}
+    for compute_dtype in ("float32", "bfloat16"):
+        settings = DistillSettings(num_layers=2, steps=10, batch_size=len(data), learning_rate=1e-2, warmup_steps=1,
+                                   checkpoint_every=100, compute_dtype=compute_dtype)
+        draft = build_draft(llm32, [0, 2])
+        (tmp_path / compute_dtype).mkdir()
+        histories[compute_dtype] = train_draft(draft, data, settings, llm.config.vocab_size, tmp_path / compute_dtype,
+                                               progress=False, log=_quiet)
+        assert histories[compute_dtype][-1] < 0.5 * histories[compute_dtype][0]
+        assert all(p.dtype == torch.float32 for p in draft_layer_parameters(draft).values())
+    assert histories["float32"][0] != histories["bfloat16"][0]  # the bf16 matmuls really ran
+
+
 class _Interrupted(Exception):
     pass
 
@@ -212,3 +258,7 @@ def test_bad_layers_and_settings_are_refused(llm):
         build_draft(llm, [])
     with pytest.raises(InvalidSettingError, match="steps"):
         DistillSettings(steps=0)
+    with pytest.raises(InvalidSettingError, match="compute_dtype"):
+        DistillSettings(compute_dtype="float16")
+    with pytest.raises(InvalidSettingError, match="validation_share"):
+        DistillSettings(validation_share=0.5)
