@@ -37,6 +37,6 @@ bench: setup
 bench-pair: setup
 	$(BIN)/python benchmarks/default_pair.py --json results/default_pair.json --plot results/default_pair.png
 
-# Rebuild the shipped draft from scratch (teacher answers + training; about 45 min on 2 CPU cores).
+# Rebuild the shipped draft from scratch (teacher answers ~35 min + training ~31 min on 2 CPU cores with bf16 matmuls).
 draft: setup
 	$(BIN)/rstitch distill --out rstitch_engine/drafts/smollm2-135m-instruct --work-dir .distill-work

@@ -89,12 +89,16 @@ def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     distill.add_argument("--out", required=True, type=Path, help="folder for the draft (rstitch_draft.json + draft.safetensors)")
     distill.add_argument("--work-dir", type=Path, default=None, help="teacher data and checkpoints (default: OUT/work)")
     distill.add_argument("--layers", type=int, default=defaults.num_layers,
-                         help="draft layers: the LLM's first and last N-1 (default: %(default)s)")
+                         help="draft layers: the LLM's first N-1 and its last (default: %(default)s)")
     distill.add_argument("--layer-indices", default=None, help="exact LLM layers to start from, e.g. 0,1,2,29")
-    distill.add_argument("--instructions", type=int, default=400, help="template chat instructions in the pool (default: %(default)s)")
-    distill.add_argument("--gsm8k", type=int, default=200, help="GSM8K questions in the pool (default: %(default)s)")
+    distill.add_argument("--instructions", type=int, default=1000, help="template chat instructions in the pool (default: %(default)s)")
+    distill.add_argument("--gsm8k", type=int, default=300, help="GSM8K questions in the pool (default: %(default)s)")
     distill.add_argument("--gsm8k-path", type=Path, default=_default_gsm8k(), help="GSM8K train.jsonl (default: %(default)s)")
-    distill.add_argument("--no-quality-tuning", action="store_true", help="leave the quality suite's tuning part out of the pool")
+    distill.add_argument("--copies", type=int, default=4000,
+                         help="questions about made-up names and random numbers, to learn copying (default: %(default)s)")
+    distill.add_argument("--include-quality-tuning", action="store_true",
+                         help="add the quality suite's tuning part to the pool (off by default: thresholds and routers "
+                              "are tuned on it, so the draft should not have seen it)")
     distill.add_argument("--no-families", action="store_true",
                          help="leave out the short-answer questions in the quality suite's forms (never its items)")
     distill.add_argument("--steps", type=int, default=defaults.steps, help="training steps (default: %(default)s)")
@@ -107,6 +111,10 @@ def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     distill.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
                          help="training dtype of the LLM and draft (default: %(default)s)")
     distill.add_argument("--save-dtype", default=defaults.storage_dtype, choices=["float32", "bfloat16", "float16"])
+    distill.add_argument("--compute-dtype", default=defaults.compute_dtype, choices=["auto", "float32", "bfloat16"],
+                         help="matmul precision while training (auto: bfloat16 where the device has it natively)")
+    distill.add_argument("--validation-share", type=float, default=defaults.validation_share,
+                         help="share of answers held out of training to report a validation loss (default: %(default)s)")
     distill.add_argument("--trust-remote-code", action="store_true")
     distill.set_defaults(handler=_distill)
 
@@ -120,13 +128,14 @@ def _distill(args: argparse.Namespace, console: Console) -> int:
     settings = DistillSettings(
         num_layers=args.layers, layers=layers, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
         max_new_tokens=args.max_new_tokens, top_k=args.top_k, seed=args.seed, storage_dtype=args.save_dtype,
+        compute_dtype=args.compute_dtype, validation_share=args.validation_share,
     )
     spec = ModelSpec(args.llm, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     gsm8k_path = args.gsm8k_path if args.gsm8k and args.gsm8k_path.is_file() else None
     if args.gsm8k and gsm8k_path is None:
         console.print(f"[yellow]no GSM8K file at {args.gsm8k_path}; the pool has instructions only[/yellow]")
-    pool = prompt_pool(args.instructions, args.gsm8k, args.seed, gsm8k_path, not args.no_quality_tuning,
-                       not args.no_families)
+    pool = prompt_pool(args.instructions, args.gsm8k, args.seed, gsm8k_path, args.include_quality_tuning,
+                       not args.no_families, args.copies)
     torch.manual_seed(args.seed)
     with console.status(f"loading {spec.label}", spinner="dots"):
         llm, tokenizer = load_model(spec), load_tokenizer(spec)

@@ -66,15 +66,20 @@ def is_draft_folder(source: str | Path) -> bool:
 
 
 def default_layers(num_llm_layers: int, num_draft_layers: int) -> tuple[int, ...]:
-    """The first layer and the last ``n - 1``: token features in, and the layers that speak to the head.
+    """The first ``n - 1`` layers and the last: token features and the early copying circuitry in, and
+    the layer that speaks to the head.
 
-    Measured on SmolLM2-135M (4 of 30 layers, 40 training steps): (0, 27, 28, 29) starts at a KL of
-    12.3 and reaches 5.9 on held-out answers, against 13.0 / 6.3 for the first four layers and
-    30.2 at the start for (0, 1, 2, 29).
+    Measured on SmolLM2-135M (4 of 30 layers, 150 training steps of batch 16 on the same pool; held-out
+    distillation loss / top-1 agreement with the LLM on its answers to the quality suite's held-out
+    part): (0, 1, 2, 29) 1.99 / 57.6%, (0, 1, 16, 29) 2.03 / 54.9%, (0, 2, 18, 29) 2.07 / 53.5%,
+    (0, 27, 28, 29) 2.10 / 52.3%, (0, 11, 16, 29) 2.12 / 53.9%. Skipping any of layers 0-2 alone breaks
+    the full model's copying of a repeated sequence (76% -> 0-12% of tokens).
     """
     if not 1 <= num_draft_layers <= num_llm_layers:
         raise InvalidSettingError(f"a draft needs 1..{num_llm_layers} layers, got {num_draft_layers}")
-    return (0, *range(num_llm_layers - num_draft_layers + 1, num_llm_layers)) if num_draft_layers > 1 else (0,)
+    if num_draft_layers == num_llm_layers:
+        return tuple(range(num_llm_layers))
+    return (*range(num_draft_layers - 1), num_llm_layers - 1)
 
 
 def build_draft(llm: PreTrainedModel, layers: Sequence[int]) -> PreTrainedModel:

@@ -80,50 +80,112 @@ def instruction_prompts(count: int, seed: int) -> list[Messages]:
     return prompts
 
 
-# Short-answer questions in the quality suite's forms, about things the suite never asks about:
-# a draft learns the answer shapes (and to be unsure where the answer needs knowledge) without
-# ever seeing a held-out item.
+# Short-answer questions in the quality suite's forms (and a few rephrasings), about things the
+# suite never asks about: a draft learns the answer shapes, and to be unsure where the answer needs
+# knowledge it lacks, without ever seeing a held-out item.
 FAMILY_COUNTRIES = (
     "Portugal", "Greece", "Sweden", "Norway", "Denmark", "Finland", "Ireland", "Austria", "Switzerland",
     "Belgium", "Netherlands", "Hungary", "Czech Republic", "Cuba", "Jamaica", "Ecuador", "Bolivia", "Uruguay",
     "Paraguay", "New Zealand", "Israel", "Jordan", "Lebanon", "Qatar", "Kuwait", "Oman", "Singapore",
     "Cambodia", "Laos", "Mongolia", "Senegal", "Tunisia", "Libya", "Zimbabwe", "Rwanda", "Somalia",
-    "Iceland", "Croatia", "Serbia", "Bulgaria",
+    "Iceland", "Croatia", "Serbia", "Bulgaria", "Philippines", "Albania", "Armenia", "Azerbaijan", "Bahrain",
+    "Belarus", "Benin", "Bhutan", "Botswana", "Burundi", "Chad", "Costa Rica", "Cyprus", "Dominican Republic",
+    "El Salvador", "Eritrea", "Estonia", "Fiji", "Gabon", "Georgia", "Guatemala", "Guinea", "Haiti",
+    "Honduras", "Kyrgyzstan", "Latvia", "Liberia", "Lithuania", "Luxembourg", "Malta", "Mauritania",
+    "Mauritius", "Moldova", "Namibia", "Nicaragua", "Panama", "Slovakia", "Slovenia", "Tajikistan", "Togo",
+    "Turkmenistan", "Zambia", "Sierra Leone", "Belize", "Bahamas", "Maldives", "Monaco", "Andorra",
 )
 FAMILY_NOUNS = (
     "cherry", "lady", "fox", "glass", "watch", "brush", "class", "calf", "shelf", "loaf", "thief", "echo",
     "volcano", "louse", "die", "radius", "fungus", "crisis", "thesis", "index", "horse", "table", "window",
     "garden", "river", "pencil", "flower", "bottle", "monkey", "donkey", "valley", "journey", "puppy",
-    "pony", "army", "candy", "city block", "spoon", "cup", "star",
+    "pony", "army", "candy", "city block", "spoon", "cup", "star", "wish", "match", "beach", "fly", "lily",
+    "berry", "country", "family", "hobby", "penny", "body", "copy", "duty", "enemy", "factory", "library",
+    "cow", "pig", "lion", "tiger", "snake", "frog", "door", "shoe", "sock", "hat", "coat", "ring", "bell",
+    "cake", "egg", "plate", "bowl", "lamp", "clock", "phone", "computer", "desk", "pen", "bag", "ball",
+    "boat", "train", "plane", "road", "hill", "lake", "cloud", "storm", "girl", "king", "queen", "teacher",
+    "student", "farmer", "nurse", "friend", "brother", "sister", "uncle", "cousin", "idea", "song", "game",
+    "scarf", "elf", "wharf", "hoof", "igloo", "zoo", "kangaroo", "piano", "photo", "kilo", "hippo",
+    "analysis", "basis", "axis", "cactus seed", "phenomenon", "criterion", "datum", "medium", "bacterium",
 )
 FAMILY_ADJECTIVES = (
     "brave", "cheap", "quick", "noisy", "rough", "bright", "heavy", "polite", "tight", "smooth", "sharp",
     "fat", "warm", "calm", "wild", "safe", "loose", "fresh", "proud", "kind", "busy", "huge", "tiny",
     "modern", "ancient", "simple", "public", "active", "absent", "major", "inner", "upper", "positive",
-    "visible", "legal", "honest", "patient", "possible", "correct", "regular",
+    "visible", "legal", "honest", "patient", "possible", "correct", "regular", "dangerous", "beautiful",
+    "expensive", "difficult", "careful", "friendly", "lazy", "clever", "healthy", "dull", "fancy", "gentle",
+    "humble", "generous", "guilty", "innocent", "junior", "senior", "mature", "narrow-minded", "natural",
+    "optimistic", "ordinary", "permanent", "plain", "private", "rare", "raw", "rude", "sane", "silent",
+    "sober", "solid", "stale", "steep", "strict", "tame", "tidy", "timid", "ugly", "vague", "vertical",
+    "wise", "worse", "cruel", "dry-eyed", "flexible", "formal", "frequent", "minor", "maximum", "complex",
 )
 _FAMILY_LARGER_SEED = 7
+_CAPITAL_FORMS = ("What is the capital of {}?", "What is the capital city of {}?", "Name the capital of {}.")
+_PLURAL_FORMS = ("What is the plural of {}?", "What is the plural form of the word {}?")
+_OPPOSITE_FORMS = ("What is the opposite of {}?", "What is a word that means the opposite of {}?")
+_SUM_FORMS = ("What is {} + {}?", "What is {} plus {}?", "Add {} and {}.")
+_LARGER_FORMS = ("Which is larger, {} or {}?", "Which is smaller, {} or {}?", "Which number is bigger: {} or {}?")
 
 
 def family_prompts(seed: int) -> list[Messages]:
-    """Questions in the quality suite's five forms on entities and numbers outside the suite."""
+    """Questions in the quality suite's five forms (and rephrasings) on entities and numbers outside it.
+
+    Asserted disjoint from the suite: no suite country, noun or adjective, no one-digit sum, and no
+    suite question verbatim.
+    """
     assert not set(FAMILY_COUNTRIES) & CAPITALS.keys() and not set(FAMILY_NOUNS) & PLURALS.keys()
     assert not set(FAMILY_ADJECTIVES) & OPPOSITES.keys()
-    suite_questions = {item.question for item in quality_suite("all")}
-    texts = [f"What is the capital of {country}?" for country in FAMILY_COUNTRIES]
-    texts += [f"What is the plural of {noun}?" for noun in FAMILY_NOUNS]
-    texts += [f"What is the opposite of {word}?" for word in FAMILY_ADJECTIVES]
-    texts += [f"What is {a} + {b}?" for a in range(10, 20) for b in range(1, 10)]
     rng = random.Random(_FAMILY_LARGER_SEED + seed)
+    suite_questions = {item.question for item in quality_suite("all")}
+    texts = [form.format(country) for country in FAMILY_COUNTRIES for form in _CAPITAL_FORMS]
+    texts += [form.format(noun) for noun in FAMILY_NOUNS for form in _PLURAL_FORMS]
+    texts += [form.format(word) for word in FAMILY_ADJECTIVES for form in _OPPOSITE_FORMS]
+    texts += [_SUM_FORMS[0].format(a, b) for a in range(10, 20) for b in range(1, 10)]
+    # Two-digit sums in every form: one operand at least 10, so no one-digit sum of the suite appears.
+    texts += [rng.choice(_SUM_FORMS).format(*rng.sample([rng.randint(10, 99), rng.randint(1, 99)], 2))
+              for _ in range(200)]
     larger: list[str] = []
-    while len(larger) < 60:
-        a, b = rng.sample(range(10, 100), 2)
-        question = f"Which is larger, {a} or {b}?"
+    while len(larger) < 240:
+        question = rng.choice(_LARGER_FORMS).format(*rng.sample(range(10, 1000 if len(larger) > 120 else 100), 2))
         if question not in suite_questions and question not in larger:
             larger.append(question)
     texts += larger
+    texts = list(dict.fromkeys(texts))
     assert not suite_questions & set(texts)
     return [[{"role": "user", "content": text}] for text in texts]
+
+
+_SYLLABLES = ("ka", "lo", "mi", "zor", "bel", "ta", "ven", "ri", "dus", "qua", "nel", "or", "pim", "sa", "tro",
+              "vil", "ga", "mon", "dri", "ul", "fen", "ar", "bro", "kes", "li", "ne", "po", "shu", "ter", "wa")
+_COPY_FORMS = (
+    "What is the capital of {place}?", "What is the capital city of {place}?", "What is the plural of {word}?",
+    "What is the opposite of {word}?", "What does the word {word} mean?", "Repeat this word: {word}",
+    "Spell the word {word}.", "Use the word {word} in a sentence.", "Where is {place}?",
+    "Write one sentence about {place}.", "What is {a} + {b}?", "Which is larger, {a} or {b}?",
+    "What is {a} minus {b}?", "Is {a} bigger than {b}?",
+)
+
+
+def made_up_word(rng: random.Random) -> str:
+    """A pronounceable non-word of two or three syllables (no real entity, so nothing to memorise)."""
+    return "".join(rng.choice(_SYLLABLES) for _ in range(rng.choice((2, 3))))
+
+
+def copy_prompts(count: int, seed: int) -> list[Messages]:
+    """Questions about made-up places and words, and random numbers, in the suite's forms and a few others.
+
+    An answer to them mostly copies a name or number from the question, then needs knowledge the
+    model does not have: a draft trained on them learns to copy any name (rather than memorise the
+    names it saw) and to be unsure where the LLM is unsure. Nothing here can be a suite item: the
+    names are not words, and the numbers have at least two digits.
+    """
+    rng = random.Random(f"copy-{seed}")
+    prompts = []
+    for _ in range(count):
+        a, b = rng.sample(range(10, 1000 if rng.random() < 0.3 else 100), 2)
+        text = rng.choice(_COPY_FORMS).format(place=made_up_word(rng).capitalize(), word=made_up_word(rng), a=a, b=b)
+        prompts.append([{"role": "user", "content": text}])
+    return prompts
 
 
 def gsm8k_prompts(path: Path, count: int, seed: int) -> list[Messages]:
@@ -143,14 +205,17 @@ def prompt_pool(
     gsm8k: int,
     seed: int,
     gsm8k_path: Path | None = None,
-    include_quality_tuning: bool = True,
+    include_quality_tuning: bool = False,
     include_families: bool = True,
+    copies: int = 0,
 ) -> list[Messages]:
-    """The distillation pool, shuffled: instructions + GSM8K questions, and optionally the quality
-    suite's tuning part and the short-answer families (``family_prompts``)."""
+    """The distillation pool, shuffled: instructions + GSM8K questions + ``copies`` made-up-entity
+    questions (``copy_prompts``), and optionally the quality suite's tuning part and the short-answer
+    families (``family_prompts``)."""
     pool: list[Messages] = instruction_prompts(instructions, seed)
     if include_families:
         pool += family_prompts(seed)
+    pool += copy_prompts(copies, seed)
     if gsm8k and gsm8k_path is not None:
         pool += gsm8k_prompts(gsm8k_path, gsm8k, seed)
     if include_quality_tuning:
