@@ -256,6 +256,9 @@ def _add_train_router(commands: "argparse._SubParsersAction[argparse.ArgumentPar
                             "answer, or as many tokens as the rollout (default: %(default)s)")
     train.add_argument("--init-tau", type=float, default=defaults.initial_threshold,
                        help="start as an entropy router at this threshold (default: P(LLM) = 0.5 everywhere)")
+    train.add_argument("--warm-start-epochs", type=int, default=defaults.warm_start_epochs,
+                       help="before DAPO, fit the router to where the SLM errs along the LLM's own answers for this "
+                            "many epochs (default: %(default)s, no warm start)")
     train.add_argument("--tasks", choices=["quality", "gsm8k", "both"], default="quality",
                        help="quality: the quality suite's tuning part; gsm8k: GSM8K train questions (default: %(default)s)")
     train.add_argument("--gsm8k-limit", type=int, default=200)
@@ -278,6 +281,7 @@ def _train_router(args: argparse.Namespace, console: Console) -> int:
         updates_per_step=args.updates_per_step, learning_rate=args.lr, eps_low=args.eps_low, eps_high=args.eps_high,
         width=args.width, max_new_tokens=args.max_new_tokens, temperature=args.temperature, reference=args.reference,
         seed=args.seed, checkpoint_every=args.checkpoint_every, initial_threshold=args.init_tau,
+        warm_start_epochs=args.warm_start_epochs,
     )
     tasks = quality_tasks("tuning") if args.tasks in ("quality", "both") else []
     if args.tasks in ("gsm8k", "both"):

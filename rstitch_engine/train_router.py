@@ -21,6 +21,7 @@ continues from the last checkpoint; task order and sampling seeds depend only on
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import re
@@ -36,8 +37,9 @@ from tqdm.auto import tqdm
 
 from .costmodel import PairCostModel
 from .engine import PromptLike, StitchEngine
-from .learned_router import Decision, LearnedRouter, RouterConfig, RouterNet, SamplingRouter
-from .routers import EntropyRouter
+from .learned_router import Decision, LearnedRouter, RouterConfig, RouterNet, SamplingRouter, router_features
+from .routers import EntropyRouter, RouterState
+from .sampling import normalised_entropy
 from .settings import GenerationSettings
 
 Reference = Literal["budget", "llm_greedy", "same_length"]
@@ -112,6 +114,9 @@ class TrainSettings:
     writing ``max_new_tokens`` tokens ('budget': a per-prompt constant, free), writing its own greedy answer
     ('llm_greedy': one LLM decode per task, cached), or as many tokens as the rollout ('same_length': does
     not reward shorter answers)."""
+    warm_start_epochs: int = 0
+    """0: no warm start. Otherwise, before any rollout, fit the router for this many epochs to predict
+    where the SLM errs along the LLM's own answers to the training tasks (``imitation_warm_start``)."""
     seed: int = 0
     checkpoint_every: int = 5
 
@@ -230,6 +235,100 @@ def fit_cost_model(engine: StitchEngine, tasks: Sequence[RolloutTask], max_new_t
     return PairCostModel.fit(records, pair=pair, device=device)
 
 
+# ----------------------------------------------------------------------------- imitation warm start
+
+
+@dataclass(frozen=True)
+class ForcedDecisions:
+    """Router inputs at the consulted positions along the LLM's own answers, and where the SLM errs."""
+
+    features: np.ndarray
+    """[N, d + 2] float32: what the engine would hand the router at each position."""
+    slm_errs: np.ndarray
+    """[N] float32: 1 where the SLM's greedy token differs from the LLM's."""
+    task: np.ndarray
+    """[N] int: index of the task each position comes from."""
+
+
+@torch.inference_mode()
+def forced_decisions(engine: StitchEngine, tasks: Sequence[RolloutTask], config: RouterConfig,
+                     max_new_tokens: int) -> ForcedDecisions:
+    """Router inputs along the LLM's own greedy answer to each task, and whether the SLM would err there.
+
+    Teacher forcing: one SLM forward over prompt + the LLM's answer. At every answer position where
+    the SLM's normalised entropy is above ``config.threshold`` (where the router is consulted), the
+    features are those the engine would give the router there, labelled 1 when the SLM's greedy
+    token differs from the LLM's.
+    """
+    settings = GenerationSettings(max_new_tokens=max_new_tokens)
+    features, labels, owners = [], [], []
+    for index, task in enumerate(tasks):
+        prompt = engine.encode(task.prompt)
+        answer = list(engine.decode_alone("llm", prompt, settings).token_ids)
+        logits, hidden = engine.pair.slm.answer_logits(prompt, answer, want_hidden=True)  # [R, V], [R, d]
+        assert hidden is not None
+        for j, token in enumerate(answer):
+            entropy = normalised_entropy(logits[j])
+            if entropy <= config.threshold:
+                continue
+            proposed = int(logits[j].argmax())
+            state = RouterState(entropy, len(prompt) + j, proposed, hidden[j])
+            features.append(router_features(state, config))
+            labels.append(float(proposed != token))
+            owners.append(index)
+    stacked = np.stack(features) if features else np.zeros((0, config.n_features), np.float32)
+    return ForcedDecisions(stacked, np.asarray(labels, np.float32), np.asarray(owners, np.int64))
+
+
+@dataclass(frozen=True)
+class WarmStart:
+    """How the imitation fit went: losses per epoch on the training and the held-out tasks' positions."""
+
+    train_losses: list[float]
+    validation_losses: list[float]
+    best_epoch: int
+    """The epoch whose weights were kept (lowest held-out loss); -1 without held-out tasks."""
+    validation_tasks: list[int] = field(default_factory=list)
+    """Indices of the tasks whose positions were held out."""
+
+
+def imitation_warm_start(net: RouterNet, decisions: ForcedDecisions, epochs: int = 200, learning_rate: float = 1e-2,
+                         weight_decay: float = 1e-2, validation_share: float = 0.25, seed: int = 0) -> WarmStart:
+    """Fit ``net`` to P(the SLM errs | features) by logistic regression (full batch, AdamW): the start
+    that DAPO then refines, a router that calls the LLM where the SLM would write another token.
+
+    The positions of a seeded ``validation_share`` of the tasks are held out, and the weights of the
+    epoch with the lowest held-out loss are kept (the network can memorise a few thousand positions).
+    """
+    tasks = np.unique(decisions.task)
+    held = np.random.default_rng(seed).permutation(tasks)[: int(len(tasks) * validation_share)]
+    is_held = np.isin(decisions.task, held)
+    x, y = torch.from_numpy(decisions.features), torch.from_numpy(decisions.slm_errs)
+    train, valid = torch.from_numpy(~is_held), torch.from_numpy(is_held)
+    if not train.any():
+        return WarmStart([], [], -1, sorted(held.tolist()))
+    torch.manual_seed(seed)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=learning_rate, weight_decay=weight_decay)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    train_losses: list[float] = []
+    validation_losses: list[float] = []
+    best = (math.inf, -1, copy.deepcopy(net.state_dict()))
+    for epoch in range(epochs):
+        loss = bce(net(x[train]), y[train])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        train_losses.append(float(loss.detach()))
+        if valid.any():
+            with torch.no_grad():
+                validation_losses.append(float(bce(net(x[valid]), y[valid])))
+            if validation_losses[-1] < best[0]:
+                best = (validation_losses[-1], epoch, copy.deepcopy(net.state_dict()))
+    if valid.any():
+        net.load_state_dict(best[2])
+    return WarmStart(train_losses, validation_losses, best[1], sorted(held.tolist()))
+
+
 # ----------------------------------------------------------------------------- the trainer
 
 
@@ -276,7 +375,8 @@ class RouterTrainer:
         self.optimizer = torch.optim.Adam(self.net.parameters(), lr=settings.learning_rate)
         self.step = 0
         self._references: dict[str, float] = self._read_references()
-        self._resume()
+        if not self._resume() and settings.warm_start_epochs:
+            self._warm_start()
 
     # -- state on disk
 
@@ -288,9 +388,9 @@ class RouterTrainer:
     def log_path(self) -> Path:
         return self.work_dir / "log.jsonl"
 
-    def _resume(self) -> None:
+    def _resume(self) -> bool:
         if not self.checkpoint_path.is_file():
-            return
+            return False
         state = torch.load(self.checkpoint_path, weights_only=True)
         if state["settings"] != json.dumps(asdict(self.settings), sort_keys=True):
             self.log(f"note: {self.checkpoint_path} was written with other settings; continuing with these")
@@ -298,6 +398,17 @@ class RouterTrainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
         self.log(f"resumed at step {self.step} from {self.checkpoint_path}")
+        return True
+
+    def _warm_start(self) -> None:
+        decisions = forced_decisions(self.engine, self.tasks, self.config, self.settings.max_new_tokens)
+        fit = imitation_warm_start(self.net, decisions, self.settings.warm_start_epochs, seed=self.settings.seed)
+        if fit.validation_losses:
+            self.log(f"warm start: {len(decisions.slm_errs)} consulted positions along the LLM's answers, SLM "
+                     f"wrong at {decisions.slm_errs.mean():.1%}; held-out imitation loss "
+                     f"{fit.validation_losses[0]:.3f} -> {fit.validation_losses[fit.best_epoch]:.3f} "
+                     f"(epoch {fit.best_epoch + 1} kept)")
+        self.save_checkpoint()  # step 0: a rerun resumes here instead of fitting again
 
     def save_checkpoint(self) -> None:
         partial = self.checkpoint_path.with_suffix(".partial")

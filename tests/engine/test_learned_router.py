@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 
@@ -10,17 +11,20 @@ import pytest
 import torch
 from tiny import CORPUS, tiny_pair
 
-from rstitch_engine import GenerationSettings, InvalidSettingError, ModelLoadError, StitchEngine, router_named
+from rstitch_engine import GenerationSettings, InvalidSettingError, ModelLoadError, ModelPair, StitchEngine, router_named
 from rstitch_engine.costmodel import PairCostModel, PassCost
 from rstitch_engine.learned_router import LearnedRouter, RouterConfig, RouterNet, SamplingRouter, router_features
 from rstitch_engine.routers import RouterState
 from rstitch_engine.train_router import (
+    ForcedDecisions,
     Rollout,
     RolloutTask,
     RouterTrainer,
     TrainSettings,
     dapo_loss,
+    forced_decisions,
     group_advantages,
+    imitation_warm_start,
     mean_llm_probability,
     read_log,
     reward,
@@ -289,3 +293,84 @@ def test_a_router_started_at_an_entropy_threshold_decodes_like_that_entropy_rule
         learned, rule = engine.generate(prompt, settings, router), engine.generate(prompt, settings, EntropyRule(0.6, 0.75))
         assert learned.token_ids == rule.token_ids
         assert [e.source for e in learned.events] == [e.source for e in rule.events]
+
+
+# ----------------------------------------------------------------------------- imitation warm start
+
+
+def _config(engine: StitchEngine, threshold: float = TAU) -> RouterConfig:
+    return RouterConfig(hidden_size=engine.pair.slm.model.config.hidden_size, width=16, threshold=threshold)
+
+
+def test_forced_decisions_give_the_engines_features_at_the_first_answer_position(engine):
+    config = _config(engine)
+    for prompt in PROMPTS:
+        recorder = RecordingRouter(random_router(engine))
+        engine.generate(prompt, GenerationSettings(max_new_tokens=1), recorder)
+        forced = forced_decisions(engine, [RolloutTask("p", prompt, lambda _: True)], config, 1)
+        assert len(forced.features) == len(forced.slm_errs) == len(recorder.calls)  # consulted iff H > tau
+        if recorder.calls:
+            state = recorder.calls[0][0]
+            np.testing.assert_allclose(forced.features[0], router_features(state, config), rtol=0, atol=1e-5)
+            llm_first = engine.decode_alone("llm", prompt, GenerationSettings(max_new_tokens=1)).token_ids[0]
+            assert forced.slm_errs[0] == float(state.proposed_token != llm_first) and forced.task[0] == 0
+
+
+def test_an_slm_identical_to_the_llm_never_errs_along_its_answers():
+    same = StitchEngine(tiny_pair(same_model=True))
+    forced = forced_decisions(same, _tasks(), _config(same, threshold=0.0), 12)
+    assert len(forced.slm_errs) > 20 and not forced.slm_errs.any()
+    assert sorted(set(forced.task.tolist())) == list(range(len(_tasks())))
+
+
+@pytest.fixture(scope="module")
+def noisy_engine() -> StitchEngine:
+    """The tiny LLM and, as SLM, a copy with a noisy last layer: the two agree on some tokens, not all."""
+    pair = tiny_pair()
+    llm = pair.llm.model
+    slm = copy.deepcopy(llm)
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in slm.model.layers[-1].parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    return StitchEngine(ModelPair.from_models(slm, llm, pair.tokenizer, slm_name="noisy", llm_name="tiny"))
+
+
+def _many_tasks() -> list[RolloutTask]:
+    return [RolloutTask(f"t{i}", text[:20], lambda text: True) for i, text in enumerate(CORPUS[:8])]
+
+
+def test_the_warm_start_learns_a_rule_that_holds_on_held_out_tasks_and_keeps_the_best_epoch():
+    config = RouterConfig(hidden_size=16, width=8, threshold=0.1)
+    rng = np.random.default_rng(0)
+    features = rng.normal(size=(600, config.n_features)).astype(np.float32)
+    errs = (features[:, 3] + 0.5 * features[:, 5] > 0).astype(np.float32)  # where the SLM errs: a rule of the features
+    forced = ForcedDecisions(features, errs, np.repeat(np.arange(12), 50))
+    net = RouterNet(config, seed=0)
+    fit = imitation_warm_start(net, forced, epochs=300, learning_rate=3e-2, validation_share=0.25)
+    held = np.isin(forced.task, fit.validation_tasks)
+    assert len(fit.validation_tasks) == 3 and held.sum() == 150
+    assert fit.best_epoch == int(np.argmin(fit.validation_losses)) > 0
+    with torch.no_grad():  # the kept weights are the best epoch's: their held-out loss is the minimum
+        logits = net(torch.from_numpy(features))
+        kept = torch.nn.functional.binary_cross_entropy_with_logits(logits[torch.from_numpy(held)],
+                                                                  torch.from_numpy(errs[held]))
+    assert float(kept) == pytest.approx(min(fit.validation_losses), rel=1e-5)
+    accuracy = ((logits.numpy() > 0) == (errs > 0.5))[held].mean()
+    assert accuracy > 0.9  # the rule carries over to tasks it never saw
+
+
+def test_the_trainer_warm_starts_once_from_the_forced_decisions(noisy_engine, tmp_path):
+    engine = noisy_engine
+    settings = _settings(1.0, warm_start_epochs=60, threshold=0.3, max_new_tokens=16)
+    forced = forced_decisions(engine, _many_tasks(), RouterConfig(hidden_size=48, width=16, threshold=0.3), 16)
+    assert 0.2 < forced.slm_errs.mean() < 0.95  # both kinds of position occur
+    trainer = RouterTrainer(engine, _many_tasks(), COST, settings, tmp_path / "warm")
+    assert trainer.step == 0 and trainer.checkpoint_path.is_file()  # a rerun resumes instead of fitting again
+    expected = RouterNet(trainer.config, seed=settings.seed)
+    imitation_warm_start(expected, forced, 60, seed=settings.seed)
+    for name, value in expected.weights().items():
+        np.testing.assert_allclose(trainer.router().weights[name], value, rtol=0, atol=1e-6)
+    again = RouterTrainer(engine, _many_tasks(), COST, settings, tmp_path / "warm")  # resumes: no second fit
+    for name, value in trainer.router().weights.items():
+        np.testing.assert_array_equal(again.router().weights[name], value)
