@@ -115,7 +115,7 @@ def test_rotation_puts_every_config_first_in_turn():
     configs = bench.configs_for([0.01, 0.1])
     assert [c.name for c in configs] == ["SLM alone", "LLM alone", "assisted (HF)", "R-Stitch tau=0.01",
                                          "R-Stitch tau=0.1"]
-    assert bench.DEFAULT_TAUS == (0.001, 0.01, 0.02, 0.03, 0.05, 0.1)
+    assert {0.001, 0.01, 0.02, 0.03, 0.05, 0.1} <= set(bench.DEFAULT_TAUS)  # the thresholds the issue asks for
 
 
 @pytest.mark.slow
