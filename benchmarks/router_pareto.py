@@ -79,8 +79,11 @@ class TimedRouter:
 
 
 def learned_name(router: LearnedRouter, folder: Path) -> str:
-    lam = router.config.training.get("lam")
-    return f"R-Stitch+ lambda={lam:g}" if isinstance(lam, (int, float)) else f"R-Stitch+ {folder.name}"
+    """'R-Stitch+ lambda=0.5, 20 DAPO steps' from the router's training record, else the folder's name."""
+    lam, steps = router.config.training.get("lam"), router.config.training.get("trained_steps")
+    if not isinstance(lam, (int, float)):
+        return f"R-Stitch+ {folder.name}"
+    return f"R-Stitch+ lambda={lam:g}" + (f", {steps} DAPO steps" if isinstance(steps, int) else "")
 
 
 def configs_for(taus: Sequence[float], router_folders: Sequence[Path]) -> list[Config]:

@@ -24,7 +24,7 @@ from .errors import InvalidSettingError, RStitchError
 from .distill import DistillSettings, distill
 from .loading import ModelSpec, load_model, load_pair, load_tokenizer
 from .prompt_pool import prompt_pool
-from .routers import EntropyRouter
+from .routers import router_named
 from .settings import GenerationSettings
 from .stats import StitchStats, TokenEvent
 
@@ -60,6 +60,11 @@ def _parser() -> argparse.ArgumentParser:
     decoding = generate.add_argument_group("decoding")
     decoding.add_argument("--threshold", "--tau", type=float, default=DEFAULT_THRESHOLD, dest="threshold",
                           help="normalised-entropy threshold tau (default: %(default)s)")
+    decoding.add_argument("--router", default="entropy", choices=["entropy", "learned", "slm", "llm"],
+                          help="entropy: R-Stitch at --threshold; learned: R-Stitch+ (the default pair's shipped "
+                               "router, or --router-path; it keeps its trained tau); slm/llm: one model alone "
+                               "(default: %(default)s)")
+    decoding.add_argument("--router-path", default=None, help="a learned router's folder (`rstitch train-router --out`)")
     decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens (default: %(default)s)")
     decoding.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
     decoding.add_argument("--top-p", type=float, default=1.0)
@@ -149,12 +154,12 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
         max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, stop=tuple(args.stop),
     )
-    router = EntropyRouter(args.threshold)
+    router = router_named(args.router, args.threshold, args.router_path)
     engine = _load_engine(args, console)
     prompt = args.prompt if args.raw else _messages(args.system, args.prompt)
     stream = engine.stream(prompt, settings, router)
     console.print(Text("SLM", style=STYLES["slm"]) + Text(" / ") + Text("LLM", style=STYLES["llm"])
-                  + Text(f"  tau={router.threshold}", style="dim"))
+                  + Text(f"  {args.router} router, tau={router.threshold:g}", style="dim"))
     for event in stream:
         console.print(_styled(event), end="")
     console.print()

@@ -252,7 +252,7 @@ class ForcedDecisions:
 
 @torch.inference_mode()
 def forced_decisions(engine: StitchEngine, tasks: Sequence[RolloutTask], config: RouterConfig,
-                     max_new_tokens: int) -> ForcedDecisions:
+                     max_new_tokens: int, progress: bool = False) -> ForcedDecisions:
     """Router inputs along the LLM's own greedy answer to each task, and whether the SLM would err there.
 
     Teacher forcing: one SLM forward over prompt + the LLM's answer. At every answer position where
@@ -262,7 +262,7 @@ def forced_decisions(engine: StitchEngine, tasks: Sequence[RolloutTask], config:
     """
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     features, labels, owners = [], [], []
-    for index, task in enumerate(tasks):
+    for index, task in enumerate(tqdm(tasks, desc="warm start: LLM answers", disable=not progress)):
         prompt = engine.encode(task.prompt)
         answer = list(engine.decode_alone("llm", prompt, settings).token_ids)
         logits, hidden = engine.pair.slm.answer_logits(prompt, answer, want_hidden=True)  # [R, V], [R, d]
@@ -359,7 +359,7 @@ class RouterTrainer:
 
     def __init__(self, engine: StitchEngine, tasks: Sequence[RolloutTask], cost: PairCostModel,
                  settings: TrainSettings, work_dir: Path, pair_name: str = "",
-                 log: Callable[[str], None] | None = None) -> None:
+                 log: Callable[[str], None] | None = None, progress: bool = False) -> None:
         if not tasks:
             raise ValueError("training needs at least one task")
         self.engine, self.tasks, self.cost, self.settings = engine, list(tasks), cost, settings
@@ -376,7 +376,7 @@ class RouterTrainer:
         self.step = 0
         self._references: dict[str, float] = self._read_references()
         if not self._resume() and settings.warm_start_epochs:
-            self._warm_start()
+            self._warm_start(progress)
 
     # -- state on disk
 
@@ -400,8 +400,8 @@ class RouterTrainer:
         self.log(f"resumed at step {self.step} from {self.checkpoint_path}")
         return True
 
-    def _warm_start(self) -> None:
-        decisions = forced_decisions(self.engine, self.tasks, self.config, self.settings.max_new_tokens)
+    def _warm_start(self, progress: bool) -> None:
+        decisions = forced_decisions(self.engine, self.tasks, self.config, self.settings.max_new_tokens, progress)
         fit = imitation_warm_start(self.net, decisions, self.settings.warm_start_epochs, seed=self.settings.seed)
         if fit.validation_losses:
             self.log(f"warm start: {len(decisions.slm_errs)} consulted positions along the LLM's answers, SLM "
@@ -539,7 +539,7 @@ def train_router(engine: StitchEngine, tasks: Sequence[RolloutTask], cost: PairC
                  settings: TrainSettings, work_dir: Path | None = None, pair_name: str = "",
                  progress: bool = True, log: Callable[[str], None] | None = None) -> LearnedRouter:
     """Train a router with DAPO and save it to ``out`` (``router.json`` + ``router.safetensors``)."""
-    trainer = RouterTrainer(engine, tasks, cost, settings, work_dir or Path(out) / "work", pair_name, log)
+    trainer = RouterTrainer(engine, tasks, cost, settings, work_dir or Path(out) / "work", pair_name, log, progress)
     router = trainer.train(progress, out)
     router.save(out)
     return router

@@ -1,0 +1,93 @@
+"""The R-Stitch+ router shipped for the default pair: the default of router='learned' in the engine, the
+CLI and both adapters; consulted only above its tau; stable decisions on fixed prompts."""
+
+from __future__ import annotations
+
+import pytest
+
+from rstitch_engine import GenerationSettings, router_named
+from rstitch_engine.cli import main
+from rstitch_engine.learned_router import DEFAULT_ROUTER, ROUTER_CONFIG, ROUTER_WEIGHTS, LearnedRouter, load_learned_router
+from rstitch_engine.routers import RouterState
+
+pytestmark = [pytest.mark.real_model, pytest.mark.usefixtures("one_torch_thread")]
+
+PAIR = "smollm2-135m-instruct-draft+smollm2-135m-instruct"
+# Greedy output (24 tokens at most, float32, CPU) of the default pair with the shipped router and
+# which model wrote each token, recorded once; a change means the router, its loading, the
+# draft or the engine changed.
+EXPECTED = {
+    # "The capital of France is Paris, also known as the City of Light, which is a sovereign state located in Western Europe"
+    "What is the capital of France?": (
+        [504, 3575, 282, 4649, 314, 7042, 28, 597, 1343, 347, 260, 4206, 282, 9017, 28, 527, 314, 253, 18530, 1215,
+         3807, 281, 4641, 1910],
+        "ssslslssssllslssssssssll",
+    ),
+    # "To add 7 and 8, we need to combine the numbers in a way that adds up to 10" (the router's cost: a wrong sum)
+    "What is 7 + 8?": (
+        [2068, 803, 216, 39, 284, 216, 40, 28, 392, 737, 288, 8993, 260, 2966, 281, 253, 970, 338, 7845, 614, 288, 216,
+         33, 32],
+        "lllsssssssssssssssssssll",
+    ),
+}
+
+
+class Recorder:
+    """Delegates to a router and records every consultation."""
+
+    needs_hidden_state = True
+
+    def __init__(self, inner: LearnedRouter) -> None:
+        self.inner, self.calls = inner, []
+
+    @property
+    def threshold(self) -> float:
+        return self.inner.threshold
+
+    def wants_llm(self, state: RouterState) -> bool:
+        answer = self.inner.wants_llm(state)
+        self.calls.append((state, answer))
+        return answer
+
+
+def test_the_shipped_router_is_the_default_learned_router_and_fits_the_default_pair(real_engine):
+    assert {p.name for p in DEFAULT_ROUTER.iterdir()} == {ROUTER_CONFIG, ROUTER_WEIGHTS}
+    router = load_learned_router()
+    assert isinstance(router_named("learned", 0.9), LearnedRouter)
+    assert router_named("learned", 0.9).threshold == router.threshold == 0.15  # its trained tau, not the argument
+    assert router.config.pair == PAIR
+    assert router.config.hidden_size == real_engine.pair.slm.model.config.hidden_size
+    assert router.config.training["lam"] == 0.5 and router.config.training["trained_steps"] == 40
+
+
+@pytest.mark.parametrize("question", list(EXPECTED))
+def test_the_shipped_router_gives_stable_output_and_is_asked_only_above_tau(real_engine, question):
+    recorder = Recorder(load_learned_router())
+    prompt = [{"role": "user", "content": question}]
+    result = real_engine.generate(prompt, GenerationSettings(max_new_tokens=24), recorder)
+    ids, sources = EXPECTED[question]
+    assert (list(result.token_ids), "".join(e.source[0] for e in result.events)) == (ids, sources), result.text
+    assert recorder.calls and all(state.entropy > recorder.threshold for state, _ in recorder.calls)
+    assert {answer for _, answer in recorder.calls} == {True, False}, "the router decides both ways here"
+
+
+def test_cli_and_both_adapters_use_the_shipped_router_from_one_field(real_engine, capsys):
+    assert main(["generate", "What is the capital of France?", "--router", "learned", "--max-tokens", "24"]) == 0
+    out = capsys.readouterr().out
+    assert "learned router, tau=0.15" in out and "R-Stitch stats" in out
+
+    pytest.importorskip("langchain_core")
+    from rstitch_integrations.langchain import ChatRStitch
+
+    prompt = [{"role": "user", "content": "What is the capital of France?"}]
+    expected = real_engine.generate(prompt, GenerationSettings(max_new_tokens=24), load_learned_router()).text
+    chat = ChatRStitch(engine=real_engine, router="learned", max_tokens=24)
+    assert chat.invoke("What is the capital of France?").content == expected
+
+    pytest.importorskip("llama_index.core")
+    from llama_index.core.llms import ChatMessage
+
+    from rstitch_integrations.llamaindex import RStitchLLM
+
+    llm = RStitchLLM(engine=real_engine, router="learned", max_tokens=24)
+    assert llm.chat([ChatMessage(role="user", content="What is the capital of France?")]).message.content == expected
