@@ -1,13 +1,52 @@
-"""Reference implementations the engine is checked against."""
+"""Shared test helpers: reference implementations the engine is checked against, a router that
+records its consultations, and loading a ``benchmarks/`` script as a module."""
 
 from __future__ import annotations
 
 import copy
+import importlib.util
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 
 import torch
 from transformers import DynamicCache
 
+from rstitch_engine.routers import Router, RouterState
 from rstitch_engine.slot import Slot
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (loaded once; benchmarks are scripts, not a package)."""
+    module_name = f"rstitch_bench_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module
+
+
+@dataclass
+class RecordingRouter:
+    """Delegates to a router and records every consultation (state, answer)."""
+
+    inner: Router
+    calls: list[tuple[RouterState, bool]] = field(default_factory=list)
+    needs_hidden_state: bool = True
+
+    @property
+    def threshold(self) -> float:
+        return self.inner.threshold
+
+    def wants_llm(self, state: RouterState) -> bool:
+        answer = self.inner.wants_llm(state)
+        self.calls.append((state, answer))
+        return answer
 
 
 @torch.inference_mode()

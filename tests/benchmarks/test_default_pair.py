@@ -2,36 +2,25 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from helpers import load_benchmark
+from tiny import byte_level_tokenizer, tiny_model
 from transformers import PreTrainedTokenizerFast
 
 from rstitch_engine import ModelPair, StitchEngine
 from rstitch_engine.draft import build_draft
-from tiny import byte_level_tokenizer, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ROOT = Path(__file__).resolve().parents[2]
 CHAT_TEMPLATE = (
     "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<bos>assistant: {% endif %}"
 )
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("default_pair_benchmark", ROOT / "benchmarks" / "default_pair.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = load_benchmark("default_pair")
 
 
 @pytest.fixture(scope="module")

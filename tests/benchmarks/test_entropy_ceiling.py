@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import load_benchmark
+from tiny import CORPUS, tiny_engine
 
 from rstitch_engine import EntropyRouter, GenerationSettings
 from rstitch_engine.costmodel import PairCostModel, PassCost
-from tiny import CORPUS, tiny_engine
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 COST = PairCostModel(slm=PassCost(1e-3, 2e-4, 1e-6), llm=PassCost(4e-3, 8e-4, 4e-6), pair="tiny")
 PROMPTS = [text[:24] for text in CORPUS[:5]]
-
-
-def load_ceiling():
-    spec = importlib.util.spec_from_file_location("rstitch_bench_entropy_ceiling", BENCHMARKS / "entropy_ceiling.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 @pytest.mark.parametrize("same_model", [False, True])
 @pytest.mark.parametrize("tau", [-0.1, 0.6, 0.7, 0.8, 1.0])
 def test_the_replay_is_the_engines_run_whenever_it_reproduces_the_llms_answer(same_model, tau):
-    ceiling = load_ceiling()
+    ceiling = load_benchmark("entropy_ceiling")
     engine = tiny_engine(same_model=same_model)
     settings = GenerationSettings(max_new_tokens=12)
     for prompt in PROMPTS:
@@ -48,7 +36,7 @@ def test_the_replay_is_the_engines_run_whenever_it_reproduces_the_llms_answer(sa
 
 
 def test_the_oracle_always_reproduces_and_the_table_has_a_row_per_tau():
-    ceiling = load_ceiling()
+    ceiling = load_benchmark("entropy_ceiling")
     engine = tiny_engine()
     settings = GenerationSettings(max_new_tokens=10)
     answers = []

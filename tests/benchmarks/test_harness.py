@@ -2,31 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import load_benchmark
+from tiny import tiny_engine
 
 from rstitch_engine import GenerationSettings
 from rstitch_engine.trace import record_trace
-from tiny import tiny_engine
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
-
-
-def load_harness():
-    spec = importlib.util.spec_from_file_location("rstitch_bench_harness", BENCHMARKS / "harness.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)  # type: ignore[union-attr]
-    return module
 
 
 def test_tiny_run_writes_consistent_table_json_and_plot(tmp_path, capsys):
-    harness = load_harness()
+    harness = load_benchmark("harness")
     traces = tmp_path / "traces"
     _, recorded = record_trace(tiny_engine(threshold=0.75), "The quick brown", GenerationSettings(max_new_tokens=10))
     recorded.save(traces / "recorded.json")

@@ -2,24 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from helpers import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("router_pareto_benchmark", ROOT / "benchmarks" / "router_pareto.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load_benchmark()
+bench = load_benchmark("router_pareto")
 
 # (speedup, accuracy) of a tau sweep: (1.0, 0.70) is dominated by (1.1, 0.70).
 SWEEP = [(0.9, 0.70), (1.0, 0.70), (1.1, 0.70), (1.2, 0.50), (1.5, 0.40), (1.4, 0.30)]

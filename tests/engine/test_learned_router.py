@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
+from helpers import RecordingRouter
 from tiny import CORPUS, tiny_pair
 
-from rstitch_engine import GenerationSettings, InvalidSettingError, ModelLoadError, ModelPair, StitchEngine, router_named
+from rstitch_engine import (
+    GenerationSettings,
+    InvalidSettingError,
+    ModelLoadError,
+    ModelPair,
+    StitchEngine,
+    router_named,
+)
 from rstitch_engine.costmodel import PairCostModel, PassCost
 from rstitch_engine.learned_router import LearnedRouter, RouterConfig, RouterNet, SamplingRouter, router_features
 from rstitch_engine.routers import RouterState
@@ -50,24 +58,6 @@ def random_router(engine: StitchEngine, seed: int = 0, threshold: float = TAU) -
     with torch.no_grad():
         net.out.weight.mul_(30.0)  # spread P(LLM) around 0.5 so both decisions occur
     return LearnedRouter.from_net(config, net)
-
-
-@dataclass
-class RecordingRouter:
-    """Delegates to a router and records every consultation (state, answer)."""
-
-    inner: LearnedRouter
-    calls: list[tuple[RouterState, bool]] = field(default_factory=list)
-    needs_hidden_state: bool = True
-
-    @property
-    def threshold(self) -> float:
-        return self.inner.threshold
-
-    def wants_llm(self, state: RouterState) -> bool:
-        answer = self.inner.wants_llm(state)
-        self.calls.append((state, answer))
-        return answer
 
 
 def consulted_states(engine: StitchEngine, router: LearnedRouter, max_new_tokens: int = 12) -> list[RouterState]:

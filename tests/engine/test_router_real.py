@@ -4,11 +4,17 @@ CLI and both adapters; consulted only above its tau; stable decisions on fixed p
 from __future__ import annotations
 
 import pytest
+from helpers import RecordingRouter
 
 from rstitch_engine import GenerationSettings, router_named
 from rstitch_engine.cli import main
-from rstitch_engine.learned_router import DEFAULT_ROUTER, ROUTER_CONFIG, ROUTER_WEIGHTS, LearnedRouter, load_learned_router
-from rstitch_engine.routers import RouterState
+from rstitch_engine.learned_router import (
+    DEFAULT_ROUTER,
+    ROUTER_CONFIG,
+    ROUTER_WEIGHTS,
+    LearnedRouter,
+    load_learned_router,
+)
 
 pytestmark = [pytest.mark.real_model, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -32,24 +38,6 @@ EXPECTED = {
 }
 
 
-class Recorder:
-    """Delegates to a router and records every consultation."""
-
-    needs_hidden_state = True
-
-    def __init__(self, inner: LearnedRouter) -> None:
-        self.inner, self.calls = inner, []
-
-    @property
-    def threshold(self) -> float:
-        return self.inner.threshold
-
-    def wants_llm(self, state: RouterState) -> bool:
-        answer = self.inner.wants_llm(state)
-        self.calls.append((state, answer))
-        return answer
-
-
 def test_the_shipped_router_is_the_default_learned_router_and_fits_the_default_pair(real_engine):
     assert {p.name for p in DEFAULT_ROUTER.iterdir()} == {ROUTER_CONFIG, ROUTER_WEIGHTS}
     router = load_learned_router()
@@ -62,7 +50,7 @@ def test_the_shipped_router_is_the_default_learned_router_and_fits_the_default_p
 
 @pytest.mark.parametrize("question", list(EXPECTED))
 def test_the_shipped_router_gives_stable_output_and_is_asked_only_above_tau(real_engine, question):
-    recorder = Recorder(load_learned_router())
+    recorder = RecordingRouter(load_learned_router())
     prompt = [{"role": "user", "content": question}]
     result = real_engine.generate(prompt, GenerationSettings(max_new_tokens=24), recorder)
     ids, sources = EXPECTED[question]
