@@ -44,10 +44,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--margin", type=float, default=1.0, help="accuracy points allowed below the LLM alone")
     parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS))
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where native (CUDA, AVX512-BF16/AMX CPUs)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    engine = load_engine(args.llm, args.slm, "auto", "auto")
+    engine = load_engine(args.llm, args.slm, args.device, args.dtype)
     items = quality_suite("tuning")[:: args.every]
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
     configs = [Config("LLM alone", "llm")] + [Config(f"R-Stitch tau={tau:g}", "stitch", tau) for tau in taus]
@@ -59,7 +61,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nchosen: {chosen['config'] if chosen else 'none'} (fastest within {args.margin:g} points of the LLM alone)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"items": len(items), "every": args.every, "margin_points": args.margin,
+        args.json.write_text(json.dumps({"command": " ".join(sys.argv), "dtype": str(engine.pair.llm.dtype),
+                                         "items": len(items), "every": args.every, "margin_points": args.margin,
                                          "rows": rows, "chosen": chosen}, indent=1) + "\n")
     return 0
 

@@ -12,7 +12,7 @@ order; each point is the median over the sweeps.
     python benchmarks/cost_model.py --slm-shape mini-s --llm-shape mini-l --out results/mini-cpu.json
     python benchmarks/cost_model.py --slm-shape r1-distill-qwen-1.5b --llm-shape r1-distill-qwen-7b --device cuda
 
-With a real pair the model is saved to ``rstitch_engine/costs/<pair>-<device>.json`` unless ``--out``
+With a real pair the model is saved to ``rstitch_engine/costs/<pair>-<device>-<dtype>.json`` unless ``--out``
 says otherwise (the harness and ``shipped_cost_model`` find it there).
 """
 
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--out", type=Path, default=None, help="where to save the fitted model "
-                   "(default for a real pair: rstitch_engine/costs/<pair>-<device>.json)")
+                   "(default for a real pair: rstitch_engine/costs/<pair>-<device>-<dtype>.json)")
     p.add_argument("--json", type=Path, default=None, help="write the calibration report here")
     args = p.parse_args(argv)
     if args.threads:
@@ -113,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     held_set = set(held_points) - set(fit_points)
     fit_records = [r for r in records if (r.new_tokens, r.cached_tokens) not in held_set]
     held_records = [r for r in records if (r.new_tokens, r.cached_tokens) in held_set]
-    pair, device_label = pair_name(engine.pair.slm.name, engine.pair.llm.name), device_name(device)
+    pair, device_label = pair_name(engine.pair.slm.name, engine.pair.llm.name), device_name(device, engine.pair.llm.dtype)
     model = PairCostModel.fit(fit_records, pair=pair, device=device_label)
     summary = error_summary(model, held_records)
 

@@ -183,9 +183,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = StitchEngine.from_pretrained(args.llm, args.slm, device=args.device, dtype=args.dtype)
     pair = engine.pair
     cost = (PairCostModel.load(args.cost_model) if args.cost_model is not None
-            else shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device))
+            else shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device, pair.llm.dtype))
     if cost is None:
-        parser.error("no cost model for this pair and device: calibrate one with benchmarks/cost_model.py "
+        parser.error("no cost model for this pair, device and dtype: calibrate one with benchmarks/cost_model.py "
                      "and pass it with --cost-model")
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
     items = quality_suite(args.part)[: args.limit]

@@ -49,6 +49,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedTokenizer
 from rstitch_engine import DEFAULT_LLM, DEFAULT_SLM, GenerationSettings, ModelPair, ModelSpec, StitchEngine
 from rstitch_engine.defaults import SHIPPED_DRAFTS
 from rstitch_engine.costmodel import PairCostModel, measure_passes, shipped_cost_model
+from rstitch_engine.hardware import auto_dtype
 from rstitch_engine.slot import LoadedModel, ModelRole
 from rstitch_engine.trace import STEP_ROLE, Trace, pair_without_eos, record_trace, replay_stream, synthetic_trace
 
@@ -495,7 +496,7 @@ def build_engine(args: argparse.Namespace, device: torch.device) -> tuple[Stitch
     if args.slm_shape or args.llm_shape:
         if not (args.slm_shape and args.llm_shape):
             raise SystemExit("give both --slm-shape and --llm-shape")
-        dtype = {"auto": torch.bfloat16 if device.type == "cuda" else torch.float32, "float32": torch.float32,
+        dtype = {"auto": auto_dtype(device), "float32": torch.float32,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
         return StitchEngine(shape_pair(args.slm_shape, args.llm_shape, device, dtype, args.seed)), False
     return StitchEngine(pair_without_eos(real_engine(args, str(device)).pair)), True
@@ -537,7 +538,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     elif args.calibrate:
         cost_model = calibrate(engine)
     else:
-        cost_model = shipped_cost_model(pair.slm.name, pair.llm.name, device) if real else None
+        cost_model = shipped_cost_model(pair.slm.name, pair.llm.name, device, pair.llm.dtype) if real else None
     workloads = load_workloads(args, pair.vocab_size, use_recorded_prompts=real)
     if not workloads:
         raise SystemExit("no traces: give --traces and/or --synthetic")
@@ -579,7 +580,7 @@ def parser() -> argparse.ArgumentParser:
     pair.add_argument("--llm-shape", choices=sorted(SHAPES), default=None, help="LLM as a config shape, random weights")
     pair.add_argument("--device", default="auto")
     pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
-                      help="auto: bfloat16 on CUDA, float32 on CPU")
+                      help="auto: bfloat16 where native (CUDA, AVX512-BF16/AMX CPUs), else float32")
     work = p.add_argument_group("traces")
     work.add_argument("--traces", nargs="*", default=[], help="trace files or folders of recorded traces")
     work.add_argument("--max-traces", type=int, default=None, help="use at most this many recorded traces")

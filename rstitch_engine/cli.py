@@ -298,7 +298,8 @@ def _train_router(args: argparse.Namespace, console: Console) -> int:
         engine = StitchEngine.from_pretrained(args.llm, args.slm, device=args.device, dtype=args.dtype)
     pair_name = f"{engine.pair.slm.name}+{engine.pair.llm.name}"
     fitted = work_dir / "cost_model.json"
-    shipped = shipped_cost_model(engine.pair.slm.name, engine.pair.llm.name, engine.pair.slm.device)
+    shipped = shipped_cost_model(engine.pair.slm.name, engine.pair.llm.name, engine.pair.llm.device,
+                                 engine.pair.llm.dtype)
     if args.cost_model is not None:
         cost = PairCostModel.load(args.cost_model)
     elif shipped is not None:

@@ -19,7 +19,7 @@ forms, fitted per model from measured passes:
 
 ``measure_passes`` times passes of a loaded model over a grid of (new, cached) sizes exactly as the
 engine runs them; ``benchmarks/cost_model.py`` calibrates a pair, checks held-out error and saves
-the model per pair and device (``rstitch_engine/costs/<pair>-<device>.json``, read back with
+the model per pair, device and dtype (``rstitch_engine/costs/<pair>-<device>-<dtype>.json``, read back with
 ``shipped_cost_model``).
 
 Users: the learned router's reward (predicted latency of a rollout, no wall clock), the speedup
@@ -47,7 +47,7 @@ from .slot import ForwardRecord, LoadedModel, ModelRole
 MIN_KNOT_SAMPLES = 3
 """Passes of one size ``n`` (over >= 2 cache sizes) needed before ``n`` becomes a knot."""
 COSTS_DIR = Path(__file__).parent / "costs"
-"""Cost models shipped with the package: ``<pair>-<device>.json``."""
+"""Cost models shipped with the package: ``<pair>-<device>-<dtype>.json``."""
 
 
 @dataclass(frozen=True)
@@ -205,21 +205,22 @@ def pair_name(slm_name: str, llm_name: str) -> str:
     return f"{slug(slm_name)}__{slug(llm_name)}"
 
 
-def device_name(device: torch.device | str) -> str:
-    """'cpu', or 'cuda-<gpu name>' (e.g. 'cuda-nvidia-h100-80gb-hbm3'): costs differ per GPU model."""
+def device_name(device: torch.device | str, dtype: torch.dtype) -> str:
+    """What a cost model is calibrated for: the device kind and the weights' dtype, e.g. 'cpu-float32',
+    'cpu-bfloat16' or 'cuda-nvidia-h100-80gb-hbm3-bfloat16' (costs differ per GPU model and dtype)."""
     device = torch.device(device)
-    if device.type == "cuda":
-        return "cuda-" + slug(torch.cuda.get_device_name(device))
-    return device.type
+    kind = "cuda-" + slug(torch.cuda.get_device_name(device)) if device.type == "cuda" else device.type
+    return f"{kind}-{str(dtype).removeprefix('torch.')}"
 
 
 def cost_model_path(pair: str, device: str, folder: Path = COSTS_DIR) -> Path:
     return folder / f"{pair}-{device}.json"
 
 
-def shipped_cost_model(slm_name: str, llm_name: str, device: torch.device | str) -> PairCostModel | None:
-    """The packaged cost model of this pair on this kind of device, if one was calibrated."""
-    path = cost_model_path(pair_name(slm_name, llm_name), device_name(device))
+def shipped_cost_model(slm_name: str, llm_name: str, device: torch.device | str,
+                       dtype: torch.dtype) -> PairCostModel | None:
+    """The packaged cost model of this pair on this kind of device in this dtype, if one was calibrated."""
+    path = cost_model_path(pair_name(slm_name, llm_name), device_name(device, dtype))
     return PairCostModel.load(path) if path.is_file() else None
 
 

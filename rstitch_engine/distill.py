@@ -30,6 +30,7 @@ from transformers import PreTrainedModel
 
 from .draft import DraftConfig, build_draft, default_layers, draft_layer_parameters, llm_fingerprint, round_to_storage, save_draft
 from .errors import InvalidSettingError
+from .hardware import native_bfloat16
 from .pair import shared_vocab_size
 
 Messages = list[dict[str, str]]
@@ -357,19 +358,8 @@ def validation_loss(draft: PreTrainedModel, data: Sequence[TeacherSequence], voc
 
 def _training_precision(device: torch.device, compute_dtype: str) -> contextlib.AbstractContextManager[Any]:
     """bf16 autocast where asked (or, for 'auto', where the device has native bf16 matmuls); else nothing."""
-    wanted = compute_dtype == "bfloat16" or (compute_dtype == "auto" and _native_bfloat16(device))
+    wanted = compute_dtype == "bfloat16" or (compute_dtype == "auto" and native_bfloat16(device))
     return torch.autocast(device.type, dtype=torch.bfloat16) if wanted else contextlib.nullcontext()
-
-
-def _native_bfloat16(device: torch.device) -> bool:
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        try:
-            return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())  # AVX512-BF16 / AMX
-        except (AttributeError, RuntimeError):
-            return False
-    return False
 
 
 def _loss_on(draft: PreTrainedModel, batch: list[TeacherSequence], vocab_size: int, device: torch.device) -> torch.Tensor:

@@ -148,7 +148,7 @@ class StitchEngine:
         self.router: Router = router if router is not None else EntropyRouter()
         self.settings = settings if settings is not None else GenerationSettings()
         self._forward_lock = threading.Lock()
-        self._llm_history = LlmCostHistory(model=shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device))
+        self._llm_history = LlmCostHistory(model=shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device, pair.llm.dtype))
 
     @classmethod
     def from_pretrained(

@@ -19,6 +19,7 @@ from transformers.utils import logging as transformers_logging
 from .defaults import resolve_alias
 from .draft import is_draft_folder, load_draft
 from .errors import InvalidSettingError, ModelLoadError
+from .hardware import auto_dtype
 from .pair import ModelPair
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -35,7 +36,8 @@ class ModelSpec:
     device: str = "auto"
     """'cpu', 'cuda', 'cuda:N', or 'auto' (CUDA when available). Ignored when device_map is set."""
     dtype: DTypeName = "auto"
-    """'auto' is bfloat16 on CUDA and float32 on CPU (the fast path for GGUF weights)."""
+    """'auto' is bfloat16 where the device computes it natively (CUDA; CPUs with AVX512-BF16 or AMX)
+    and float32 elsewhere (``hardware.auto_dtype``)."""
     device_map: str | dict[str, Any] | None = None
     """Passed to accelerate, e.g. 'auto' to shard a large LLM over several GPUs."""
     num_layers: int | None = None
@@ -64,8 +66,9 @@ class ModelSpec:
     def torch_dtype(self) -> torch.dtype:
         if self.dtype != "auto":
             return _DTYPES[self.dtype]
-        on_cuda = self.device_map is not None or self.torch_device().type == "cuda"
-        return torch.bfloat16 if on_cuda and torch.cuda.is_available() else torch.float32
+        if self.device_map is not None:
+            return torch.bfloat16 if torch.cuda.is_available() else torch.float32
+        return auto_dtype(self.torch_device())
 
 
 def load_tokenizer(spec: ModelSpec) -> Any:

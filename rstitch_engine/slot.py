@@ -36,6 +36,10 @@ class LoadedModel:
         return self.model.device  # where the input ids go (the embeddings, with a device_map too)
 
     @property
+    def dtype(self) -> torch.dtype:
+        return self.model.dtype
+
+    @property
     def context_window(self) -> int | None:
         config = self.model.config.get_text_config(decoder=True)
         return getattr(config, "max_position_embeddings", None)

@@ -127,7 +127,7 @@ class ChatRStitch(BaseChatModel):
     device: str = "auto"
     """'cpu', 'cuda', 'cuda:N' or 'auto'."""
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype; 'auto' is bfloat16 on CUDA and float32 on CPU."""
+    """Weight dtype; 'auto' is bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), else float32."""
     separate_reasoning: bool = True
     """Move ``<think>...</think>`` text to ``additional_kwargs["reasoning_content"]``; False keeps it in content."""
     measure_speedup: bool = False

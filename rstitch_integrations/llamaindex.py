@@ -117,7 +117,7 @@ class RStitchLLM(FunctionCallingLLM):
     seed: int | None = Field(default=None, description="Seed of each call's private sampler; None: unseeded.")
     device: str = Field(default="auto", description="Torch device for both models ('auto', 'cpu', 'cuda', ...).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Weight dtype; 'auto' is bfloat16 on CUDA and float32 on CPU."
+        default="auto", description="Weight dtype; 'auto' is bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), else float32."
     )
     measure_speedup: bool = Field(
         default=False,

@@ -3,6 +3,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parent))  # tests/tiny.py
 
@@ -16,6 +17,15 @@ def real_engine():
     from rstitch_engine import shared_engine
 
     return shared_engine()
+
+
+@pytest.fixture(scope="session")
+def real_engine_float32(real_engine):
+    """The real default pair in float32, for outputs pinned token for token: ``real_engine`` follows
+    ``dtype='auto'``, which is bfloat16 on CPUs with native bf16 matmuls and float32 elsewhere."""
+    from rstitch_engine import shared_engine
+
+    return real_engine if real_engine.pair.llm.dtype == torch.float32 else shared_engine(dtype="float32")
 
 
 @pytest.fixture(scope="module")

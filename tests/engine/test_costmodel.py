@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+import torch
 
 from rstitch_engine.costmodel import (
     Knot,
@@ -16,6 +17,7 @@ from rstitch_engine.costmodel import (
     relative_errors,
     shipped_cost_model,
 )
+from rstitch_engine.defaults import DEFAULT_LLM, DEFAULT_SLM
 from rstitch_engine.slot import ForwardRecord
 from tiny import tiny_pair
 
@@ -102,8 +104,15 @@ def test_round_trip_through_json(tmp_path):
 def test_names():
     assert pair_name("smollm2-135m-instruct[:8 layers]", "SmolLM2-135M-Instruct") == \
         "smollm2-135m-instruct-8-layers__smollm2-135m-instruct"
-    assert device_name("cpu") == "cpu"
-    assert shipped_cost_model("no-such-slm", "no-such-llm", "cpu") is None
+    assert device_name("cpu", torch.float32) == "cpu-float32"
+    assert device_name("cpu", torch.bfloat16) == "cpu-bfloat16"
+    assert shipped_cost_model("no-such-slm", "no-such-llm", "cpu", torch.float32) is None
+
+
+def test_the_shipped_cost_model_is_found_only_for_the_dtype_it_was_calibrated_in():
+    shipped = shipped_cost_model(DEFAULT_SLM, DEFAULT_LLM, "cpu", torch.float32)
+    assert shipped is not None and shipped.device == "cpu-float32"
+    assert shipped_cost_model(DEFAULT_SLM, DEFAULT_LLM, "cpu", torch.float16) is None
 
 
 def test_measure_passes_times_each_point_as_the_engine_runs_it():

@@ -18,6 +18,10 @@ from rstitch_engine import (
 
 pytestmark = pytest.mark.real_model
 
+# The spec's exactness properties are checked in float32 (``real_engine_float32``), where they hold to
+# float tolerance. In bfloat16 (``dtype='auto'`` on CPUs with native bf16) a catch-up pass over k tokens
+# rounds differently from k decode steps, so near-ties may break the other way.
+
 CHATS = [
     [{"role": "user", "content": "What is 3 + 4?"}],
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -36,20 +40,20 @@ def test_default_pair_is_smollm2_and_its_distilled_draft(real_engine):
 
 
 @pytest.mark.parametrize("chat", CHATS[:2])
-def test_extreme_thresholds_reproduce_each_model_alone(real_engine, chat):
-    prompt_ids = real_engine.encode(chat)
-    eos = real_engine.pair.eos_token_ids
+def test_extreme_thresholds_reproduce_each_model_alone(real_engine_float32, chat):
+    prompt_ids = real_engine_float32.encode(chat)
+    eos = real_engine_float32.pair.eos_token_ids
     settings = GenerationSettings(max_new_tokens=16)
-    slm_alone = real_engine.generate(prompt_ids, settings, EntropyRouter(1.0))
-    llm_alone = real_engine.generate(prompt_ids, settings, EntropyRouter(-1.0))
-    assert list(slm_alone.token_ids) == hf_greedy(real_engine.pair.slm.model, prompt_ids, 16, eos)
-    assert list(llm_alone.token_ids) == hf_greedy(real_engine.pair.llm.model, prompt_ids, 16, eos)
+    slm_alone = real_engine_float32.generate(prompt_ids, settings, EntropyRouter(1.0))
+    llm_alone = real_engine_float32.generate(prompt_ids, settings, EntropyRouter(-1.0))
+    assert list(slm_alone.token_ids) == hf_greedy(real_engine_float32.pair.slm.model, prompt_ids, 16, eos)
+    assert list(llm_alone.token_ids) == hf_greedy(real_engine_float32.pair.llm.model, prompt_ids, 16, eos)
     assert slm_alone.stats.llm.forward_passes == 0
 
 
-def test_same_model_as_both_gives_its_own_greedy_output(real_engine):
-    llm = real_engine.pair.llm.model
-    engine = StitchEngine(ModelPair.from_models(llm, llm, real_engine.pair.tokenizer))
+def test_same_model_as_both_gives_its_own_greedy_output(real_engine_float32):
+    llm = real_engine_float32.pair.llm.model
+    engine = StitchEngine(ModelPair.from_models(llm, llm, real_engine_float32.pair.tokenizer))
     settings = GenerationSettings(max_new_tokens=16)
     switched = 0
     for chat in CHATS[:2]:
@@ -62,8 +66,8 @@ def test_same_model_as_both_gives_its_own_greedy_output(real_engine):
     assert switched > 0
 
 
-def test_caches_match_fresh_prefill_during_a_switching_run(real_engine):
-    stream = real_engine.stream(CHATS[0], GenerationSettings(max_new_tokens=12), EntropyRouter(0.1))
+def test_caches_match_fresh_prefill_during_a_switching_run(real_engine_float32):
+    stream = real_engine_float32.stream(CHATS[0], GenerationSettings(max_new_tokens=12), EntropyRouter(0.1))
     for _ in stream:
         for slot in stream.request.slots.values():
             assert_cache_is_fresh_prefill(slot, stream.request.tokens, atol=2e-4)

@@ -49,10 +49,10 @@ def test_the_shipped_router_is_the_default_learned_router_and_fits_the_default_p
 
 
 @pytest.mark.parametrize("question", list(EXPECTED))
-def test_the_shipped_router_gives_stable_output_and_is_asked_only_above_tau(real_engine, question):
+def test_the_shipped_router_gives_stable_output_and_is_asked_only_above_tau(real_engine_float32, question):
     recorder = RecordingRouter(load_learned_router())
     prompt = [{"role": "user", "content": question}]
-    result = real_engine.generate(prompt, GenerationSettings(max_new_tokens=24), recorder)
+    result = real_engine_float32.generate(prompt, GenerationSettings(max_new_tokens=24), recorder)
     ids, sources = EXPECTED[question]
     assert (list(result.token_ids), "".join(e.source[0] for e in result.events)) == (ids, sources), result.text
     assert recorder.calls and all(state.entropy > recorder.threshold for state, _ in recorder.calls)
