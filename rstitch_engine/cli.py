@@ -96,6 +96,8 @@ def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     distill.add_argument("--layers", type=int, default=defaults.num_layers,
                          help="draft layers: the LLM's first N-1 and its last (default: %(default)s)")
     distill.add_argument("--layer-indices", default=None, help="exact LLM layers to start from, e.g. 0,1,2,29")
+    distill.add_argument("--init-from", default=None,
+                         help="a draft folder to start from instead of the LLM's layers (fine-tune an existing draft)")
     distill.add_argument("--instructions", type=int, default=1000, help="template chat instructions in the pool (default: %(default)s)")
     distill.add_argument("--gsm8k", type=int, default=300, help="GSM8K questions in the pool (default: %(default)s)")
     distill.add_argument("--gsm8k-path", type=Path, default=_default_gsm8k(), help="GSM8K train.jsonl (default: %(default)s)")
@@ -111,6 +113,9 @@ def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     distill.add_argument("--lr", type=float, default=defaults.learning_rate)
     distill.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="teacher answer cap")
     distill.add_argument("--top-k", type=int, default=defaults.top_k, help="teacher log-probs kept per position")
+    distill.add_argument("--greedy-weight", type=float, default=defaults.greedy_weight,
+                         help="weight w in (1-w)*KL + w*CE(LLM's greedy token): 1 makes the draft's confidence "
+                              "estimate agreement with the LLM's greedy choice (default: %(default)s)")
     distill.add_argument("--seed", type=int, default=defaults.seed)
     distill.add_argument("--device", default="auto")
     distill.add_argument("--dtype", default="float32", choices=["auto", "float32", "bfloat16", "float16"],
@@ -131,8 +136,8 @@ def _default_gsm8k() -> Path:
 def _distill(args: argparse.Namespace, console: Console) -> int:
     layers = tuple(int(i) for i in args.layer_indices.split(",")) if args.layer_indices else None
     settings = DistillSettings(
-        num_layers=args.layers, layers=layers, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-        max_new_tokens=args.max_new_tokens, top_k=args.top_k, seed=args.seed, storage_dtype=args.save_dtype,
+        num_layers=args.layers, layers=layers, init_from=args.init_from, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
+        max_new_tokens=args.max_new_tokens, top_k=args.top_k, greedy_weight=args.greedy_weight, seed=args.seed, storage_dtype=args.save_dtype,
         compute_dtype=args.compute_dtype, validation_share=args.validation_share,
     )
     spec = ModelSpec(args.llm, device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)

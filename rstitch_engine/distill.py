@@ -7,8 +7,10 @@ Two stages, each resumable from ``work_dir``:
    remaining probability mass is one lumped bucket. Saved in chunks (``teacher-NNNN.pt``).
 2. **Training.** The draft (``draft.build_draft``: kept LLM layers on the LLM's embeddings, norm
    and head) is trained, kept layers only, to minimise KL(teacher || draft) over the top-k tokens
-   plus the lumped rest, at answer positions. AdamW, linear warm-up then cosine decay, gradient
-   clipping. A checkpoint (``checkpoint.pt``) is written every ``checkpoint_every`` steps.
+   plus the lumped rest, at answer positions (optionally blended with cross-entropy on the token the
+   teacher wrote, ``greedy_weight``; ``init_from`` starts from an existing draft instead). AdamW, linear warm-up then cosine decay, gradient
+   clipping. A checkpoint (``checkpoint-<recipe>.pt``, one per set of training settings) is written
+   every ``checkpoint_every`` steps.
 
 Everything random (pool, batch order) comes from ``seed``; on one machine a rerun gives the same
 draft. Checkpoints and teacher chunks are read with ``torch.load(weights_only=True)``.
@@ -17,6 +19,8 @@ draft. Checkpoints and teacher chunks are read with ``torch.load(weights_only=Tr
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import math
 import random
 import time
@@ -28,7 +32,16 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .draft import DraftConfig, build_draft, default_layers, draft_layer_parameters, llm_fingerprint, round_to_storage, save_draft
+from .draft import (
+    DraftConfig,
+    build_draft,
+    default_layers,
+    draft_layer_parameters,
+    llm_fingerprint,
+    load_draft,
+    round_to_storage,
+    save_draft,
+)
 from .errors import InvalidSettingError
 from .hardware import native_bfloat16
 from .pair import shared_vocab_size
@@ -44,11 +57,20 @@ class DistillSettings:
     """Decoder layers in the draft (taken from the LLM: the first n-1 and the last, ``draft.default_layers``)."""
     layers: tuple[int, ...] | None = None
     """Exact LLM layer indices to start from; overrides ``num_layers``."""
+    init_from: str | None = None
+    """A draft folder to start from instead of the LLM's own layers (fine-tuning an existing draft,
+    e.g. with another ``greedy_weight``); the draft keeps that folder's layer indices."""
     max_new_tokens: int = 64
     """Length cap of the teacher's answers."""
     generation_batch_size: int = 16
     top_k: int = 64
     """Teacher log-probs kept per position; the rest of the mass is one bucket."""
+    greedy_weight: float = 0.0
+    """Weight w of the greedy target in the loss (1 - w) * KL(teacher || draft) + w * CE(teacher's greedy
+    token). KL (w = 0) makes the draft copy the LLM's distribution, uncertainty included; the greedy
+    target (w = 1) makes the draft's probability of a token estimate the chance that it *is* the
+    LLM's greedy token, so under greedy decoding its entropy flags likely disagreement rather than the
+    LLM's own uncertainty (``rstitch_engine.distill.distillation_loss``)."""
     steps: int = 2000
     batch_size: int = 16
     learning_rate: float = 5e-4
@@ -74,11 +96,23 @@ class DistillSettings:
             raise InvalidSettingError(f"learning_rate must be > 0, got {self.learning_rate}")
         if self.compute_dtype not in ("auto", "float32", "bfloat16"):
             raise InvalidSettingError(f"compute_dtype must be auto, float32 or bfloat16, got {self.compute_dtype!r}")
+        if self.init_from is not None and self.layers is not None:
+            raise InvalidSettingError("give either layers or init_from (which brings its own layers), not both")
+        if not 0 <= self.greedy_weight <= 1:
+            raise InvalidSettingError(f"greedy_weight must be in [0, 1], got {self.greedy_weight}")
         if not 0 <= self.validation_share < 0.5:
             raise InvalidSettingError(f"validation_share must be in [0, 0.5), got {self.validation_share}")
 
     def draft_layers(self, num_llm_layers: int) -> tuple[int, ...]:
+        if self.init_from is not None:
+            return DraftConfig.read(Path(self.init_from).expanduser()).layers
         return self.layers if self.layers is not None else default_layers(num_llm_layers, self.num_layers)
+
+    def training_recipe(self) -> dict[str, Any]:
+        """Every setting that shapes the trained weights (not how often checkpoints are written), as JSON values."""
+        recipe = {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        del recipe["checkpoint_every"]
+        return recipe
 
 
 @dataclass
@@ -118,18 +152,19 @@ def distill(
     data = teacher_data(llm, tokenizer, prompts, settings, vocab_size, work_dir, progress)
     log(f"teacher data: {len(data)} answers, {sum(len(s.topk_ids) for s in data)} answer tokens")
     layers = settings.draft_layers(len(llm.get_decoder().layers))
-    draft = build_draft(llm, layers)
+    draft = load_draft(settings.init_from, llm) if settings.init_from is not None else build_draft(llm, layers)
     history = train_draft(draft, data, settings, vocab_size, work_dir, progress, log)
     round_to_storage(draft, settings.storage_dtype)
     held_out = [data[i] for i in split_for_validation(len(data), settings)[1]]
-    held_out_loss = validation_loss(draft, held_out, vocab_size, settings.batch_size) if held_out else None
+    held_out_loss = (validation_loss(draft, held_out, vocab_size, settings.batch_size, settings.greedy_weight)
+                     if held_out else None)
     config = DraftConfig(
         base_model=base_model or str(getattr(llm.config, "_name_or_path", "")),
         layers=tuple(layers),
         fingerprint=llm_fingerprint(llm),
         dtype=settings.storage_dtype,
         training={
-            "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(settings).items()},
+            "settings": {**settings.training_recipe(), "checkpoint_every": settings.checkpoint_every},
             "prompts": len(prompts),
             "answer_tokens": sum(len(s.topk_ids) for s in data),
             "final_loss": history[-1] if history else None,
@@ -243,15 +278,30 @@ def _render(tokenizer: Any, messages: Messages) -> list[int]:
 
 
 def distillation_loss(
-    student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor
+    student_logits: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor,
+    greedy_tokens: torch.Tensor | None = None, greedy_weight: float = 0.0,
 ) -> torch.Tensor:
-    """Mean over positions of KL(teacher || student) on the teacher's top-k plus one lumped bucket.
+    """Mean over positions of (1 - w) * KL(teacher || student) + w * CE(greedy token), w = ``greedy_weight``.
 
-    student_logits: [N, V]; topk_ids, topk_logprobs: [N, k]. The bucket holds the probability both
-    put outside the teacher's top-k, so the loss is a true KL between two (k+1)-way distributions
-    and is 0 exactly when the student matches the teacher on the top-k.
+    student_logits: [N, V]; topk_ids, topk_logprobs: [N, k]; greedy_tokens: [N], the token the
+    teacher wrote at each position (needed when w > 0). The KL is taken on the teacher's top-k plus
+    one lumped bucket holding the probability both put outside it, so it is a true KL between two
+    (k+1)-way distributions and is 0 exactly when the student matches the teacher on the top-k. The
+    cross-entropy is a proper scoring rule for "which token will the teacher write": minimised, the
+    student's probability of a token is its estimate that the teacher writes that token.
     """
     student = torch.log_softmax(student_logits.float(), dim=-1)
+    kl = _topk_kl(student, topk_ids, topk_logprobs) if greedy_weight < 1 else student.new_zeros(())
+    if greedy_weight == 0:
+        return kl
+    if greedy_tokens is None:
+        raise InvalidSettingError("a greedy_weight above 0 needs the teacher's greedy tokens")
+    cross_entropy = -student.gather(-1, greedy_tokens[:, None]).mean()
+    return (1 - greedy_weight) * kl + greedy_weight * cross_entropy
+
+
+def _topk_kl(student: torch.Tensor, topk_ids: torch.Tensor, topk_logprobs: torch.Tensor) -> torch.Tensor:
+    """KL(teacher || student) per the docstring above, averaged over positions; student: [N, V] log-probs."""
     student_top = student.gather(-1, topk_ids)  # [N, k]
     teacher_rest = _log_rest(topk_logprobs)
     student_rest = _log_rest(student_top)
@@ -276,7 +326,8 @@ def train_draft(
     progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> list[float]:
-    """Train the draft's own layers in place; resumes from ``work_dir/checkpoint.pt``. Returns the loss per step.
+    """Train the draft's own layers in place, resuming from this recipe's checkpoint in ``work_dir``
+    (``checkpoint_path``). Returns the loss per step.
 
     ``settings.validation_share`` of the answers (a seeded choice) never enter a batch; their mean
     loss is logged at each checkpoint, so over-fitting shows while training runs.
@@ -288,7 +339,7 @@ def train_draft(
         p.requires_grad_(True)
     optimizer = torch.optim.AdamW(own.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(settings.warmup_steps, settings.steps))
-    checkpoint = work_dir / "checkpoint.pt"
+    checkpoint = checkpoint_path(work_dir, settings)
     start_step, history = 0, []
     if checkpoint.is_file():
         state = torch.load(checkpoint, weights_only=True)
@@ -309,7 +360,7 @@ def train_draft(
     try:
         for step in bar:
             with precision:
-                loss = _loss_on(draft, [data[i] for i in batches[step]], vocab_size, device)
+                loss = _loss_on(draft, [data[i] for i in batches[step]], vocab_size, device, settings.greedy_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(own.values(), settings.max_grad_norm)
@@ -322,7 +373,8 @@ def train_draft(
                 _save_checkpoint(checkpoint, own, optimizer, schedule, done, history)
                 if validation:
                     with precision:
-                        held = validation_loss(draft, [data[i] for i in validation], vocab_size, settings.batch_size)
+                        held = validation_loss(draft, [data[i] for i in validation], vocab_size, settings.batch_size,
+                                               settings.greedy_weight)
                     log(f"step {done}: train loss {sum(history[-50:]) / len(history[-50:]):.4f} "
                         f"(last 50 steps), validation loss {held:.4f} ({len(validation)} answers)")
     finally:
@@ -341,7 +393,8 @@ def split_for_validation(count: int, settings: DistillSettings) -> tuple[list[in
 
 
 @torch.no_grad()
-def validation_loss(draft: PreTrainedModel, data: Sequence[TeacherSequence], vocab_size: int, batch_size: int) -> float:
+def validation_loss(draft: PreTrainedModel, data: Sequence[TeacherSequence], vocab_size: int, batch_size: int,
+                    greedy_weight: float = 0.0) -> float:
     """Mean distillation loss per answer position over ``data`` (no training)."""
     was_training = draft.training
     draft.eval()
@@ -350,7 +403,7 @@ def validation_loss(draft: PreTrainedModel, data: Sequence[TeacherSequence], voc
     for start in range(0, len(data), batch_size):
         batch = list(data[start:start + batch_size])
         count = sum(len(s.topk_ids) for s in batch)
-        total += _loss_on(draft, batch, vocab_size, device).item() * count
+        total += _loss_on(draft, batch, vocab_size, device, greedy_weight).item() * count
         positions += count
     draft.train(was_training)
     return total / max(positions, 1)
@@ -362,7 +415,8 @@ def _training_precision(device: torch.device, compute_dtype: str) -> contextlib.
     return torch.autocast(device.type, dtype=torch.bfloat16) if wanted else contextlib.nullcontext()
 
 
-def _loss_on(draft: PreTrainedModel, batch: list[TeacherSequence], vocab_size: int, device: torch.device) -> torch.Tensor:
+def _loss_on(draft: PreTrainedModel, batch: list[TeacherSequence], vocab_size: int, device: torch.device,
+             greedy_weight: float = 0.0) -> torch.Tensor:
     width = max(len(s.ids) for s in batch)
     # Right padding; the pads sit after every answer position, so causal attention never sees them.
     input_ids = torch.zeros(len(batch), width, dtype=torch.long)
@@ -375,7 +429,8 @@ def _loss_on(draft: PreTrainedModel, batch: list[TeacherSequence], vocab_size: i
     logits = draft.get_output_embeddings()(hidden[rows.to(device), cols.to(device)])[:, :vocab_size]  # [N, V]
     topk_ids = torch.cat([s.topk_ids for s in batch]).to(device)
     topk_logprobs = torch.cat([s.topk_logprobs for s in batch]).to(device)
-    return distillation_loss(logits, topk_ids, topk_logprobs)
+    greedy_tokens = torch.cat([s.ids[s.prompt_length:] for s in batch]).to(device)  # [N]: what the teacher wrote
+    return distillation_loss(logits, topk_ids, topk_logprobs, greedy_tokens, greedy_weight)
 
 
 def _batch_order(indices: Sequence[int], settings: DistillSettings) -> list[list[int]]:
@@ -396,6 +451,13 @@ def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
         progress = (step - warmup) / max(total - warmup, 1)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
     return factor
+
+
+def checkpoint_path(work_dir: Path, settings: DistillSettings) -> Path:
+    """Where a run keeps its checkpoint: one file per training recipe, so runs with other settings share the
+    folder's teacher answers without ever resuming each other's training."""
+    recipe = json.dumps(settings.training_recipe(), sort_keys=True)
+    return work_dir / f"checkpoint-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}.pt"
 
 
 def _save_checkpoint(path: Path, own: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,

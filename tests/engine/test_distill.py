@@ -13,6 +13,7 @@ from transformers import PreTrainedTokenizerFast
 import rstitch_engine.distill as distill_module
 from rstitch_engine.distill import (
     DistillSettings,
+    checkpoint_path,
     distill,
     distillation_loss,
     split_for_validation,
@@ -137,10 +138,10 @@ def test_validation_answers_never_enter_a_batch_and_their_loss_is_logged(llm, da
     seen: list[int] = []
     real_loss_on = distill_module._loss_on
 
-    def recording_loss_on(draft, batch, vocab_size, device):
+    def recording_loss_on(draft, batch, vocab_size, device, greedy_weight):
         if draft.training:  # training batches only; validation runs in eval mode
             seen.extend(next(i for i, s in enumerate(data) if s is item) for item in batch)
-        return real_loss_on(draft, batch, vocab_size, device)
+        return real_loss_on(draft, batch, vocab_size, device, greedy_weight)
 
     monkeypatch.setattr(distill_module, "_loss_on", recording_loss_on)
     lines: list[str] = []
@@ -193,10 +194,53 @@ def test_resuming_from_a_checkpoint_gives_the_same_weights_as_one_run(llm, data,
     resumed = build_draft(llm, [0, 2])  # a fresh process: the draft starts again from the LLM's layers
     lines: list[str] = []
     history = train_draft(resumed, data, settings, vocab, tmp_path / "resumed", progress=False, log=lines.append)
-    assert lines == [f"resumed from {tmp_path / 'resumed' / 'checkpoint.pt'} at step 3"]
+    assert lines == [f"resumed from {checkpoint_path(tmp_path / 'resumed', settings)} at step 3"]
     assert history == whole_history
     for name, p in draft_layer_parameters(whole).items():
         assert torch.equal(p, draft_layer_parameters(resumed)[name]), name
+
+
+def test_runs_with_other_settings_share_the_work_folder_but_never_resume_each_other(llm, data, tmp_path):
+    first = DistillSettings(num_layers=2, steps=2, batch_size=2, learning_rate=1e-2, warmup_steps=1,
+                            checkpoint_every=2)
+    vocab = llm.config.vocab_size
+    first_history = train_draft(build_draft(llm, [0, 2]), data, first, vocab, tmp_path, progress=False, log=_quiet)
+    other = DistillSettings(**{**first.__dict__, "steps": 4, "greedy_weight": 1.0})
+    assert checkpoint_path(tmp_path, other) != checkpoint_path(tmp_path, first)
+    lines: list[str] = []
+    assert len(train_draft(build_draft(llm, [0, 2]), data, other, vocab, tmp_path, progress=False,
+                           log=lines.append)) == 4
+    assert not any(line.startswith("resumed") for line in lines)  # trained from the start
+    # How often checkpoints are written is not part of the recipe: the first run resumes (nothing left to do).
+    more_often = DistillSettings(**{**first.__dict__, "checkpoint_every": 1})
+    assert checkpoint_path(tmp_path, more_often) == checkpoint_path(tmp_path, first)
+    lines.clear()
+    assert train_draft(build_draft(llm, [0, 2]), data, more_often, vocab, tmp_path, progress=False,
+                       log=lines.append) == first_history
+    assert lines == [f"resumed from {checkpoint_path(tmp_path, first)} at step 2"]
+
+
+def test_distilling_from_an_existing_draft_starts_from_its_weights(llm, tokenizer, tmp_path):
+    start = tmp_path / "start"
+    distill(llm, tokenizer, PROMPTS, start, FAST, work_dir=tmp_path / "work", progress=False, log=_quiet)
+    settings = DistillSettings(**{**FAST.__dict__, "init_from": str(start), "greedy_weight": 1.0, "steps": 2})
+    assert settings.draft_layers(3) == (0, 2)
+    out = tmp_path / "tuned"
+    lines: list[str] = []
+    distill(llm, tokenizer, PROMPTS, out, settings, work_dir=tmp_path / "work-tuned", progress=False,
+            log=lines.append)
+    # The first step's loss is the starting draft's loss on the first batch: training began from its weights.
+    data = teacher_data(llm, tokenizer, PROMPTS, FAST, len(tokenizer), tmp_path / "work", False)
+    first_batch = distill_module._batch_order(split_for_validation(len(data), settings)[0], settings)[0]
+    expected = distill_module._loss_on(load_draft(start, llm), [data[i] for i in first_batch], len(tokenizer),
+                                       torch.device("cpu"), 1.0)
+    recorded = torch.load(checkpoint_path(tmp_path / "work-tuned", settings), weights_only=True)["history"][0]
+    assert recorded == round(expected.item(), 5)
+    config = json.loads((out / DRAFT_CONFIG).read_text())
+    assert config["layers"] == [0, 2] and config["training"]["settings"]["init_from"] == str(start)
+    assert not torch.equal(_logits(load_draft(out, llm)), _logits(load_draft(start, llm)))
+    with pytest.raises(InvalidSettingError, match="either layers or init_from"):
+        DistillSettings(layers=(0, 1), init_from=str(start))
 
 
 def test_distillation_loss_is_zero_for_the_teacher_itself_and_positive_otherwise():
@@ -223,6 +267,41 @@ def test_distillation_loss_with_the_whole_vocabulary_is_the_full_kl():
                     reduction="batchmean")
     torch.testing.assert_close(distillation_loss(student, top.indices, top.values.float()), full.float(),
                                rtol=1e-4, atol=1e-4)
+
+
+def test_the_greedy_target_is_cross_entropy_on_the_teachers_token_blended_with_the_kl():
+    torch.manual_seed(2)
+    teacher, student = torch.randn(6, 30), torch.randn(6, 30)
+    top = torch.log_softmax(teacher, dim=-1).topk(8, dim=-1)
+    greedy = top.indices[:, 0]
+    kl = distillation_loss(student, top.indices, top.values)
+    cross_entropy = F.cross_entropy(student, greedy)
+    torch.testing.assert_close(distillation_loss(student, top.indices, top.values, greedy, 1.0), cross_entropy,
+                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(distillation_loss(student, top.indices, top.values, greedy, 0.25),
+                               0.75 * kl + 0.25 * cross_entropy, rtol=0, atol=1e-6)
+    assert distillation_loss(student, top.indices, top.values, greedy, 0.0) == kl  # the tokens are unused at w = 0
+    with pytest.raises(InvalidSettingError, match="greedy tokens"):
+        distillation_loss(student, top.indices, top.values, None, 0.5)
+
+
+def test_training_on_the_greedy_target_makes_the_draft_write_the_teachers_tokens(llm, data, tmp_path):
+    settings = DistillSettings(num_layers=2, steps=12, batch_size=len(data), learning_rate=1e-2, warmup_steps=1,
+                               checkpoint_every=100, greedy_weight=1.0)
+    draft = build_draft(llm, [0, 2])
+
+    def agreement() -> float:
+        hits = total = 0
+        for sequence in data:
+            predicted = _logits(draft, sequence.ids.tolist())[0, sequence.prompt_length - 1:-1].argmax(-1)
+            hits += int((predicted == sequence.ids[sequence.prompt_length:]).sum())
+            total += len(predicted)
+        return hits / total
+
+    before = agreement()
+    history = train_draft(draft, data, settings, llm.config.vocab_size, tmp_path, progress=False, log=_quiet)
+    assert history[-1] < 0.25 * history[0]
+    assert agreement() > max(before, 0.9)
 
 
 def test_a_draft_refuses_an_llm_of_another_shape(llm, tmp_path):
@@ -262,3 +341,5 @@ def test_bad_layers_and_settings_are_refused(llm):
         DistillSettings(compute_dtype="float16")
     with pytest.raises(InvalidSettingError, match="validation_share"):
         DistillSettings(validation_share=0.5)
+    with pytest.raises(InvalidSettingError, match="greedy_weight"):
+        DistillSettings(greedy_weight=1.5)
