@@ -25,6 +25,7 @@ from default_pair import DEFAULT_TAUS, Config, benchmark, load_engine, markdown_
 
 from rstitch_engine import GenerationSettings  # noqa: E402
 from rstitch_engine.defaults import DEFAULT_LLM  # noqa: E402
+from rstitch_engine.hardware import processor_name  # noqa: E402
 from rstitch_engine.quality import quality_suite  # noqa: E402
 
 
@@ -62,6 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"command": " ".join(sys.argv), "dtype": str(engine.pair.llm.dtype),
+                                         "processor": processor_name(engine.pair.llm.device),
                                          "items": len(items), "every": args.every, "margin_points": args.margin,
                                          "rows": rows, "chosen": chosen}, indent=1) + "\n")
     return 0

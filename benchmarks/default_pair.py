@@ -44,6 +44,7 @@ from tqdm.auto import tqdm
 
 from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
 from rstitch_engine.defaults import DEFAULT_LLM
+from rstitch_engine.hardware import processor_name
 from rstitch_engine.quality import QualityItem, quality_suite
 
 DEFAULT_TAUS = (0.001, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
@@ -332,6 +333,22 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def label_groups(rows: Sequence[dict[str, Any]], dx: float = 0.06, dy: float = 1.5
+                 ) -> list[tuple[tuple[float, float], list[str]]]:
+    """Plot labels, one per cluster of points closer than (dx speedup, dy accuracy points) to the
+    cluster's first point, so that coinciding configurations (tiny tau, the LLM alone) stay legible."""
+    groups: list[tuple[tuple[float, float], list[str]]] = []
+    for row in rows:
+        x, y = row["speedup"], 100 * row["accuracy"]
+        label = f"tau={row['tau']:g}" if row["kind"] == "stitch" else row["config"]
+        near = next((g for g in groups if abs(g[0][0] - x) < dx and abs(g[0][1] - y) < dy), None)
+        if near is None:
+            groups.append(((x, y), [label]))
+        else:
+            near[1].append(label)
+    return groups
+
+
 def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Speedup against the LLM alone (x) and accuracy (y), one labelled point per configuration."""
     import matplotlib
@@ -345,9 +362,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     axes.plot([r["speedup"] for r in stitched], [100 * r["accuracy"] for r in stitched], color="tab:blue", alpha=0.4)
     for row in rows:
         axes.scatter(row["speedup"], 100 * row["accuracy"], color=colours[row["kind"]], zorder=3)
-        label = f"tau={row['tau']:g}" if row["kind"] == "stitch" else row["config"]
-        axes.annotate(label, (row["speedup"], 100 * row["accuracy"]), textcoords="offset points", xytext=(5, 4),
-                      fontsize=8)
+    for (x, y), labels in label_groups(rows):
+        axes.annotate(", ".join(labels), (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
     axes.set_xlabel("speedup against the LLM alone (total latency ratio)")
     axes.set_ylabel("exact-match accuracy (%)")
     axes.set_title(title, fontsize=10)
@@ -392,7 +408,7 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     pair = {"slm": engine.pair.slm.name, "llm": engine.pair.llm.name}
     table = markdown_table(rows)
     print(f"\n{done} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, "
-          f"pair {pair['slm']} + {pair['llm']}\n")
+          f"pair {pair['slm']} + {pair['llm']}, {engine.pair.llm.dtype} on {processor_name(engine.pair.llm.device)}\n")
     print(table)
     print("\n" + cost_table(rows))
     print("\nSLM/LLM cost: " + ", ".join(
@@ -413,6 +429,7 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         "device": str(engine.pair.llm.device),
         "dtype": str(next(engine.pair.llm.model.parameters()).dtype),
         "machine": platform.platform(),
+        "processor": processor_name(engine.pair.llm.device),
         "torch_threads": torch.get_num_threads(),
         "seconds": round(time.perf_counter() - started, 1),
         "cost_ratio": ratio,
@@ -425,7 +442,8 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.plot:
-        plot(rows, args.plot, f"{pair['slm']} + {pair['llm']}: {done} {args.part} items")
+        plot(rows, args.plot, f"{pair['slm']} + {pair['llm']}: {done} {args.part} items\n"
+                              f"{str(engine.pair.llm.dtype).removeprefix('torch.')} on {processor_name(engine.pair.llm.device)}")
     return report
 
 

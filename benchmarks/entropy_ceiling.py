@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from rstitch_engine import GenerationSettings, StitchEngine
 from rstitch_engine.costmodel import PairCostModel, shipped_cost_model
 from rstitch_engine.defaults import DEFAULT_LLM
+from rstitch_engine.hardware import processor_name
 from rstitch_engine.quality import quality_suite
 from rstitch_engine.slot import LoadedModel, ModelRole
 
@@ -206,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "benchmark": "entropy_ceiling", "command": " ".join(sys.argv), "pair": {"slm": pair.slm.name,
             "llm": pair.llm.name}, "part": args.part, "items": len(items), "max_new_tokens": args.max_new_tokens,
             "cost_model": {"pair": cost.pair, "device": cost.device}, "machine": platform.platform(),
+            "processor": processor_name(pair.llm.device),
             "seconds": round(time.perf_counter() - started, 1), "rows": rows, "table": table,
             "answers": [{k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in asdict(a).items()}
                         for a in answers],

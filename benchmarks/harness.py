@@ -49,7 +49,7 @@ from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedTokenizer
 from rstitch_engine import DEFAULT_LLM, DEFAULT_SLM, GenerationSettings, ModelPair, ModelSpec, StitchEngine
 from rstitch_engine.defaults import SHIPPED_DRAFTS
 from rstitch_engine.costmodel import PairCostModel, measure_passes, shipped_cost_model
-from rstitch_engine.hardware import auto_dtype
+from rstitch_engine.hardware import auto_dtype, processor_name
 from rstitch_engine.slot import LoadedModel, ModelRole
 from rstitch_engine.trace import STEP_ROLE, Trace, pair_without_eos, record_trace, replay_stream, synthetic_trace
 
@@ -557,7 +557,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "harness",
         "command": " ".join(sys.argv),
         "pair": {"slm": pair.slm.name, "llm": pair.llm.name, "real_weights": real},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "device": processor_name(device),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "machine": platform.platform(),

@@ -1,6 +1,9 @@
-"""What the device computes fast: the dtype that ``dtype='auto'`` resolves to."""
+"""What the device computes fast: the dtype that ``dtype='auto'`` resolves to, and the processor's name."""
 
 from __future__ import annotations
+
+import os
+import platform
 
 import torch
 
@@ -24,3 +27,19 @@ def native_bfloat16(device: torch.device | str) -> bool:
 def auto_dtype(device: torch.device | str) -> torch.dtype:
     """The dtype ``'auto'`` means on ``device``: bfloat16 where it is native, else float32."""
     return torch.bfloat16 if native_bfloat16(device) else torch.float32
+
+
+def processor_name(device: torch.device | str = "cpu") -> str:
+    """What benchmarks record as the machine that ran them: the GPU's name for CUDA, else the CPU's
+    model name (from /proc/cpuinfo where there is one), with whether bfloat16 is native on it."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), name)
+    except OSError:
+        pass
+    bf16 = "native bfloat16" if native_bfloat16(device) else "no native bfloat16"
+    return f"{name}, {os.cpu_count()} cores, {bf16}"

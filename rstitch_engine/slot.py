@@ -21,6 +21,12 @@ ModelRole = Literal["slm", "llm"]
 ForwardKind = Literal["decode", "catchup"]
 
 
+def cache_keyword(model: PreTrainedModel) -> str:
+    """The forward argument taking the KV cache: 'cache' in later transformers 5.x, where
+    'past_key_values' is deprecated (removed in 5.40), and 'past_key_values' before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 @dataclass(frozen=True)
 class LoadedModel:
     """A causal LM ready for stitched decoding, shared by all requests."""
@@ -65,9 +71,7 @@ class LoadedModel:
 
     @functools.cached_property
     def _cache_keyword(self) -> str:
-        """The forward argument taking the KV cache: 'cache' in later transformers 5.x, where
-        'past_key_values' is deprecated (removed in 5.40), and 'past_key_values' before."""
-        return "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        return cache_keyword(self.model)
 
 
 @dataclass(frozen=True)

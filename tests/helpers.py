@@ -14,7 +14,7 @@ import torch
 from transformers import DynamicCache
 
 from rstitch_engine.routers import Router, RouterState
-from rstitch_engine.slot import Slot
+from rstitch_engine.slot import Slot, cache_keyword
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -80,12 +80,13 @@ def assert_cache_is_fresh_prefill(slot: Slot, tokens: list[int], atol: float) ->
     model = slot.loaded.model
     assert slot.cache.get_seq_length() == n
     fresh = DynamicCache(config=model.config)
-    model(input_ids=torch.tensor([tokens[:n]], device=model.device), past_key_values=fresh, use_cache=True)
+    model(input_ids=torch.tensor([tokens[:n]], device=model.device), **{cache_keyword(model): fresh}, use_cache=True)
     for live_layer, fresh_layer in zip(slot.cache.layers, fresh.layers, strict=True):
         torch.testing.assert_close(live_layer.keys, fresh_layer.keys, rtol=0, atol=atol)
         torch.testing.assert_close(live_layer.values, fresh_layer.values, rtol=0, atol=atol)
     probe = tokens[n] if n < len(tokens) else tokens[0]
     live_cache = copy.deepcopy(slot.cache)
-    live = model(input_ids=torch.tensor([[probe]], device=model.device), past_key_values=live_cache, use_cache=True)
+    live = model(input_ids=torch.tensor([[probe]], device=model.device), **{cache_keyword(model): live_cache},
+                 use_cache=True)
     expected = fresh_logits(model, tokens[:n] + [probe], slot.loaded.vocab_size)
     torch.testing.assert_close(live.logits[0, -1, : slot.loaded.vocab_size].float(), expected, rtol=0, atol=atol)

@@ -119,3 +119,15 @@ def test_the_command_on_the_default_pair(tmp_path, capsys):
     assert rows["SLM alone"]["slm_share"] == 1.0 and 0.0 <= rows["R-Stitch tau=0.1"]["slm_share"] <= 1.0
     assert all(row["nll"] >= 0 and row["latency_s"] > 0 for row in report["rows"])
     assert report["table"] in capsys.readouterr().out
+
+
+def test_plot_labels_of_coinciding_points_are_merged_and_distant_ones_kept():
+    def row(config, kind, tau, speedup, accuracy):
+        return {"config": config, "kind": kind, "tau": tau, "speedup": speedup, "accuracy": accuracy}
+
+    rows = [row("LLM alone", "llm", None, 1.0, 0.67), row("R-Stitch tau=0.001", "stitch", 0.001, 0.96, 0.67),
+            row("R-Stitch tau=0.01", "stitch", 0.01, 0.95, 0.668), row("R-Stitch tau=0.3", "stitch", 0.3, 1.73, 0.45),
+            row("SLM alone", "slm", None, 3.25, 0.147)]
+    groups = bench.label_groups(rows)
+    assert [labels for _, labels in groups] == [["LLM alone", "tau=0.001", "tau=0.01"], ["tau=0.3"], ["SLM alone"]]
+    assert groups[0][0] == (1.0, 67.0)

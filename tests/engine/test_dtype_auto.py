@@ -8,7 +8,7 @@ import torch
 
 from rstitch_engine import GenerationSettings, ModelSpec
 from rstitch_engine.costmodel import shipped_cost_model
-from rstitch_engine.hardware import auto_dtype, native_bfloat16
+from rstitch_engine.hardware import auto_dtype, native_bfloat16, processor_name
 
 
 @pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [
@@ -29,6 +29,15 @@ def test_a_torch_without_the_cpu_probes_gets_float32(monkeypatch):
     monkeypatch.delattr(torch.cpu, "_is_avx512_bf16_supported")
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported")
     assert auto_dtype("cpu") == torch.float32
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_benchmarks_name_the_cpu_and_whether_its_bfloat16_is_native(monkeypatch, native):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    name = processor_name("cpu")
+    assert name.endswith(", native bfloat16" if native else ", no native bfloat16")
+    assert " cores, " in name and not name.startswith(",")
 
 
 @pytest.mark.real_model
