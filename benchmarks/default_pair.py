@@ -406,9 +406,11 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     rows = summarise(records, configs)
     ratio = cost_ratio(rows, records)
     pair = {"slm": engine.pair.slm.name, "llm": engine.pair.llm.name}
+    processor = processor_name(engine.pair.llm.device)
+    ran_on = f"{str(engine.pair.llm.dtype).removeprefix('torch.')} on {processor}"
     table = markdown_table(rows)
     print(f"\n{done} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, "
-          f"pair {pair['slm']} + {pair['llm']}, {engine.pair.llm.dtype} on {processor_name(engine.pair.llm.device)}\n")
+          f"pair {pair['slm']} + {pair['llm']}, {ran_on}\n")
     print(table)
     print("\n" + cost_table(rows))
     print("\nSLM/LLM cost: " + ", ".join(
@@ -429,7 +431,7 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         "device": str(engine.pair.llm.device),
         "dtype": str(next(engine.pair.llm.model.parameters()).dtype),
         "machine": platform.platform(),
-        "processor": processor_name(engine.pair.llm.device),
+        "processor": processor,
         "torch_threads": torch.get_num_threads(),
         "seconds": round(time.perf_counter() - started, 1),
         "cost_ratio": ratio,
@@ -442,8 +444,7 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1) + "\n")
     if args.plot:
-        plot(rows, args.plot, f"{pair['slm']} + {pair['llm']}: {done} {args.part} items\n"
-                              f"{str(engine.pair.llm.dtype).removeprefix('torch.')} on {processor_name(engine.pair.llm.device)}")
+        plot(rows, args.plot, f"{pair['slm']} + {pair['llm']}: {done} {args.part} items\n{ran_on}")
     return report
 
 

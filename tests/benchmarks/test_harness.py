@@ -24,7 +24,8 @@ def test_tiny_run_writes_consistent_table_json_and_plot(tmp_path, capsys):
     try:  # one thread: tiny passes stall on a busy machine with more
         harness.main(["--slm-shape", "tiny-s", "--llm-shape", "tiny-l", "--traces", str(traces), "--synthetic", "0.7",
                       "--prompt-tokens", "6", "--output-tokens", "10", "--mean-llm-run", "2", "--repeats", "1",
-                      "--device", "cpu", "--dtype", "float32", "--threads", "1", "--json", str(out_json), "--plot", str(out_plot)])
+                      "--device", "cpu", "--dtype", "float32", "--threads", "1",
+                      "--json", str(out_json), "--plot", str(out_plot)])
     finally:
         torch.set_num_threads(threads)
     stdout = capsys.readouterr().out
@@ -39,7 +40,7 @@ def test_tiny_run_writes_consistent_table_json_and_plot(tmp_path, capsys):
 
     shape = harness.SHAPES["tiny-l"]
     kv_bytes_per_token = shape["num_hidden_layers"] * 2 * shape["num_key_value_heads"] * (
-        shape["hidden_size"] // shape["num_attention_heads"]) * 4  # float32, pinned above (auto is bfloat16 on CPUs with native bf16)
+        shape["hidden_size"] // shape["num_attention_heads"]) * 4  # float32, pinned above: auto is bf16 where native
     for row, length in zip(rows, [recorded.output_tokens, 10]):
         s = row["seconds"]
         assert row["speedup_measured"] == pytest.approx(s["llm_alone"] / s["rstitch"])
