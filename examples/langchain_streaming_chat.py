@@ -14,6 +14,7 @@ import sys
 
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 
+from rstitch_engine import DEFAULT_THRESHOLD
 from rstitch_integrations.langchain import ChatRStitch
 
 COLOURS = {"slm": "\033[32m", "llm": "\033[35m"}
@@ -41,7 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ask", help="ask one question and exit")
     parser.add_argument("--max-tokens", type=int, default=64)
-    parser.add_argument("--threshold", type=float, default=0.1, help="tau: above it the LLM takes over")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="tau: above it the LLM takes over")
     args = parser.parse_args()
 
     chat = ChatRStitch(max_tokens=args.max_tokens, threshold=args.threshold)

@@ -21,6 +21,7 @@ from llama_index.core.llms import ChatMessage
 from rich.console import Console
 from rich.table import Table
 
+from rstitch_engine import DEFAULT_THRESHOLD
 from rstitch_integrations.accounting import ModelPrice, StitchLedger
 from rstitch_integrations.llamaindex import RStitchLLM
 from rstitch_integrations.llamaindex_events import RStitchEventHandler
@@ -45,7 +46,7 @@ async def workload(llm: RStitchLLM) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--max-tokens", type=int, default=24)
-    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     args = parser.parse_args()
 
     tracker = RStitchEventHandler(ledger=StitchLedger(PRICES)).attach()

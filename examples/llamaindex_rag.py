@@ -27,6 +27,7 @@ from llama_index.core.node_parser import SentenceSplitter
 from llama_index.embeddings.huggingface import HuggingFaceEmbedding
 from rich.console import Console
 
+from rstitch_engine import DEFAULT_THRESHOLD
 from rstitch_integrations.llamaindex import RStitchLLM
 from rstitch_integrations.llamaindex_events import RStitchEventHandler
 
@@ -54,7 +55,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default="What does the router decide?")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--threshold", type=float, default=0.1)
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
     args = parser.parse_args()
 
     Settings.embed_model = HuggingFaceEmbedding(model_name=str(get_model_path()), device="cpu")

@@ -152,6 +152,8 @@ def distill(
     data = teacher_data(llm, tokenizer, prompts, settings, vocab_size, work_dir, progress)
     log(f"teacher data: {len(data)} answers, {sum(len(s.topk_ids) for s in data)} answer tokens")
     layers = settings.draft_layers(len(llm.get_decoder().layers))
+    # Read before training: out_dir may be the init_from folder itself (a draft fine-tuned in place).
+    started_from = DraftConfig.read(Path(settings.init_from).expanduser()) if settings.init_from is not None else None
     draft = load_draft(settings.init_from, llm) if settings.init_from is not None else build_draft(llm, layers)
     history = train_draft(draft, data, settings, vocab_size, work_dir, progress, log)
     round_to_storage(draft, settings.storage_dtype)
@@ -171,6 +173,8 @@ def distill(
             "validation_answers": len(held_out),
             "validation_loss": None if held_out_loss is None else round(held_out_loss, 5),
             "seconds": round(time.perf_counter() - started, 1),
+            # How the starting draft was made, so a chain of fine-tunes keeps its whole recipe.
+            **({"init_from_training": started_from.training} if started_from is not None else {}),
         },
     )
     save_draft(draft, out_dir, config)

@@ -238,6 +238,7 @@ def test_distilling_from_an_existing_draft_starts_from_its_weights(llm, tokenize
     assert recorded == round(expected.item(), 5)
     config = json.loads((out / DRAFT_CONFIG).read_text())
     assert config["layers"] == [0, 2] and config["training"]["settings"]["init_from"] == str(start)
+    assert config["training"]["init_from_training"] == json.loads((start / DRAFT_CONFIG).read_text())["training"]
     assert not torch.equal(_logits(load_draft(out, llm)), _logits(load_draft(start, llm)))
     with pytest.raises(InvalidSettingError, match="either layers or init_from"):
         DistillSettings(layers=(0, 1), init_from=str(start))

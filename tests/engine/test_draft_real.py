@@ -19,13 +19,13 @@ DRAFT = SHIPPED_DRAFTS[DEFAULT_SLM]
 # (float32, CPU), recorded once; a change means the draft, its loading or the engine changed.
 EXPECTED = {
     "What is the capital of France?": (
-        # "The capital of France is Paris, also known as the capital of France. It"
-        [504, 3575, 282, 4649, 314, 7042, 28, 597, 1343, 347, 260, 3575, 282, 4649, 30, 657],
-        [504, 3575, 282, 4649, 314, 7042, 28, 4649, 30, 2],  # "The capital of France is Paris, France." + <|im_end|>
+        # "The capital of the French-speaking city of France is Paris." + <|im_end|>
+        [504, 3575, 282, 260, 3432, 29, 17752, 2240, 282, 4649, 314, 7042, 30, 2],
+        [504, 3575, 282, 4649, 314, 7042, 30, 2],  # "The capital of France is Paris." + <|im_end|>
     ),
     "Explain gravity in one sentence.": (
-        # "Gattro is a fundamental concept in physics that describes the force of gravity,"
-        [55, 2192, 291, 314, 253, 4959, 1909, 281, 6944, 338, 6601, 260, 3075, 282, 9354, 28],
+        # "Gravity is a fundamental concept in physics that describes the force that causes objects to"
+        [22007, 6463, 314, 253, 4959, 1909, 281, 6944, 338, 6601, 260, 3075, 338, 2981, 3401, 288],
         # "Gravity is a fundamental concept in physics that describes the force of gravity, which"
         [22007, 6463, 314, 253, 4959, 1909, 281, 6944, 338, 6601, 260, 3075, 282, 9354, 28, 527],
     ),
