@@ -23,17 +23,19 @@ PAIR = "smollm2-135m-instruct-draft+smollm2-135m-instruct"
 # which model wrote each token, recorded once; a change means the router, its loading, the
 # draft or the engine changed.
 EXPECTED = {
-    # "The capital of France is Paris, also known as the City of Light, which is a sovereign state located in Western Europe"
+    # "The capital of France is Paris." + <|im_end|>: asked twice, the router hands both to the LLM
     "What is the capital of France?": (
-        [504, 3575, 282, 4649, 314, 7042, 28, 597, 1343, 347, 260, 4206, 282, 9017, 28, 527, 314, 253, 18530, 1215,
-         3807, 281, 4641, 1910],
-        "ssslslssssllslssssssssll",
+        [504, 3575, 282, 4649, 314, 7042, 30, 2],
+        "ssslslss",
+        [True, True],
     ),
-    # "To add 7 and 8, we need to combine the numbers in a way that adds up to 10" (the router's cost: a wrong sum)
+    # "To add 7 and 8, we need to combine the numbers in a way that results in a single number with":
+    # asked once, the router keeps the draft's token (its cost: no sum yet after 24 tokens)
     "What is 7 + 8?": (
-        [2068, 803, 216, 39, 284, 216, 40, 28, 392, 737, 288, 8993, 260, 2966, 281, 253, 970, 338, 7845, 614, 288, 216,
-         33, 32],
-        "lllsssssssssssssssssssll",
+        [2068, 803, 216, 39, 284, 216, 40, 28, 392, 737, 288, 8993, 260, 2966, 281, 253, 970, 338, 1844, 281, 253,
+         2244, 1230, 351],
+        "ssssssssssssssssssssssss",
+        [False],
     ),
 }
 
@@ -42,7 +44,7 @@ def test_the_shipped_router_is_the_default_learned_router_and_fits_the_default_p
     assert {p.name for p in DEFAULT_ROUTER.iterdir()} == {ROUTER_CONFIG, ROUTER_WEIGHTS}
     router = load_learned_router()
     assert isinstance(router_named("learned", 0.9), LearnedRouter)
-    assert router_named("learned", 0.9).threshold == router.threshold == 0.15  # its trained tau, not the argument
+    assert router_named("learned", 0.9).threshold == router.threshold == 0.1  # its trained tau, not the argument
     assert router.config.pair == PAIR
     assert router.config.hidden_size == real_engine.pair.slm.model.config.hidden_size
     assert router.config.training["lam"] == 0.5 and router.config.training["trained_steps"] == 40
@@ -53,16 +55,16 @@ def test_the_shipped_router_gives_stable_output_and_is_asked_only_above_tau(real
     recorder = RecordingRouter(load_learned_router())
     prompt = [{"role": "user", "content": question}]
     result = real_engine_float32.generate(prompt, GenerationSettings(max_new_tokens=24), recorder)
-    ids, sources = EXPECTED[question]
+    ids, sources, answers = EXPECTED[question]
     assert (list(result.token_ids), "".join(e.source[0] for e in result.events)) == (ids, sources), result.text
     assert recorder.calls and all(state.entropy > recorder.threshold for state, _ in recorder.calls)
-    assert {answer for _, answer in recorder.calls} == {True, False}, "the router decides both ways here"
+    assert [answer for _, answer in recorder.calls] == answers  # across the two prompts: both ways
 
 
 def test_cli_and_both_adapters_use_the_shipped_router_from_one_field(real_engine, capsys):
     assert main(["generate", "What is the capital of France?", "--router", "learned", "--max-tokens", "24"]) == 0
     out = capsys.readouterr().out
-    assert "learned router, tau=0.15" in out and "R-Stitch stats" in out
+    assert "learned router, tau=0.1" in out and "R-Stitch stats" in out
 
     pytest.importorskip("langchain_core")
     from rstitch_integrations.langchain import ChatRStitch
