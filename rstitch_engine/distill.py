@@ -152,9 +152,12 @@ def distill(
     data = teacher_data(llm, tokenizer, prompts, settings, vocab_size, work_dir, progress)
     log(f"teacher data: {len(data)} answers, {sum(len(s.topk_ids) for s in data)} answer tokens")
     layers = settings.draft_layers(len(llm.get_decoder().layers))
-    # Read before training: out_dir may be the init_from folder itself (a draft fine-tuned in place).
-    started_from = DraftConfig.read(Path(settings.init_from).expanduser()) if settings.init_from is not None else None
-    draft = load_draft(settings.init_from, llm) if settings.init_from is not None else build_draft(llm, layers)
+    started_from: DraftConfig | None = None  # read before saving: out_dir may be the init_from folder itself
+    if settings.init_from is not None:
+        started_from = DraftConfig.read(Path(settings.init_from).expanduser())
+        draft = load_draft(settings.init_from, llm)
+    else:
+        draft = build_draft(llm, layers)
     history = train_draft(draft, data, settings, vocab_size, work_dir, progress, log)
     round_to_storage(draft, settings.storage_dtype)
     held_out = [data[i] for i in split_for_validation(len(data), settings)[1]]
