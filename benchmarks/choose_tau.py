@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 from default_pair import DEFAULT_TAUS, Config, benchmark, load_engine, markdown_table, summarise  # noqa: E402
 
 from rstitch_engine import GenerationSettings  # noqa: E402
-from rstitch_engine.defaults import DEFAULT_LLM  # noqa: E402
-from rstitch_engine.hardware import processor_name  # noqa: E402
-from rstitch_engine.quality import quality_suite  # noqa: E402
+from rstitch_engine.measure.quality import quality_suite  # noqa: E402
+from rstitch_engine.models.defaults import DEFAULT_LLM  # noqa: E402
+from rstitch_engine.models.hardware import processor_name  # noqa: E402
 
 
 def choose(rows: Sequence[dict[str, Any]], margin_points: float) -> dict[str, Any] | None:

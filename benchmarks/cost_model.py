@@ -2,7 +2,7 @@
 
 Times forward passes of both models (exactly as the engine runs them) over a grid of (new tokens,
 cached tokens), fits ``PairCostModel`` (grid knots + the smooth formula, see
-``rstitch_engine/costmodel.py``), then measures a second, disjoint set of points (other new-token
+``rstitch_engine/models/cost_model.py``), then measures a second, disjoint set of points (other new-token
 counts and cache sizes, between the grid's) and reports the relative prediction error there,
 separately for decode (one new token) and catch-up (several), per model. Fit and held-out points
 are measured together in ``--repeats`` sweeps, each timing every (model, point) once in a new random
@@ -33,15 +33,15 @@ from tqdm.auto import tqdm
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import SHAPES, build_engine, pick_device  # noqa: E402
 
-from rstitch_engine.costmodel import (  # noqa: E402
+from rstitch_engine.measure.cost_calibration import measure_passes  # noqa: E402
+from rstitch_engine.models.cost_model import (  # noqa: E402
     PairCostModel,
     PassCost,
     cost_model_path,
     device_name,
-    measure_passes,
     pair_name,
 )
-from rstitch_engine.slot import ForwardRecord  # noqa: E402
+from rstitch_engine.models.loaded import ForwardRecord  # noqa: E402
 
 GRIDS = {
     # (fit new tokens, fit cached tokens, held-out new tokens, held-out cached tokens).
@@ -81,7 +81,7 @@ def error_summary(model: PairCostModel, held_out: Sequence[ForwardRecord]) -> li
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--llm", default=None)
     p.add_argument("--slm", default=None)
@@ -97,7 +97,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="where to save the fitted model "
                    "(default for a real pair: rstitch_engine/costs/<pair>-<device>-<dtype>.json)")
     p.add_argument("--json", type=Path, default=None, help="write the calibration report here")
-    args = p.parse_args(argv)
+    return p
+
+
+def print_report(engine: Any, device_label: str, model: PairCostModel, summary: list[dict[str, Any]],
+                 fit_points: int, held_points: int, repeats: int) -> None:
+    """The held-out error table and the decode costs it implies."""
+    print(f"Cost model of {engine.pair.slm.name} + {engine.pair.llm.name} on {device_label}: "
+          f"{fit_points} fit points, {held_points} held-out points per model, median of {repeats}\n")
+    print("| model | pass | held-out points | median abs. rel. error | worst | worst at (n, c) | formula alone: median / worst |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for row in summary:
+        at = row["worst_at"]
+        print(f"| {row['model'].upper()} | {row['kind']} | {row['points']} | {row['median_abs_rel_error']:.1%} | "
+              f"{row['worst_abs_rel_error']:.1%} | ({at['new_tokens']}, {at['cached_tokens']}) | "
+              f"{row['formula_only_median_abs_rel_error']:.1%} / {row['formula_only_worst_abs_rel_error']:.1%} |")
+    decode = {role: model.pass_seconds(role, 1, 256) * 1000 for role in ("slm", "llm")}
+    print(f"\nDecode at 256 cached tokens: SLM {decode['slm']:.2f} ms, LLM {decode['llm']:.2f} ms "
+          f"(SLM/LLM cost ratio {decode['slm'] / decode['llm']:.2f}).")
+    worst = max(row["worst_abs_rel_error"] for row in summary)
+    print(f"Worst held-out error {worst:.1%}: {'within' if worst <= 0.10 else 'OVER'} the 10% acceptance bound.")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = pick_device(args.device)
@@ -117,20 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     model = PairCostModel.fit(fit_records, pair=pair, device=device_label)
     summary = error_summary(model, held_records)
 
-    print(f"Cost model of {engine.pair.slm.name} + {engine.pair.llm.name} on {device_label}: "
-          f"{len(fit_points)} fit points, {len(held_points)} held-out points per model, median of {args.repeats}\n")
-    print("| model | pass | held-out points | median abs. rel. error | worst | worst at (n, c) | formula alone: median / worst |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for row in summary:
-        at = row["worst_at"]
-        print(f"| {row['model'].upper()} | {row['kind']} | {row['points']} | {row['median_abs_rel_error']:.1%} | "
-              f"{row['worst_abs_rel_error']:.1%} | ({at['new_tokens']}, {at['cached_tokens']}) | "
-              f"{row['formula_only_median_abs_rel_error']:.1%} / {row['formula_only_worst_abs_rel_error']:.1%} |")
-    decode = {role: model.pass_seconds(role, 1, 256) * 1000 for role in ("slm", "llm")}
-    print(f"\nDecode at 256 cached tokens: SLM {decode['slm']:.2f} ms, LLM {decode['llm']:.2f} ms "
-          f"(SLM/LLM cost ratio {decode['slm'] / decode['llm']:.2f}).")
-    worst = max(row["worst_abs_rel_error"] for row in summary)
-    print(f"Worst held-out error {worst:.1%}: {'within' if worst <= 0.10 else 'OVER'} the 10% acceptance bound.")
+    print_report(engine, device_label, model, summary, len(fit_points), len(held_points), args.repeats)
 
     out = args.out if args.out is not None else (cost_model_path(pair, device_label) if real else None)
     if out is not None:

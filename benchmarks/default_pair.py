@@ -43,9 +43,9 @@ import torch
 from tqdm.auto import tqdm
 
 from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
-from rstitch_engine.defaults import DEFAULT_LLM
-from rstitch_engine.hardware import processor_name
-from rstitch_engine.quality import QualityItem, quality_suite
+from rstitch_engine.measure.quality import QualityItem, quality_suite
+from rstitch_engine.models.defaults import DEFAULT_LLM
+from rstitch_engine.models.hardware import processor_name
 
 DEFAULT_TAUS = (0.001, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 """The six thresholds of the paper's range, and the higher ones where this pair's LLM hands back to the draft

@@ -6,7 +6,7 @@ model's greedy token and normalised entropy. Algorithm 1 is replayed exactly alo
 the SLM's token is kept where its entropy is <= tau, else the LLM decodes that position (catching
 up first) and keeps control until its own entropy is <= tau. While every kept SLM token equals
 the LLM's, the stitched answer *is* A, and the replay yields its forward passes exactly; their
-time comes from the pair's cost model (``rstitch_engine/costmodel.py``), so the figures are free
+time comes from the pair's cost model (``rstitch_engine/models/cost_model.py``), so the figures are free
 of machine noise. Two SLMs are replayed:
 
 * **the real SLM**: the share of answers that R-Stitch reproduces token for token, how often a
@@ -39,11 +39,11 @@ import torch
 from tqdm.auto import tqdm
 
 from rstitch_engine import GenerationSettings, StitchEngine
-from rstitch_engine.costmodel import PairCostModel, shipped_cost_model
-from rstitch_engine.defaults import DEFAULT_LLM
-from rstitch_engine.hardware import processor_name
-from rstitch_engine.quality import quality_suite
-from rstitch_engine.slot import LoadedModel, ModelRole
+from rstitch_engine.measure.quality import quality_suite
+from rstitch_engine.models.cost_model import PairCostModel, shipped_cost_model
+from rstitch_engine.models.defaults import DEFAULT_LLM
+from rstitch_engine.models.hardware import processor_name
+from rstitch_engine.models.loaded import LoadedModel, ModelRole
 
 DEFAULT_TAUS = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 RARE = 0.05

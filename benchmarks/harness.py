@@ -40,18 +40,26 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedTokenizerFast, Qwen2Config
 
 from rstitch_engine import DEFAULT_LLM, DEFAULT_SLM, GenerationSettings, ModelPair, ModelSpec, StitchEngine
-from rstitch_engine.defaults import SHIPPED_DRAFTS
-from rstitch_engine.costmodel import PairCostModel, measure_passes, shipped_cost_model
-from rstitch_engine.hardware import auto_dtype, processor_name
-from rstitch_engine.slot import LoadedModel, ModelRole
-from rstitch_engine.trace import STEP_ROLE, Trace, pair_without_eos, record_trace, replay_stream, synthetic_trace
+from rstitch_engine.measure.cost_calibration import measure_passes
+from rstitch_engine.measure.trace import (
+    STEP_ROLE,
+    Trace,
+    pair_without_eos,
+    record_trace,
+    replay_stream,
+    synthetic_trace,
+)
+from rstitch_engine.models.cost_model import PairCostModel, shipped_cost_model
+from rstitch_engine.models.defaults import SHIPPED_DRAFTS
+from rstitch_engine.models.hardware import auto_dtype, processor_name
+from rstitch_engine.models.loaded import LoadedModel, ModelRole
 
 QWEN_VOCAB = 151665
 """Tokens of the Qwen2/2.5 and R1-Distill tokenizer; output layers have 151,936 or 152,064 rows."""

@@ -31,7 +31,7 @@ from rich.table import Table
 from transformers import DynamicCache, StoppingCriteria
 
 from rstitch_engine import AlwaysLLMRouter, AlwaysSLMRouter, GenerationSettings, StitchEngine
-from rstitch_engine.slot import LoadedModel
+from rstitch_engine.models.loaded import LoadedModel
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
 

@@ -39,10 +39,10 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from rstitch_engine import EntropyRouter, GenerationSettings, RouterState, StitchEngine
-from rstitch_engine.costmodel import PairCostModel
-from rstitch_engine.defaults import DEFAULT_LLM
-from rstitch_engine.learned_router import LearnedRouter
-from rstitch_engine.quality import QualityItem, quality_suite
+from rstitch_engine.decoding.learned_router import LearnedRouter
+from rstitch_engine.measure.quality import QualityItem, quality_suite
+from rstitch_engine.models.cost_model import PairCostModel
+from rstitch_engine.models.defaults import DEFAULT_LLM
 
 DEFAULT_TAUS = (0.001, 0.01, 0.02, 0.03, 0.05, 0.1)
 
@@ -295,7 +295,7 @@ def plot(rows: Sequence[dict[str, Any]], report: dict[str, Any], key: str, path:
     plt.close(fig)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--routers", nargs="*", type=Path, default=[],
                         help="learned router folders (default: the shipped router of the default pair)")
@@ -311,9 +311,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write summary, margins and every answer here")
     parser.add_argument("--plot", type=Path, default=None, help="write the speedup-accuracy plot (PNG) here")
     parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
 
-    from rstitch_engine.learned_router import DEFAULT_ROUTER
+
+def print_router_overheads(rows: list[dict[str, Any]]) -> None:
+    """What consulting a learned router costs, per call and against one SLM decode pass."""
+    overheads = [r for r in rows if "router_overhead" in r]
+    tau_steps = [r["slm_decode_step_seconds"] for r in rows if r["kind"] == "tau" and "slm_decode_step_seconds" in r]
+    if not overheads:
+        return
+    print("\nRouter overhead per consulted position (NumPy MLP) vs one SLM decode pass:")
+    for r in overheads:
+        print(f"  {r['config']}: {r['router_seconds_per_call'] * 1e6:.0f} us per call vs "
+              f"{r['slm_decode_step_seconds'] * 1e3:.1f} ms per SLM step = {r['router_overhead']:.2%} "
+              f"({r['router_calls']} calls)")
+    if tau_steps:
+        print(f"  SLM decode pass with the hidden state read out (learned routers) vs without (tau sweep): "
+              f"{overheads[0]['slm_decode_step_seconds'] * 1e3:.1f} ms vs "
+              f"{sum(tau_steps) / len(tau_steps) * 1e3:.1f} ms")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
+
+    from rstitch_engine.decoding.learned_router import DEFAULT_ROUTER
 
     folders = args.routers or [DEFAULT_ROUTER]
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
@@ -335,18 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for basis, report in reports.items():
         print()
         print(margins_table(report, "wall-clock speedup" if basis == "wall" else "cost-model speedup"))
-    overheads = [r for r in rows if "router_overhead" in r]
-    tau_steps = [r["slm_decode_step_seconds"] for r in rows if r["kind"] == "tau" and "slm_decode_step_seconds" in r]
-    if overheads:
-        print("\nRouter overhead per consulted position (NumPy MLP) vs one SLM decode pass:")
-        for r in overheads:
-            print(f"  {r['config']}: {r['router_seconds_per_call'] * 1e6:.0f} us per call vs "
-                  f"{r['slm_decode_step_seconds'] * 1e3:.1f} ms per SLM step = {r['router_overhead']:.2%} "
-                  f"({r['router_calls']} calls)")
-        if tau_steps:
-            print(f"  SLM decode pass with the hidden state read out (learned routers) vs without (tau sweep): "
-                  f"{overheads[0]['slm_decode_step_seconds'] * 1e3:.1f} ms vs "
-                  f"{sum(tau_steps) / len(tau_steps) * 1e3:.1f} ms")
+    print_router_overheads(rows)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

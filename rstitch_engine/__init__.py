@@ -5,8 +5,13 @@ token is discarded and the LLM decodes until it is confident again. No LangChain
 import anywhere in this package.
 """
 
-from .defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
-from .engine import GenerationResult, StitchEngine, StitchRequest, StitchStream
+from .decoding.engine import GenerationResult, StitchEngine, StitchRequest, StitchStream
+from .decoding.registry import shared_engine
+from .decoding.routers import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, RouterName, router_named
+from .decoding.routing import Router, RouterState
+from .decoding.sampling import normalised_entropy
+from .decoding.settings import GenerationSettings
+from .decoding.stats import ModelUsage, StitchStats, TokenEvent
 from .errors import (
     EmptyPromptError,
     InvalidSettingError,
@@ -15,13 +20,9 @@ from .errors import (
     RStitchError,
     TokenizerMismatchError,
 )
-from .loading import ModelSpec, load_pair
-from .pair import ModelPair
-from .registry import shared_engine
-from .routers import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, Router, RouterName, RouterState, router_named
-from .sampling import normalised_entropy
-from .settings import GenerationSettings
-from .stats import ModelUsage, StitchStats, TokenEvent
+from .models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
+from .models.loading import ModelSpec, load_pair
+from .models.pair import ModelPair
 
 __all__ = [
     "DEFAULT_LLM",

@@ -13,20 +13,19 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
-from .engine import StitchEngine
+from .decoding.engine import StitchEngine
+from .decoding.routers import router_named
+from .decoding.settings import GenerationSettings
+from .decoding.stats import StitchStats, TokenEvent
 from .errors import InvalidSettingError, RStitchError
-from .distill import DistillSettings, distill
-from .loading import ModelSpec, load_model, load_pair, load_tokenizer
-from .prompt_pool import prompt_pool
-from .routers import router_named
-from .settings import GenerationSettings
-from .stats import StitchStats, TokenEvent
+from .models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
+from .models.loading import ModelSpec, load_model, load_pair, load_tokenizer
+from .training.distill import DistillSettings, distill
+from .training.prompt_pool import prompt_pool
 
 STYLES = {"slm": "green", "llm": "bold magenta"}
 
@@ -229,7 +228,7 @@ def stats_table(stats: StitchStats) -> Table:
 def _add_train_router(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     from pathlib import Path
 
-    from .train_router import TrainSettings
+    from .training.train_router import TrainSettings
 
     defaults = TrainSettings()
     train = commands.add_parser(
@@ -283,8 +282,8 @@ def _add_train_router(commands: "argparse._SubParsersAction[argparse.ArgumentPar
 def _train_router(args: argparse.Namespace, console: Console) -> int:
     import torch
 
-    from .costmodel import PairCostModel, shipped_cost_model
-    from .train_router import TrainSettings, calibrate_cost_model, gsm8k_tasks, quality_tasks, train_router
+    from .models.cost_model import PairCostModel, shipped_cost_model
+    from .training.train_router import TrainSettings, calibrate_cost_model, gsm8k_tasks, quality_tasks, train_router
 
     settings = TrainSettings(
         lam=args.lam, threshold=args.tau, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,

@@ -64,7 +64,7 @@ from rstitch_engine import (
     router_named,
     shared_engine,
 )
-from rstitch_engine.settings import validate_threshold
+from rstitch_engine.decoding.settings import validate_threshold
 
 from .chat_format import (
     AnswerParser,

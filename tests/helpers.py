@@ -13,8 +13,9 @@ from types import ModuleType
 import torch
 from transformers import DynamicCache
 
-from rstitch_engine.routers import Router, RouterState
-from rstitch_engine.slot import Slot, cache_keyword
+from rstitch_engine.decoding.routing import Router, RouterState
+from rstitch_engine.decoding.slot import Slot
+from rstitch_engine.models.loaded import cache_keyword
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 

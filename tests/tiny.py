@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 from rstitch_engine import ModelPair, StitchEngine
-from rstitch_engine.routers import EntropyRouter
+from rstitch_engine.decoding.routers import EntropyRouter
 
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",

@@ -10,7 +10,7 @@ from tiny import byte_level_tokenizer, tiny_model
 from transformers import PreTrainedTokenizerFast
 
 from rstitch_engine import ModelPair, StitchEngine
-from rstitch_engine.draft import build_draft
+from rstitch_engine.models.draft import build_draft
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -83,7 +83,7 @@ def test_every_config_on_a_tiny_pair_with_exact_cross_checks(tiny_draft_engine, 
 
 def test_ctrl_c_reports_the_items_finished(tiny_draft_engine, monkeypatch):
     from rstitch_engine import GenerationSettings
-    from rstitch_engine.quality import quality_suite
+    from rstitch_engine.measure.quality import quality_suite
 
     configs = bench.configs_for([0.5])
     real_run, calls = bench.run_config, []

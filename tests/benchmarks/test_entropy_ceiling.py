@@ -7,7 +7,7 @@ from helpers import load_benchmark
 from tiny import CORPUS, tiny_engine
 
 from rstitch_engine import EntropyRouter, GenerationSettings
-from rstitch_engine.costmodel import PairCostModel, PassCost
+from rstitch_engine.models.cost_model import PairCostModel, PassCost
 
 COST = PairCostModel(slm=PassCost(1e-3, 2e-4, 1e-6), llm=PassCost(4e-3, 8e-4, 4e-6), pair="tiny")
 PROMPTS = [text[:24] for text in CORPUS[:5]]

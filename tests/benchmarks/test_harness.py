@@ -10,7 +10,7 @@ from helpers import load_benchmark
 from tiny import tiny_engine
 
 from rstitch_engine import GenerationSettings
-from rstitch_engine.trace import record_trace
+from rstitch_engine.measure.trace import record_trace
 
 
 def test_tiny_run_writes_consistent_table_json_and_plot(tmp_path, capsys):

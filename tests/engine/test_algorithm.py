@@ -5,11 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
-
 from helpers import hf_greedy
-from rstitch_engine import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, GenerationSettings, StitchEngine
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 from tiny import tiny_engine, tiny_pair
+
+from rstitch_engine import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, GenerationSettings, StitchEngine
 
 PROMPTS = ["The quick brown", "What is 3 + 4?", "def add(a, b):", "Café 東京"]
 ARCH_PAIRS = [("llama", "qwen2"), ("qwen2", "llama"), ("llama", "llama")]

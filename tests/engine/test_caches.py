@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-
 from helpers import assert_cache_is_fresh_prefill, fresh_logits
-from rstitch_engine import EntropyRouter, GenerationSettings, normalised_entropy
 from tiny import tiny_engine
+
+from rstitch_engine import EntropyRouter, GenerationSettings, normalised_entropy
 
 
 @pytest.mark.parametrize("slm_arch,llm_arch", [("llama", "qwen2"), ("qwen2", "llama")])

@@ -8,9 +8,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from tiny import tiny_pair
 
 from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
-from tiny import tiny_pair
 
 PROMPTS = ["The quick brown", "What is 3 + 4?", "def add(a, b):", "Café 東京", "When the small", "x", "12 * 3", "lazy"]
 

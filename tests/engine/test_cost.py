@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from rstitch_engine.cost import LlmCostHistory, PassCostFit
-from rstitch_engine.slot import ForwardRecord
+from rstitch_engine.decoding.speedup import LlmCostHistory, PassCostFit
+from rstitch_engine.models.loaded import ForwardRecord
 
 
 def record(role: str, new: int, seconds: float) -> ForwardRecord:
@@ -37,7 +37,7 @@ def test_estimate_prefers_the_requests_own_llm_passes_then_history():
 
 
 def test_with_a_cost_model_the_estimate_is_its_prediction_scaled_to_the_requests_llm_speed():
-    from rstitch_engine.costmodel import PairCostModel, PassCost
+    from rstitch_engine.models.cost_model import PairCostModel, PassCost
 
     cost = PassCost(fixed=0.05, per_token=0.002, per_token_context=1e-5)
     history = LlmCostHistory(model=PairCostModel(slm=cost, llm=cost))

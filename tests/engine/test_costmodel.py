@@ -6,20 +6,12 @@ import itertools
 
 import pytest
 import torch
-
-from rstitch_engine.costmodel import (
-    Knot,
-    PairCostModel,
-    PassCost,
-    device_name,
-    measure_passes,
-    pair_name,
-    relative_errors,
-    shipped_cost_model,
-)
-from rstitch_engine.defaults import DEFAULT_LLM, DEFAULT_SLM
-from rstitch_engine.slot import ForwardRecord
 from tiny import tiny_pair
+
+from rstitch_engine.measure.cost_calibration import measure_passes, relative_errors
+from rstitch_engine.models.cost_model import Knot, PairCostModel, PassCost, device_name, pair_name, shipped_cost_model
+from rstitch_engine.models.defaults import DEFAULT_LLM, DEFAULT_SLM
+from rstitch_engine.models.loaded import ForwardRecord
 
 GRID = list(itertools.product([1, 2, 4, 8, 16, 32, 64], [0, 40, 200, 500]))
 

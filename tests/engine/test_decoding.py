@@ -6,12 +6,14 @@ import math
 
 import pytest
 import torch
-from hypothesis import assume, given, settings as hsettings, strategies as st
+from hypothesis import assume, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_engine
 
 from rstitch_engine import EntropyRouter, GenerationSettings, normalised_entropy
-from rstitch_engine.detokenize import IncrementalDetokenizer, StopStringFilter, TextAssembler
-from rstitch_engine.sampling import _entropy_numpy, _entropy_torch, choose_token
-from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_engine
+from rstitch_engine.decoding.detokenize import IncrementalDetokenizer, StopStringFilter, TextAssembler
+from rstitch_engine.decoding.sampling import _entropy_numpy, _entropy_torch, choose_token
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent():

@@ -8,10 +8,20 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
+from tiny import byte_level_tokenizer, tiny_model
 from transformers import PreTrainedTokenizerFast
 
-import rstitch_engine.distill as distill_module
-from rstitch_engine.distill import (
+import rstitch_engine.training.distill as distill_module
+from rstitch_engine.errors import InvalidSettingError, ModelLoadError
+from rstitch_engine.models.draft import (
+    DRAFT_CONFIG,
+    DRAFT_WEIGHTS,
+    build_draft,
+    draft_layer_parameters,
+    load_draft,
+    save_draft,
+)
+from rstitch_engine.training.distill import (
     DistillSettings,
     checkpoint_path,
     distill,
@@ -20,16 +30,6 @@ from rstitch_engine.distill import (
     teacher_data,
     train_draft,
 )
-from rstitch_engine.draft import (
-    DRAFT_CONFIG,
-    DRAFT_WEIGHTS,
-    build_draft,
-    draft_layer_parameters,
-    load_draft,
-    save_draft,
-)
-from rstitch_engine.errors import InvalidSettingError, ModelLoadError
-from tiny import byte_level_tokenizer, tiny_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -306,7 +306,7 @@ def test_training_on_the_greedy_target_makes_the_draft_write_the_teachers_tokens
 
 
 def test_a_draft_refuses_an_llm_of_another_shape(llm, tmp_path):
-    from rstitch_engine.draft import DraftConfig, llm_fingerprint
+    from rstitch_engine.models.draft import DraftConfig, llm_fingerprint
 
     draft = build_draft(llm, [0, 2])
     save_draft(draft, tmp_path, DraftConfig("tiny-qwen2", (0, 2), llm_fingerprint(llm)))

@@ -9,8 +9,8 @@ import torch
 from safetensors.torch import load_file
 
 from rstitch_engine import EntropyRouter, GenerationSettings, ModelSpec, StitchEngine, load_pair
-from rstitch_engine.defaults import DEFAULT_LLM, DEFAULT_SLM, SHIPPED_DRAFTS, resolve_alias
-from rstitch_engine.draft import DRAFT_CONFIG, DRAFT_WEIGHTS, DraftConfig, draft_layer_parameters
+from rstitch_engine.models.defaults import DEFAULT_LLM, DEFAULT_SLM, SHIPPED_DRAFTS, resolve_alias
+from rstitch_engine.models.draft import DRAFT_CONFIG, DRAFT_WEIGHTS, DraftConfig, draft_layer_parameters
 
 pytestmark = [pytest.mark.real_model, pytest.mark.usefixtures("one_torch_thread")]
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from rstitch_engine import GenerationSettings, ModelSpec
-from rstitch_engine.costmodel import shipped_cost_model
-from rstitch_engine.hardware import auto_dtype, native_bfloat16, processor_name
+from rstitch_engine.models.cost_model import shipped_cost_model
+from rstitch_engine.models.hardware import auto_dtype, native_bfloat16, processor_name
 
 
 @pytest.mark.parametrize(("avx512_bf16", "amx", "expected"), [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+from tiny import byte_level_tokenizer, tiny_model, tiny_pair
 
 from rstitch_engine import (
     EmptyPromptError,
@@ -16,7 +17,6 @@ from rstitch_engine import (
     StitchEngine,
     TokenizerMismatchError,
 )
-from tiny import byte_level_tokenizer, tiny_model, tiny_pair
 
 SETTINGS = GenerationSettings(max_new_tokens=12)
 

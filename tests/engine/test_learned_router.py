@@ -20,10 +20,11 @@ from rstitch_engine import (
     StitchEngine,
     router_named,
 )
-from rstitch_engine.costmodel import PairCostModel, PassCost
-from rstitch_engine.learned_router import LearnedRouter, RouterConfig, RouterNet, SamplingRouter, router_features
-from rstitch_engine.routers import RouterState
-from rstitch_engine.train_router import (
+from rstitch_engine.decoding.learned_router import LearnedRouter, RouterConfig, router_features
+from rstitch_engine.decoding.routing import RouterState
+from rstitch_engine.models.cost_model import PairCostModel, PassCost
+from rstitch_engine.training.router_policy import RouterNet, SamplingRouter
+from rstitch_engine.training.train_router import (
     ForcedDecisions,
     Rollout,
     RolloutTask,
@@ -57,7 +58,7 @@ def random_router(engine: StitchEngine, seed: int = 0, threshold: float = TAU) -
     net = RouterNet(config, seed=seed)
     with torch.no_grad():
         net.out.weight.mul_(30.0)  # spread P(LLM) around 0.5 so both decisions occur
-    return LearnedRouter.from_net(config, net)
+    return LearnedRouter(config, net.weights())
 
 
 def consulted_states(engine: StitchEngine, router: LearnedRouter, max_new_tokens: int = 12) -> list[RouterState]:
@@ -277,7 +278,7 @@ class EntropyRule:
 
 def test_a_router_started_at_an_entropy_threshold_decodes_like_that_entropy_rule(engine):
     config = RouterConfig(hidden_size=engine.pair.slm.model.config.hidden_size, width=16, threshold=0.6)
-    router = LearnedRouter.from_net(config, RouterNet(config, initial_threshold=0.75))
+    router = LearnedRouter(config, RouterNet(config, initial_threshold=0.75).weights())
     for prompt in PROMPTS[:2]:
         settings = GenerationSettings(max_new_tokens=12)
         learned, rule = engine.generate(prompt, settings, router), engine.generate(prompt, settings, EntropyRule(0.6, 0.75))

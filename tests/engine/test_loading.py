@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import byte_level_tokenizer, tiny_model
 
 from rstitch_engine import ModelSpec, TokenizerMismatchError, load_pair
 from rstitch_engine.cli import main
-from rstitch_engine.defaults import DEFAULT_LLM, cache_dir
-from tiny import byte_level_tokenizer, tiny_model
+from rstitch_engine.models.defaults import DEFAULT_LLM, cache_dir
 
 
 def save_tiny(folder: Path, arch: str, seed: int, tokenizer) -> Path:
@@ -51,7 +51,7 @@ def test_early_exit_cut_keeps_the_first_layers(tmp_path):
 
 def test_a_draft_folder_loads_on_the_llm_it_was_cut_from(tmp_path):
     """A draft folder as the SLM: built on the loaded LLM, sharing its head, with its own saved layers."""
-    from rstitch_engine.draft import DraftConfig, build_draft, llm_fingerprint, save_draft
+    from rstitch_engine.models.draft import DraftConfig, build_draft, llm_fingerprint, save_draft
 
     folder = save_tiny(tmp_path / "llm", "llama", 1, byte_level_tokenizer())
     llm = load_pair(ModelSpec(str(folder), device="cpu"), ModelSpec(str(folder), device="cpu")).llm.model

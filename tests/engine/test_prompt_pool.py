@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from rstitch_engine.prompt_pool import copy_prompts, family_prompts, made_up_word, prompt_pool
-from rstitch_engine.quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
+from rstitch_engine.measure.quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
+from rstitch_engine.training.prompt_pool import copy_prompts, family_prompts, made_up_word, prompt_pool
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "train.jsonl"
 

@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from rstitch_engine.quality import HELDOUT_SHARE, QualityItem, accuracy, quality_suite
+from rstitch_engine.measure.quality import HELDOUT_SHARE, QualityItem, accuracy, quality_suite
 
 
 def _item(item_id: str) -> QualityItem:

@@ -6,8 +6,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-
 from helpers import assert_cache_is_fresh_prefill, hf_greedy
+
 from rstitch_engine import (
     EntropyRouter,
     GenerationSettings,

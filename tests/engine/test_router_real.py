@@ -8,7 +8,7 @@ from helpers import RecordingRouter
 
 from rstitch_engine import GenerationSettings, router_named
 from rstitch_engine.cli import main
-from rstitch_engine.learned_router import (
+from rstitch_engine.decoding.learned_router import (
     DEFAULT_ROUTER,
     ROUTER_CONFIG,
     ROUTER_WEIGHTS,

@@ -6,10 +6,11 @@ import dataclasses
 import math
 
 import pytest
+from tiny import tiny_engine, tiny_pair
 
 from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
-from rstitch_engine.routers import HandBackRouter, RouterState
-from rstitch_engine.trace import (
+from rstitch_engine.decoding.routing import HandBackRouter, RouterState
+from rstitch_engine.measure.trace import (
     ReplayRouter,
     Trace,
     TraceMismatchError,
@@ -19,7 +20,6 @@ from rstitch_engine.trace import (
     replay,
     synthetic_trace,
 )
-from tiny import tiny_engine, tiny_pair
 
 PROMPTS = ["The quick brown", "What is 3 + 4?", "def add(a, b):"]
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from rstitch_engine import GenerationSettings, ModelUsage, StitchEngine, StitchStats, StitchStream, TokenEvent
-from rstitch_engine.engine import StitchRequest
+from rstitch_engine.decoding.engine import StitchRequest
 from rstitch_integrations.langchain import ChatRStitch
 
 

@@ -25,7 +25,7 @@ from rstitch_engine import (
     StitchStream,
     TokenEvent,
 )
-from rstitch_engine.detokenize import TextAssembler
+from rstitch_engine.decoding.detokenize import TextAssembler
 from rstitch_integrations.llamaindex import RStitchLLM
 
 

@@ -35,12 +35,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .costmodel import PairCostModel
-from .engine import PromptLike, StitchEngine
-from .learned_router import Decision, LearnedRouter, RouterConfig, RouterNet, SamplingRouter, router_features
-from .routers import EntropyRouter, RouterState
-from .sampling import normalised_entropy
-from .settings import GenerationSettings
+from ..decoding.engine import PromptLike, StitchEngine
+from ..decoding.learned_router import LearnedRouter, RouterConfig, router_features
+from ..decoding.routers import EntropyRouter
+from ..decoding.routing import RouterState
+from ..decoding.sampling import normalised_entropy
+from ..decoding.settings import GenerationSettings
+from ..models.cost_model import PairCostModel
+from .router_policy import Decision, RouterNet, SamplingRouter
 
 Reference = Literal["budget", "llm_greedy", "same_length"]
 
@@ -56,7 +58,7 @@ class RolloutTask:
 
 def quality_tasks(part: Literal["tuning", "heldout", "all"] = "tuning") -> list[RolloutTask]:
     """The quality suite's items as tasks (tune on 'tuning' only)."""
-    from .quality import quality_suite
+    from ..measure.quality import quality_suite
 
     return [RolloutTask(item.id, item.messages(), item.is_correct) for item in quality_suite(part)]
 
@@ -206,10 +208,10 @@ def reference_seconds(engine: StitchEngine, task: RolloutTask, cost: PairCostMod
 def calibrate_cost_model(engine: StitchEngine, pair: str = "", repeats: int = 3) -> PairCostModel:
     """A cost model of the engine's pair from timed passes over a grid of (new, cached) sizes.
 
-    For pairs without a calibrated model (``costmodel.shipped_cost_model``): wall-clock
+    For pairs without a calibrated model (``models.cost_model.shipped_cost_model``): wall-clock
     measurements go into the fit only; rewards use the fitted model.
     """
-    from .costmodel import measure_passes
+    from ..measure.cost_calibration import measure_passes
 
     points = [(n, c) for n in (1, 2, 4, 8, 16, 32, 64) for c in (0, 32, 96)]
     records = [*measure_passes(engine.pair.slm, points, repeats), *measure_passes(engine.pair.llm, points, repeats)]
@@ -443,7 +445,7 @@ class RouterTrainer:
     def router(self) -> LearnedRouter:
         """The current policy as a deterministic router."""
         training = {**asdict(self.settings), "trained_steps": self.step}
-        return LearnedRouter.from_net(replace(self.config, training=training), self.net)
+        return LearnedRouter(replace(self.config, training=training), self.net.weights())
 
     def rollouts(self, step: int) -> list[list[Rollout]]:
         """G rollouts for each task of ``step``, decisions sampled from the current (old) policy."""
@@ -552,7 +554,7 @@ def read_log(path: Path) -> list[dict[str, object]]:
 
 def mean_llm_probability(router: LearnedRouter, features: np.ndarray) -> float:
     """Mean P(LLM) of ``router`` over stacked features [N, d+2] (a smooth measure of its LLM share)."""
-    from .learned_router import _logit
+    from ..decoding.learned_router import _logit
 
     logits = _logit(router.weights, features)
     return float(np.mean(1 / (1 + np.exp(-logits)))) if len(features) else math.nan

@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from .quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
+from ..measure.quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
 
 Messages = list[dict[str, str]]
 

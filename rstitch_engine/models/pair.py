@@ -8,8 +8,8 @@ from typing import Any, Iterable
 
 from transformers import PreTrainedModel
 
-from .errors import TokenizerMismatchError
-from .slot import LoadedModel
+from ..errors import TokenizerMismatchError
+from .loaded import LoadedModel
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
-from .draft import (
+from ..errors import InvalidSettingError
+from ..models.draft import (
     DraftConfig,
     build_draft,
     default_layers,
@@ -42,9 +43,8 @@ from .draft import (
     round_to_storage,
     save_draft,
 )
-from .errors import InvalidSettingError
-from .hardware import native_bfloat16
-from .pair import shared_vocab_size
+from ..models.hardware import native_bfloat16
+from ..models.pair import shared_vocab_size
 
 Messages = list[dict[str, str]]
 
@@ -70,7 +70,7 @@ class DistillSettings:
     token). KL (w = 0) makes the draft copy the LLM's distribution, uncertainty included; the greedy
     target (w = 1) makes the draft's probability of a token estimate the chance that it *is* the
     LLM's greedy token, so under greedy decoding its entropy flags likely disagreement rather than the
-    LLM's own uncertainty (``rstitch_engine.distill.distillation_loss``)."""
+    LLM's own uncertainty (``distillation_loss``)."""
     steps: int = 2000
     batch_size: int = 16
     learning_rate: float = 5e-4
@@ -339,24 +339,11 @@ def train_draft(
     ``settings.validation_share`` of the answers (a seeded choice) never enter a batch; their mean
     loss is logged at each checkpoint, so over-fitting shows while training runs.
     """
-    own = draft_layer_parameters(draft)
-    for p in draft.parameters():
-        p.requires_grad_(False)
-    for p in own.values():
-        p.requires_grad_(True)
+    own = _trainable_draft_layers(draft)
     optimizer = torch.optim.AdamW(own.values(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(settings.warmup_steps, settings.steps))
     checkpoint = checkpoint_path(work_dir, settings)
-    start_step, history = 0, []
-    if checkpoint.is_file():
-        state = torch.load(checkpoint, weights_only=True)
-        with torch.no_grad():
-            for name, p in own.items():
-                p.copy_(state["weights"][name])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        start_step, history = state["step"], list(state["history"])
-        log(f"resumed from {checkpoint} at step {start_step}")
+    start_step, history = _resume(checkpoint, own, optimizer, schedule, log)
     train, validation = split_for_validation(len(data), settings)
     batches = _batch_order(train, settings)
     device = next(draft.parameters()).device
@@ -389,6 +376,31 @@ def train_draft(
         for p in draft.parameters():
             p.requires_grad_(False)
     return history
+
+
+def _trainable_draft_layers(draft: PreTrainedModel) -> dict[str, torch.nn.Parameter]:
+    """Freeze everything the draft shares with the LLM; only its own layers train."""
+    own = draft_layer_parameters(draft)
+    for p in draft.parameters():
+        p.requires_grad_(False)
+    for p in own.values():
+        p.requires_grad_(True)
+    return own
+
+
+def _resume(checkpoint: Path, own: dict[str, torch.nn.Parameter], optimizer: torch.optim.Optimizer,
+            schedule: torch.optim.lr_scheduler.LRScheduler, log: Callable[[str], None]) -> tuple[int, list[float]]:
+    """Load this recipe's checkpoint into the weights, optimiser and schedule: (next step, loss history)."""
+    if not checkpoint.is_file():
+        return 0, []
+    state = torch.load(checkpoint, weights_only=True)
+    with torch.no_grad():
+        for name, p in own.items():
+            p.copy_(state["weights"][name])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    log(f"resumed from {checkpoint} at step {state['step']}")
+    return state["step"], list(state["history"])
 
 
 def split_for_validation(count: int, settings: DistillSettings) -> tuple[list[int], list[int]]:

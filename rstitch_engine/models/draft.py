@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from .errors import InvalidSettingError, ModelLoadError
+from ..errors import InvalidSettingError, ModelLoadError
 
 DRAFT_CONFIG = "rstitch_draft.json"
 DRAFT_WEIGHTS = "draft.safetensors"

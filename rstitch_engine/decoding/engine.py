@@ -1,38 +1,35 @@
-"""The stitched decoding loop (Algorithm 1 of R-Stitch) and its public entry points.
+"""The public entry points of stitched decoding: ``StitchEngine`` and its streams.
 
-Shapes and invariants of one request:
-
-* ``tokens`` is x + y (prompt then kept output), a Python list; y is ``tokens[len(prompt):]``.
-* Each model has a ``Slot`` whose cache covers ``tokens[:slot.n_cached]``.
-* Only the active model runs in a step. It is fed ``tokens[slot.n_cached:]`` in one forward pass:
-  one token when it wrote the previous token itself (decode), otherwise everything it missed
-  (catch-up: the prompt, and tokens the other model wrote). The LLM is first run at the first
-  switch, so it never sees the prompt before then.
-* Entropy comes from the active model's untempered distribution over the shared real vocabulary.
-* A discarded SLM token was never fed to the SLM (a token enters a cache only when the next step
-  feeds it), so "rolling back" the SLM cache is free: its cache already ends before that position.
+A request's state and its Algorithm 1 step are in ``request`` (``StitchRequest``,
+``RequestDecoder``); this module runs those steps, either one request at a time with the forward
+passes serialised (``max_batch_size=1``), or through the ``scheduler``, which runs the steps of all
+concurrent requests together, one batched pass per model and step (the default).
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import Any, Generator, Iterator, Mapping, Sequence, Union
+from dataclasses import dataclass
+from typing import Any, Callable, Generator, Iterator, Mapping, Sequence, Union
 
-from .baseline import AloneResult, decode_alone
-from .cost import LlmCostHistory
-from .costmodel import shipped_cost_model
-from .defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
-from .detokenize import TextAssembler
-from .errors import EmptyPromptError, InvalidSettingError, PromptTooLongError
-from .loading import ModelSpec, load_pair
-from .pair import ModelPair
-from .routers import EntropyRouter, Router, RouterState, hand_back_hook
-from .sampling import RequestRandomness, choose_token, normalised_entropy
+from ..errors import EmptyPromptError, InvalidSettingError, PromptTooLongError
+from ..models.cost_model import shipped_cost_model
+from ..models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
+from ..models.loaded import ModelRole
+from ..models.loading import ModelSpec, load_pair
+from ..models.pair import ModelPair
+from .alone import AloneResult, decode_alone
+from .request import RequestDecoder, StitchRequest
+from .routers import EntropyRouter
+from .routing import Router
+from .scheduler import BatchScheduler, Ticket, wall_minus_passes
 from .settings import GenerationSettings
-from .slot import ForwardKind, ForwardRecord, ModelRole, Slot
-from .stats import ModelUsage, StitchStats, TokenEvent
+from .speedup import LlmCostHistory
+from .stats import StitchStats, TokenEvent
+
+DEFAULT_MAX_BATCH_SIZE = 16
+"""Concurrent requests one step runs together (more wait their turn, served in rotation)."""
 
 Message = Mapping[str, Any]
 PromptLike = Union[str, Sequence[int], Sequence[Message]]
@@ -53,52 +50,21 @@ class GenerationResult:
         return self.stats.finish_reason
 
 
-@dataclass
-class StitchRequest:
-    """The mutable state of one request. Each slot's cache covers ``tokens[:slot.n_cached]``."""
-
-    tokens: list[int]
-    """x + y: the prompt followed by the kept output."""
-    prompt_tokens: int
-    slots: dict[ModelRole, Slot]
-    active: ModelRole = "slm"
-    last_writer: ModelRole | None = None
-    """Who appended ``tokens[-1]``; None while it is a prompt token."""
-    written: dict[ModelRole, int] = field(default_factory=lambda: {"slm": 0, "llm": 0})
-    discarded_slm_tokens: int = 0
-    switches_to_llm: int = 0
-    switches_to_slm: int = 0
-    idle_seconds: float = 0.0
-    """Time not spent on this request: waiting for other requests' passes, or for the consumer."""
-
-    @classmethod
-    def start(cls, pair: ModelPair, prompt_ids: list[int]) -> "StitchRequest":
-        return cls(tokens=list(prompt_ids), prompt_tokens=len(prompt_ids),
-                   slots={"slm": Slot(pair.slm), "llm": Slot(pair.llm)})
-
-    @property
-    def output_tokens(self) -> int:
-        return len(self.tokens) - self.prompt_tokens
-
-    @property
-    def output_ids(self) -> list[int]:
-        return self.tokens[self.prompt_tokens:]
-
-    def records(self) -> list[ForwardRecord]:
-        """Every forward pass of both models, SLM first."""
-        return self.slots["slm"].records + self.slots["llm"].records
-
-
 class StitchStream(Iterator[TokenEvent]):
     """Token events of one request as they are decided; ``stats`` once the stream is exhausted.
 
-    Abandoning a stream (not iterating it further, or ``close()``) is always safe: a request owns
-    its caches, and the engine holds no lock between two events.
+    Abandoning a stream (not iterating it further, ``close()``, or dropping it) is always safe: a
+    request owns its caches, and the engine holds no lock between two events. ``close()`` may come
+    from another thread while a ``next()`` is running (an asyncio task cancelled while a worker
+    thread reads): the request leaves the batch at once and the stream closes when that read returns.
     """
 
-    def __init__(self, core: Generator[TokenEvent, None, StitchStats], request: StitchRequest) -> None:
+    def __init__(self, core: Generator[TokenEvent, None, StitchStats], request: StitchRequest,
+                 on_close: Callable[[], None] | None = None) -> None:
         self._core = core
         self._stats: StitchStats | None = None
+        self._on_close = on_close
+        self._reading = threading.RLock()  # a generator cannot be closed while another thread runs it
         self.request = request
         """The request's live state (tokens, caches): for inspection only."""
 
@@ -107,16 +73,26 @@ class StitchStream(Iterator[TokenEvent]):
         return self.request.prompt_tokens
 
     def __next__(self) -> TokenEvent:
-        try:
-            return next(self._core)
-        except StopIteration as finished:
-            if self._stats is None:  # a finished generator raises StopIteration(None) ever after
-                self._stats = finished.value
-            raise
+        with self._reading:
+            try:
+                return next(self._core)
+            except StopIteration as finished:
+                if self._stats is None:  # a finished generator raises StopIteration(None) ever after
+                    self._stats = finished.value
+                raise
 
     def close(self) -> None:
         """Stop decoding now; the engine is immediately ready for other requests."""
-        self._core.close()
+        on_close, self._on_close = self._on_close, None
+        if on_close is not None:
+            on_close()  # leave the batch first, so that a read running in another thread ends soon
+        with self._reading:
+            self._core.close()
+
+    def __del__(self) -> None:
+        on_close = getattr(self, "_on_close", None)  # a stream dropped unread leaves the batch too
+        if on_close is not None:
+            on_close()
 
     def __enter__(self) -> "StitchStream":
         return self
@@ -134,8 +110,11 @@ class StitchStream(Iterator[TokenEvent]):
 class StitchEngine:
     """An SLM and an LLM decoding one answer together, token by token.
 
-    Thread-safe: concurrent requests each get their own caches; forward passes are serialised
-    (one at a time on the engine), so results equal those of the same requests run one by one.
+    Thread-safe, and batched: concurrent requests (threads, asyncio workers, several streams read
+    in turn) each keep their own caches and routing, and their steps run together, one batched
+    pass per model (``scheduler``), up to ``max_batch_size`` requests a step. Greedy results equal
+    those of the same requests run one by one, up to floating-point summation order.
+    ``max_batch_size=1`` serialises the passes instead (one request's pass at a time).
     """
 
     def __init__(
@@ -143,11 +122,16 @@ class StitchEngine:
         pair: ModelPair,
         router: Router | None = None,
         settings: GenerationSettings | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> None:
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
+            raise InvalidSettingError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
         self.pair = pair
         self.router: Router = router if router is not None else EntropyRouter()
         self.settings = settings if settings is not None else GenerationSettings()
+        self.max_batch_size = max_batch_size
         self._forward_lock = threading.Lock()
+        self._scheduler = BatchScheduler(max_batch_size, self._forward_lock)
         self._llm_history = LlmCostHistory(model=shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device, pair.llm.dtype))
 
     @classmethod
@@ -160,6 +144,7 @@ class StitchEngine:
         device: str = "auto",
         dtype: str = "auto",
         settings: GenerationSettings | None = None,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
     ) -> "StitchEngine":
         """Load a pair (hub ids, folders, .gguf files or specs) with the entropy router at ``threshold``.
 
@@ -175,7 +160,7 @@ class StitchEngine:
             slm_spec = ModelSpec(DEFAULT_SLM, device=device, dtype=dtype)  # type: ignore[arg-type]
         else:
             slm_spec = slm if isinstance(slm, ModelSpec) else ModelSpec(slm, device=device, dtype=dtype)  # type: ignore[arg-type]
-        return cls(load_pair(slm_spec, llm_spec), EntropyRouter(threshold), settings)
+        return cls(load_pair(slm_spec, llm_spec), EntropyRouter(threshold), settings, max_batch_size)
 
     # ----------------------------------------------------------------- public entry points
 
@@ -211,7 +196,40 @@ class StitchEngine:
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
         request = StitchRequest.start(self.pair, prompt_ids)
-        return StitchStream(self._stitch(request, settings, router), request)
+        decoder = RequestDecoder(self.pair, request, settings, router, self._llm_history)
+        if self.max_batch_size == 1:
+            return StitchStream(self._serial(decoder), request)
+        ticket = self._scheduler.admit(decoder)  # joins the next step, whoever drives it
+        return StitchStream(self._scheduled(ticket), request, on_close=lambda: self._scheduler.leave(ticket))
+
+    def generate_batch(
+        self,
+        prompts: Sequence[PromptLike],
+        settings: GenerationSettings | None = None,
+        router: Router | None = None,
+    ) -> list[GenerationResult]:
+        """Run several requests together to their ends; results in the order of ``prompts``.
+
+        Every prompt is validated before any pass, so one bad prompt raises and runs nothing.
+        """
+        streams: list[StitchStream] = []
+        try:
+            for prompt in prompts:
+                streams.append(self.stream(prompt, settings, router))
+        except Exception:
+            for stream in streams:
+                stream.close()
+            raise
+        events: list[list[TokenEvent]] = [[] for _ in streams]
+        live = list(range(len(streams)))
+        while live:  # read in turn, so no request waits on another's unread events
+            for index in list(live):
+                event = next(streams[index], None)
+                if event is None:
+                    live.remove(index)
+                else:
+                    events[index].append(event)
+        return [_result(tuple(e), s.stats) for e, s in zip(events, streams)]
 
     def generate(
         self,
@@ -227,12 +245,7 @@ class StitchEngine:
         if measure_speedup:
             alone = self.decode_alone("llm", prompt, settings)
             stats = stats.with_measured_llm_alone(alone)
-        return GenerationResult(
-            text="".join(e.text for e in events),
-            token_ids=tuple(e.token_id for e in events),
-            events=events,
-            stats=stats,
-        )
+        return _result(events, stats)
 
     def decode_alone(
         self, role: ModelRole, prompt: PromptLike, settings: GenerationSettings | None = None
@@ -247,95 +260,33 @@ class StitchEngine:
 
     # ----------------------------------------------------------------- the loop
 
-    def _stitch(self, request: "StitchRequest", settings: GenerationSettings, router: Router
-                ) -> Generator[TokenEvent, None, StitchStats]:
-        """Algorithm 1. Yields each kept token; returns the stats."""
-        text = TextAssembler(self.pair.tokenizer, settings.stop)
-        randomness = RequestRandomness(settings.seed)
-        eos_ids = self.pair.eos_token_ids
-        tokens = request.tokens  # x + y, grows in place
-        took_over = False
-        hand_back = hand_back_hook(router)  # None: the LLM hands back exactly when H <= tau
-        finish_reason = "length"
-        start = time.perf_counter()
-
-        while request.output_tokens < settings.max_new_tokens:
-            active = request.active
-            slot = request.slots[active]
-            kind: ForwardKind = "decode" if request.last_writer == active else "catchup"
-            want_hidden = active == "slm" and router.needs_hidden_state
+    def _serial(self, decoder: RequestDecoder) -> Generator[TokenEvent, None, StitchStats]:
+        """Algorithm 1 with this request's passes run one at a time on the engine. Yields each kept token."""
+        request = decoder.request
+        decoder.started = time.perf_counter()
+        while not decoder.finished:
+            need = decoder.next_pass()
             waiting_since = time.perf_counter()
             with self._forward_lock:
                 request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
-                nxt = slot.catch_up(tokens, kind, want_hidden)
-            entropy = normalised_entropy(nxt.logits)
-            token = choose_token(nxt.logits, settings, randomness.generator_for(nxt.logits.device))
-
-            hands_back = False
-            if entropy > router.threshold:
-                state = RouterState(entropy, len(tokens), token, nxt.hidden)
-                if active == "slm" and router.wants_llm(state):
-                    # Discard the SLM token; the LLM decodes this same position next.
-                    request.discarded_slm_tokens += 1
-                    request.switches_to_llm += 1
-                    request.active, took_over = "llm", True
-                    continue
-                if active == "llm" and hand_back is not None:
-                    hands_back = hand_back(state)
-            elif active == "llm":
-                # The LLM's confident token is kept, then the SLM resumes (unless a hook says otherwise).
-                hands_back = True if hand_back is None else hand_back(RouterState(entropy, len(tokens), token, None))
-
-            tokens.append(token)
-            request.written[active] += 1
-            request.last_writer = active
-            if hands_back:
-                request.active = "slm"
-                request.switches_to_slm += 1
-            is_eos = token in eos_ids
-            is_last = is_eos or request.output_tokens == settings.max_new_tokens
-            event = TokenEvent(
-                index=request.output_tokens - 1,
-                token_id=token,
-                text=text.push(token, is_last),
-                source=active,
-                entropy=entropy,
-                took_over=took_over,
-                hands_back=hands_back,
-                seconds=time.perf_counter() - start,
-            )
-            took_over = False
-            if is_eos or text.stopped:
-                finish_reason = "stop"
+                nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden)
+            event = decoder.advance(nxt)
+            if event is None:  # the SLM token was discarded; the LLM decodes this same position next
+                continue
             suspended_since = time.perf_counter()
             yield event
             request.idle_seconds += time.perf_counter() - suspended_since  # the consumer's time
-            if finish_reason == "stop":
-                break
+        return decoder.stats()
 
-        return self._finish(request, router, finish_reason, wall_seconds=time.perf_counter() - start)
-
-    def _finish(self, request: "StitchRequest", router: Router, finish_reason: str, wall_seconds: float
-                ) -> StitchStats:
-        records = request.records()
-        llm_alone = self._llm_history.estimate(records, request.prompt_tokens, request.output_tokens)
-        self._llm_history.add(records)
-        return StitchStats(
-            prompt_tokens=request.prompt_tokens,
-            output_tokens=request.output_tokens,
-            slm=ModelUsage.from_records("slm", request.written["slm"], records),
-            llm=ModelUsage.from_records("llm", request.written["llm"], records),
-            discarded_slm_tokens=request.discarded_slm_tokens,
-            switches_to_llm=request.switches_to_llm,
-            switches_to_slm=request.switches_to_slm,
-            wall_seconds=wall_seconds,
-            idle_seconds=request.idle_seconds,
-            finish_reason=finish_reason,  # type: ignore[arg-type]
-            router=type(router).__name__,
-            threshold=router.threshold,
-            llm_alone_seconds=llm_alone,
-            speedup_basis="estimated" if llm_alone is not None else "unavailable",
-        )
+    def _scheduled(self, ticket: Ticket) -> Generator[TokenEvent, None, StitchStats]:
+        """The request's events as the scheduler's steps decide them (this consumer may drive steps)."""
+        try:
+            yield from self._scheduler.events(ticket)
+        finally:
+            self._scheduler.leave(ticket)
+        decoder = ticket.decoder
+        decoder.request.idle_seconds = wall_minus_passes(decoder)  # busy: the passes it took part in
+        return decoder.stats()
 
     # ----------------------------------------------------------------- helpers
 
@@ -360,3 +311,7 @@ class StitchEngine:
         )
         return list(rendered["input_ids"])
 
+
+def _result(events: tuple[TokenEvent, ...], stats: StitchStats) -> GenerationResult:
+    return GenerationResult(text="".join(e.text for e in events), token_ids=tuple(e.token_id for e in events),
+                            events=events, stats=stats)

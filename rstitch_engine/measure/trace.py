@@ -29,13 +29,13 @@ from typing import Any, Iterable, Literal, Sequence
 
 import numpy as np
 
-from .engine import GenerationResult, PromptLike, StitchEngine, StitchStream
-from .errors import RStitchError
-from .pair import ModelPair
-from .routers import Router, RouterState
-from .settings import GenerationSettings
-from .slot import ForwardKind, ForwardRecord, ModelRole
-from .stats import TokenEvent
+from ..decoding.engine import GenerationResult, PromptLike, StitchEngine, StitchStream
+from ..decoding.routing import Router, RouterState
+from ..decoding.settings import GenerationSettings
+from ..decoding.stats import TokenEvent
+from ..errors import RStitchError
+from ..models.loaded import ForwardKind, ForwardRecord, ModelRole
+from ..models.pair import ModelPair
 
 FORMAT = "rstitch-trace/1"
 STEP_CODES = "sxlh"

@@ -1,17 +1,15 @@
-"""One model of the pair and, per request, its KV cache.
+"""One model of a pair, loaded and shared by every request, and the record of one forward pass.
 
-``LoadedModel`` is shared by every request; ``Slot`` belongs to one request and holds that
-request's cache. Supported caches: transformers' ``DynamicCache`` (built from the model's config,
-so sliding-window and hybrid layer types come out right). The cache only ever grows: a discarded
-SLM token is never fed to the SLM (see ``Slot.catch_up``), so rolling it back costs nothing.
+``LoadedModel.forward`` is the one cached pass that the engine, the LLM-alone baseline, the cost
+model's calibration and the benchmark harness all run, so their timings describe the same work.
+Logits are always sliced to the pair's shared real vocabulary before any use.
 """
 
 from __future__ import annotations
 
 import functools
 import inspect
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
@@ -57,6 +55,25 @@ class LoadedModel:
         return self.model(input_ids=input_ids, **{self._cache_keyword: cache}, cache_position=positions,
                           use_cache=True, logits_to_keep=1, output_hidden_states=want_hidden)
 
+    def forward_rows(self, new: list[list[int]], cached: list[int], cache: DynamicCache, past: int,
+                     want_hidden: bool = False) -> Any:
+        """One cached pass over several rows (``decoding.batch`` lays them out): row r's ``new[r]``
+        tokens at positions ``cached[r] ..``, right-padded to N = max len; ``cache`` holds each row's
+        ``cached[r]`` keys/values left-padded to ``past``. Logits only at the columns n_r - 1."""
+        width = max(len(row) for row in new)
+        device = self.device
+        ids = torch.zeros((len(new), width), dtype=torch.long)  # [B, N]; pads are token 0, masked out
+        positions = torch.zeros((len(new), width), dtype=torch.long)  # [B, N]
+        mask = torch.zeros((len(new), past + width), dtype=torch.long)  # [B, P + N]: 1 = a real key
+        for r, (row, c) in enumerate(zip(new, cached)):
+            ids[r, : len(row)] = torch.tensor(row)
+            positions[r] = torch.arange(c, c + width)
+            mask[r, past - c: past + len(row)] = 1
+        keep = torch.tensor(sorted({len(row) - 1 for row in new}), device=device)
+        return self.model(input_ids=ids.to(device), position_ids=positions.to(device), attention_mask=mask.to(device),
+                          **{self._cache_keyword: cache}, cache_position=torch.arange(past, past + width, device=device),
+                          use_cache=True, logits_to_keep=keep, output_hidden_states=want_hidden)
+
     @torch.inference_mode()
     def answer_logits(self, prompt: list[int], answer: list[int], want_hidden: bool = False
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -86,49 +103,6 @@ class ForwardRecord:
     cached_tokens: int
     """Tokens the cache covered before this pass."""
     seconds: float
-
-
-@dataclass(frozen=True)
-class NextToken:
-    """A model's view of the next position."""
-
-    logits: torch.Tensor
-    """[V] float32 over the shared real vocabulary."""
-    hidden: torch.Tensor | None
-    """[hidden_size] last-layer hidden state at the last fed position, when asked for."""
-
-
-@dataclass
-class Slot:
-    """One request's cache for one model. Invariant: the cache covers ``tokens[:n_cached]``."""
-
-    loaded: LoadedModel
-    cache: DynamicCache = field(init=False)
-    n_cached: int = 0
-    records: list[ForwardRecord] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.cache = DynamicCache(config=self.loaded.model.config)
-
-    @torch.inference_mode()
-    def catch_up(self, tokens: list[int], kind: ForwardKind, want_hidden: bool) -> NextToken:
-        """Feed exactly the unseen tokens ``tokens[n_cached:]`` in one forward pass.
-
-        Afterwards the cache covers all of ``tokens`` and the result predicts position
-        ``len(tokens)``. There is always at least one unseen token: a model only becomes active
-        after a token it did not write was appended, or after appending its own token.
-        """
-        unseen = tokens[self.n_cached:]
-        assert unseen, "a slot is only run when it has unseen tokens"
-        device = self.loaded.device
-        start = time.perf_counter()
-        input_ids = torch.tensor([unseen], dtype=torch.long, device=device)  # [1, n_new]
-        output = self.loaded.forward(input_ids, self.cache, self.n_cached, want_hidden)
-        logits = output.logits[0, -1, : self.loaded.vocab_size].float()  # [V]
-        hidden = output.hidden_states[-1][0, -1] if want_hidden else None  # [hidden_size]
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds = time.perf_counter() - start
-        self.records.append(ForwardRecord(self.loaded.role, kind, len(unseen), self.n_cached, seconds))
-        self.n_cached = len(tokens)
-        return NextToken(logits=logits, hidden=hidden)
+    """Wall time of the pass; in a batched pass, of the whole pass (shared by its rows)."""
+    batch_size: int = 1
+    """Requests that shared this pass (1: the request ran alone)."""

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from ..models.loaded import LoadedModel
 from .detokenize import TextAssembler
 from .sampling import RequestRandomness, choose_token
 from .settings import GenerationSettings
-from .slot import LoadedModel
 
 
 @dataclass(frozen=True)

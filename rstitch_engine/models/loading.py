@@ -16,9 +16,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers.utils import logging as transformers_logging
 
+from ..errors import InvalidSettingError, ModelLoadError
 from .defaults import resolve_alias
 from .draft import is_draft_folder, load_draft
-from .errors import InvalidSettingError, ModelLoadError
 from .hardware import auto_dtype
 from .pair import ModelPair
 

@@ -1,4 +1,4 @@
-"""Routers: who decodes a position whose entropy is above the threshold.
+"""The router protocol: what a router sees (``RouterState``) and what it decides.
 
 The engine applies Algorithm 1 of the R-Stitch paper. With H the normalised entropy of the active
 model's next-token distribution and tau the router's threshold:
@@ -18,15 +18,10 @@ it). Without one the rules above hold bit for bit.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
-from typing import Callable, Literal, Protocol, runtime_checkable
+from typing import Callable, Protocol, runtime_checkable
 
 import torch
-
-from .errors import InvalidSettingError
-from .defaults import DEFAULT_THRESHOLD
-from .settings import validate_threshold
 
 
 @dataclass(frozen=True)
@@ -76,66 +71,3 @@ def hand_back_hook(router: object) -> Callable[[RouterState], bool] | None:
     """The router's ``hands_back`` method, or None for the default rule (hand back when H <= tau)."""
     method = getattr(router, "hands_back", None)
     return method if callable(method) else None
-
-
-@dataclass(frozen=True)
-class EntropyRouter:
-    """R-Stitch: every SLM token above the threshold goes to the LLM."""
-
-    threshold: float = DEFAULT_THRESHOLD
-    needs_hidden_state: bool = False
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "threshold", validate_threshold(self.threshold))
-
-    def wants_llm(self, state: RouterState) -> bool:
-        return True
-
-
-@dataclass(frozen=True)
-class AlwaysSLMRouter:
-    """Baseline: the SLM alone (the LLM never runs)."""
-
-    threshold: float = math.inf
-    needs_hidden_state: bool = False
-
-    def wants_llm(self, state: RouterState) -> bool:
-        return False
-
-
-@dataclass(frozen=True)
-class AlwaysLLMRouter:
-    """Baseline: the LLM alone, reached through the loop (one SLM prompt pass is discarded)."""
-
-    threshold: float = -math.inf
-    needs_hidden_state: bool = False
-
-    def wants_llm(self, state: RouterState) -> bool:
-        return True
-
-
-RouterName = Literal["entropy", "learned", "slm", "llm"]
-"""'entropy': R-Stitch at a threshold; 'learned': R-Stitch+ (a trained router, by default the one shipped
-for the default pair); 'slm' / 'llm': one model alone (baselines)."""
-
-
-def router_named(name: RouterName, threshold: float, path: str | None = None) -> Router:
-    """The router a configuration names.
-
-    ``threshold`` is used by the entropy router only (a learned router keeps the tau it was trained
-    with). ``path`` is a learned router's folder (``rstitch train-router --out``); None with
-    'learned' is the router shipped for the default pair.
-    """
-    if path is not None and name != "learned":
-        raise InvalidSettingError(f"a router path is only used with router='learned', not {name!r}")
-    if name == "learned":
-        from .learned_router import load_learned_router  # the learned router imports this module
-
-        return load_learned_router(path)
-    if name == "slm":
-        return AlwaysSLMRouter()
-    if name == "llm":
-        return AlwaysLLMRouter()
-    if name == "entropy":
-        return EntropyRouter(threshold)
-    raise InvalidSettingError(f"router must be 'entropy', 'learned', 'slm' or 'llm', got {name!r}")

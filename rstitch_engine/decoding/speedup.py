@@ -1,6 +1,6 @@
 """Estimating what the LLM alone would have cost, from the LLM's own forward passes.
 
-With a calibrated cost model of the pair on this kind of device (``costmodel.PairCostModel``,
+With a calibrated cost model of the pair on this kind of device (``models.cost_model.PairCostModel``,
 shipped per pair and device in ``rstitch_engine/costs``), the estimate is the model's LLM-alone
 time for this prompt and output length, scaled by how fast the LLM ran in this request: the
 measured seconds of its passes over their predicted seconds (or of the passes in earlier requests
@@ -27,8 +27,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterable
 
-from .costmodel import PairCostModel
-from .slot import ForwardRecord
+from ..models.cost_model import PairCostModel
+from ..models.loaded import ForwardRecord
 
 
 @dataclass(frozen=True)

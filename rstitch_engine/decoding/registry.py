@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from .defaults import DEFAULT_LLM
+from ..models.defaults import DEFAULT_LLM
 from .engine import StitchEngine
 
 _engines: dict[tuple[str, str | None, str, str], StitchEngine] = {}

@@ -6,8 +6,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from .baseline import AloneResult
-from .slot import ForwardRecord, ModelRole
+from ..models.loaded import ForwardRecord, ModelRole
+from .alone import AloneResult
 
 FinishReason = Literal["stop", "length"]
 SpeedupBasis = Literal["measured", "estimated", "unavailable"]
@@ -82,14 +82,18 @@ class StitchStats:
     wall_seconds: float
     """From the start of the request to its end, as the caller saw it."""
     idle_seconds: float
-    """Part of the wall time spent waiting: for other requests' forward passes (concurrent callers
-    are serialised) or for the consumer of the stream between two tokens."""
+    """Part of the wall time not spent on this request's forward passes. Alone (``max_batch_size=1``):
+    waiting for other requests' passes and for the consumer between two tokens. Batched: the wall
+    time minus the wall time of the batched passes it took part in (a shared pass counts whole for
+    each of its requests), so ``busy_seconds`` is what this request's passes took, at that load."""
     finish_reason: FinishReason
     router: str
     threshold: float
     llm_alone_seconds: float | None
     """Measured (an LLM-alone run) or estimated time of the LLM decoding this request alone."""
     speedup_basis: SpeedupBasis
+    largest_batch: int = 1
+    """The most requests any of this request's forward passes was shared with (1: it always ran alone)."""
     llm_alone_tokens: int | None = None
     """Tokens the LLM wrote alone when measured (it may stop earlier or later than the stitched
     answer: the measured speedup is per request, as in the paper); None when estimated, which
@@ -149,6 +153,7 @@ class StitchStats:
             "llm_forward_passes": self.llm.forward_passes,
             "wall_seconds": self.wall_seconds,
             "idle_seconds": self.idle_seconds,
+            "largest_batch": self.largest_batch,
             "busy_seconds": self.busy_seconds,
             "tokens_per_second": self.tokens_per_second,
             "finish_reason": self.finish_reason,

@@ -1,0 +1,204 @@
+"""One request's state and its Algorithm 1 step, independent of how the forward pass is run.
+
+Shapes and invariants of one request:
+
+* ``tokens`` is x + y (prompt then kept output), a Python list; y is ``tokens[len(prompt):]``.
+* Each model has a ``Slot`` whose cache covers ``tokens[:slot.n_cached]``.
+* Only the active model runs in a step. It is fed ``tokens[slot.n_cached:]`` in one forward pass:
+  one token when it wrote the previous token itself (decode), otherwise everything it missed
+  (catch-up: the prompt, and tokens the other model wrote). The LLM is first run at the first
+  switch, so it never sees the prompt before then.
+* Entropy comes from the active model's untempered distribution over the shared real vocabulary.
+* A discarded SLM token was never fed to the SLM (a token enters a cache only when the next step
+  feeds it), so "rolling back" the SLM cache is free: its cache already ends before that position.
+
+``RequestDecoder`` splits a step in two: ``next_pass`` says which model must run and how
+(``PassNeed``); whoever runs it (the engine alone, or the batch scheduler in a batched pass) hands
+the result to ``advance``, which applies the routing rule and returns the kept token's event, or
+None when the SLM's token was discarded. The decisions never depend on how the pass was run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..models.loaded import ForwardKind, ForwardRecord, ModelRole
+from ..models.pair import ModelPair
+from .detokenize import TextAssembler
+from .routing import Router, RouterState, hand_back_hook
+from .sampling import RequestRandomness, choose_token, normalised_entropy
+from .settings import GenerationSettings
+from .slot import NextToken, Slot
+from .speedup import LlmCostHistory
+from .stats import FinishReason, ModelUsage, StitchStats, TokenEvent
+
+
+@dataclass
+class StitchRequest:
+    """The mutable state of one request. Each slot's cache covers ``tokens[:slot.n_cached]``."""
+
+    tokens: list[int]
+    """x + y: the prompt followed by the kept output."""
+    prompt_tokens: int
+    slots: dict[ModelRole, Slot]
+    active: ModelRole = "slm"
+    last_writer: ModelRole | None = None
+    """Who appended ``tokens[-1]``; None while it is a prompt token."""
+    written: dict[ModelRole, int] = field(default_factory=lambda: {"slm": 0, "llm": 0})
+    discarded_slm_tokens: int = 0
+    switches_to_llm: int = 0
+    switches_to_slm: int = 0
+    idle_seconds: float = 0.0
+    """Time not spent on this request: waiting for other requests' passes, or for the consumer."""
+
+    @classmethod
+    def start(cls, pair: ModelPair, prompt_ids: list[int]) -> "StitchRequest":
+        return cls(tokens=list(prompt_ids), prompt_tokens=len(prompt_ids),
+                   slots={"slm": Slot(pair.slm), "llm": Slot(pair.llm)})
+
+    @property
+    def output_tokens(self) -> int:
+        return len(self.tokens) - self.prompt_tokens
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.tokens[self.prompt_tokens:]
+
+    def records(self) -> list[ForwardRecord]:
+        """Every forward pass of both models, SLM first."""
+        return self.slots["slm"].records + self.slots["llm"].records
+
+
+@dataclass(frozen=True)
+class PassNeed:
+    """The forward pass a request needs next: its active model over ``tokens[slot.n_cached:]``."""
+
+    role: ModelRole
+    kind: ForwardKind
+    want_hidden: bool
+    slot: Slot
+    tokens: list[int]
+    """The request's x + y (the slot feeds the part it has not seen)."""
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.tokens) - self.slot.n_cached
+
+
+class RequestDecoder:
+    """Algorithm 1 for one request, one step at a time; the forward passes are run by the caller."""
+
+    def __init__(self, pair: ModelPair, request: StitchRequest, settings: GenerationSettings, router: Router,
+                 history: LlmCostHistory) -> None:
+        self.pair = pair
+        self.request = request
+        self.settings = settings
+        self.router = router
+        self._history = history
+        self._text = TextAssembler(pair.tokenizer, settings.stop)
+        self._randomness = RequestRandomness(settings.seed)
+        self._hand_back = hand_back_hook(router)  # None: the LLM hands back exactly when H <= tau
+        self._took_over = False
+        self.finish_reason: FinishReason | None = None
+        """Set when the request is over: 'stop' (EOS or a stop string) or 'length'."""
+        self.started = time.perf_counter()
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def next_pass(self) -> PassNeed:
+        request = self.request
+        active = request.active
+        return PassNeed(role=active, kind="decode" if request.last_writer == active else "catchup",
+                        want_hidden=active == "slm" and self.router.needs_hidden_state,
+                        slot=request.slots[active], tokens=request.tokens)
+
+    def advance(self, nxt: NextToken) -> TokenEvent | None:
+        """Apply one step's routing to the active model's next-token view; None if the SLM token was discarded."""
+        request, settings = self.request, self.settings
+        active = request.active
+        entropy = normalised_entropy(nxt.logits)
+        token = choose_token(nxt.logits, settings, self._randomness.generator_for(nxt.logits.device))
+        state = RouterState(entropy, len(request.tokens), token, nxt.hidden)
+        hands_back = _route(request, self.router, self._hand_back, state)
+        if hands_back is None:  # the LLM decodes this same position next
+            self._took_over = True
+            return None
+        _keep(request, token, hands_back)
+        is_eos = token in self.pair.eos_token_ids
+        is_last = is_eos or request.output_tokens == settings.max_new_tokens
+        event = TokenEvent(
+            index=request.output_tokens - 1,
+            token_id=token,
+            text=self._text.push(token, is_last),
+            source=active,
+            entropy=entropy,
+            took_over=self._took_over,
+            hands_back=hands_back,
+            seconds=time.perf_counter() - self.started,
+        )
+        self._took_over = False
+        if is_eos or self._text.stopped:
+            self.finish_reason = "stop"
+        elif request.output_tokens >= settings.max_new_tokens:
+            self.finish_reason = "length"
+        return event
+
+    def stats(self, wall_seconds: float | None = None) -> StitchStats:
+        """The request's accounting; its LLM passes then join the engine's cost history."""
+        request = self.request
+        wall = wall_seconds if wall_seconds is not None else time.perf_counter() - self.started
+        records = request.records()
+        llm_alone = self._history.estimate(records, request.prompt_tokens, request.output_tokens)
+        self._history.add(records)
+        return StitchStats(
+            prompt_tokens=request.prompt_tokens,
+            output_tokens=request.output_tokens,
+            slm=ModelUsage.from_records("slm", request.written["slm"], records),
+            llm=ModelUsage.from_records("llm", request.written["llm"], records),
+            discarded_slm_tokens=request.discarded_slm_tokens,
+            switches_to_llm=request.switches_to_llm,
+            switches_to_slm=request.switches_to_slm,
+            wall_seconds=wall,
+            idle_seconds=min(request.idle_seconds, wall),
+            finish_reason=self.finish_reason or "length",
+            router=type(self.router).__name__,
+            threshold=self.router.threshold,
+            llm_alone_seconds=llm_alone,
+            speedup_basis="estimated" if llm_alone is not None else "unavailable",
+            largest_batch=max((r.batch_size for r in records), default=1),
+        )
+
+
+def _route(request: StitchRequest, router: Router, hand_back: Callable[[RouterState], bool] | None,
+           state: RouterState) -> bool | None:
+    """Algorithm 1's decision at one position (``state.entropy`` is the active model's).
+
+    None: the SLM's token is discarded and the LLM becomes active for this same position. Otherwise
+    the token is kept, and the result says whether control returns to the SLM after it.
+    """
+    active = request.active
+    if state.entropy > router.threshold:
+        if active == "slm" and router.wants_llm(state):
+            request.discarded_slm_tokens += 1
+            request.switches_to_llm += 1
+            request.active = "llm"
+            return None
+        return active == "llm" and hand_back is not None and bool(hand_back(state))
+    if active == "llm":  # a confident LLM token is kept, then the SLM resumes (unless a hook says otherwise)
+        return True if hand_back is None else bool(hand_back(RouterState(state.entropy, state.context_length,
+                                                                         state.proposed_token, None)))
+    return False
+
+
+def _keep(request: StitchRequest, token: int, hands_back: bool) -> None:
+    """Append the active model's token to x + y; hand control back to the SLM if asked."""
+    request.tokens.append(token)
+    request.written[request.active] += 1
+    request.last_writer = request.active
+    if hands_back:
+        request.active = "slm"
+        request.switches_to_slm += 1

@@ -1,0 +1,78 @@
+"""The routers shipped with the engine, and ``router_named`` to pick one by name.
+
+The protocol they implement and the rules of Algorithm 1 it serves are in ``routing``;
+R-Stitch+'s learned router is in ``learned_router``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+from ..errors import InvalidSettingError
+from ..models.defaults import DEFAULT_THRESHOLD
+from .learned_router import load_learned_router
+from .routing import Router, RouterState
+from .settings import validate_threshold
+
+
+@dataclass(frozen=True)
+class EntropyRouter:
+    """R-Stitch: every SLM token above the threshold goes to the LLM."""
+
+    threshold: float = DEFAULT_THRESHOLD
+    needs_hidden_state: bool = False
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "threshold", validate_threshold(self.threshold))
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return True
+
+
+@dataclass(frozen=True)
+class AlwaysSLMRouter:
+    """Baseline: the SLM alone (the LLM never runs)."""
+
+    threshold: float = math.inf
+    needs_hidden_state: bool = False
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return False
+
+
+@dataclass(frozen=True)
+class AlwaysLLMRouter:
+    """Baseline: the LLM alone, reached through the loop (one SLM prompt pass is discarded)."""
+
+    threshold: float = -math.inf
+    needs_hidden_state: bool = False
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return True
+
+
+RouterName = Literal["entropy", "learned", "slm", "llm"]
+"""'entropy': R-Stitch at a threshold; 'learned': R-Stitch+ (a trained router, by default the one shipped
+for the default pair); 'slm' / 'llm': one model alone (baselines)."""
+
+
+def router_named(name: RouterName, threshold: float, path: str | None = None) -> Router:
+    """The router a configuration names.
+
+    ``threshold`` is used by the entropy router only (a learned router keeps the tau it was trained
+    with). ``path`` is a learned router's folder (``rstitch train-router --out``); None with
+    'learned' is the router shipped for the default pair.
+    """
+    if path is not None and name != "learned":
+        raise InvalidSettingError(f"a router path is only used with router='learned', not {name!r}")
+    if name == "learned":
+        return load_learned_router(path)
+    if name == "slm":
+        return AlwaysSLMRouter()
+    if name == "llm":
+        return AlwaysLLMRouter()
+    if name == "entropy":
+        return EntropyRouter(threshold)
+    raise InvalidSettingError(f"router must be 'entropy', 'learned', 'slm' or 'llm', got {name!r}")

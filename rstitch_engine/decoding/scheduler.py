@@ -1,0 +1,176 @@
+"""Continuous batching of concurrent requests: each step runs every live request once.
+
+A step takes up to ``max_batch_size`` runnable requests (those served longest ago first, so a
+bounded batch rotates fairly), asks each ``RequestDecoder`` which pass it needs, and runs one
+batched pass per group of requests on the same model with a similar number of new tokens
+(``decoding.batch``): SLM decodes and short catch-ups together, the LLM's together, long prompt
+prefills apart, so that a decode row never pays for a prefill's padding. Then every decoder
+applies its own routing to its own row, exactly as it would alone. Requests join (``admit``) and
+leave (``leave``: finished, closed, abandoned) between steps.
+
+There is no scheduler thread. A consumer that wants its request's next event and finds none
+decided yet takes the step lock and runs a step for everyone (or, if another consumer's step
+produced its event meanwhile, takes that). Whoever reads drives, so the step runs on the caller's
+threads, asyncio's worker threads included, and one request alone decodes exactly as before.
+
+Faults stay with their request:
+
+* a request whose consumer stops reading pauses once ``MAX_EVENTS_AHEAD`` events wait unread, and
+  the others go on;
+* a batched pass that raises is rerun row by row, and only the rows that fail again get the error
+  (raised to their consumer at its next read);
+* an error in a request's own routing (a router that raises) ends that request only;
+* a stream closed, cancelled or garbage-collected leaves before the next step.
+
+A step waits for both models' groups: a request on the SLM waits for the LLM's pass of the same
+step. Grouping by length keeps a long catch-up from stretching everyone's pass, and rotation keeps a
+bounded batch from starving anyone; the step's order (SLM groups first) never changes a result.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Iterator
+
+from .batch import catch_up_batch
+from .request import PassNeed, RequestDecoder
+from .slot import NextToken
+from .stats import TokenEvent
+
+MAX_EVENTS_AHEAD = 32
+"""A request with this many unread events sits out the next steps until its consumer reads."""
+LENGTH_SPREAD = 8
+"""Rows share a pass while the longest feeds at most 2x + this many tokens more than the shortest."""
+
+
+class Ticket:
+    """One admitted request: its decoder, events decided but not read yet, and how it ended."""
+
+    def __init__(self, decoder: RequestDecoder) -> None:
+        self.decoder = decoder
+        self.events: deque[TokenEvent] = deque()
+        self.error: BaseException | None = None
+        self.left = False
+
+    @property
+    def done(self) -> bool:
+        return self.left or self.error is not None or self.decoder.finished
+
+    @property
+    def runnable(self) -> bool:
+        return not self.done and len(self.events) < MAX_EVENTS_AHEAD
+
+
+class BatchScheduler:
+    """Runs the steps of every admitted request together (see the module docstring)."""
+
+    def __init__(self, max_batch_size: int, step_lock: threading.Lock) -> None:
+        self.max_batch_size = max_batch_size
+        self._step_lock = step_lock
+        """Held for a whole step: one pass at a time on the models (shared with ``decode_alone``)."""
+        self._members_lock = threading.Lock()
+        self._live: list[Ticket] = []
+        """Admitted and not done, least recently served first."""
+
+    @property
+    def live_requests(self) -> int:
+        with self._members_lock:
+            return len(self._live)
+
+    def admit(self, decoder: RequestDecoder) -> Ticket:
+        ticket = Ticket(decoder)
+        with self._members_lock:
+            self._live.append(ticket)
+        return ticket
+
+    def leave(self, ticket: Ticket) -> None:
+        ticket.left = True
+        with self._members_lock:
+            if ticket in self._live:
+                self._live.remove(ticket)
+
+    def events(self, ticket: Ticket) -> Iterator[TokenEvent]:
+        """The ticket's events in order, running steps while none is decided; ends with the request."""
+        while True:
+            if ticket.events:
+                yield ticket.events.popleft()
+                continue
+            if ticket.error is not None:
+                error, ticket.error = ticket.error, None
+                ticket.left = True
+                raise error
+            if ticket.done:
+                return
+            with self._step_lock:
+                if not ticket.events and not ticket.done:
+                    self._step()
+
+    def _step(self) -> None:
+        members = self._take_members()
+        needs = [(ticket, ticket.decoder.next_pass()) for ticket in members]
+        for group in _groups(needs):
+            results = _run_group(group)
+            for (ticket, _), nxt in zip(group, results):
+                if nxt is not None:
+                    _advance(ticket, nxt)
+        with self._members_lock:
+            self._live = [t for t in self._live if not t.done]
+
+    def _take_members(self) -> list[Ticket]:
+        """Up to ``max_batch_size`` runnable tickets, least recently served first; they move to the back."""
+        with self._members_lock:
+            members = [t for t in self._live if t.runnable][: self.max_batch_size]
+            served = set(map(id, members))
+            self._live = [t for t in self._live if id(t) not in served] + members
+        return members
+
+
+def _groups(needs: list[tuple[Ticket, PassNeed]]) -> list[list[tuple[Ticket, PassNeed]]]:
+    """Rows that share a pass: one model, similar numbers of new tokens (shortest first)."""
+    groups: list[list[tuple[Ticket, PassNeed]]] = []
+    for role in ("slm", "llm"):
+        rows = sorted((item for item in needs if item[1].role == role), key=lambda item: item[1].new_tokens)
+        current: list[tuple[Ticket, PassNeed]] = []
+        for item in rows:
+            if current and item[1].new_tokens > 2 * current[0][1].new_tokens + LENGTH_SPREAD:
+                groups.append(current)
+                current = []
+            current.append(item)
+        if current:
+            groups.append(current)
+    return groups
+
+
+def _run_group(group: list[tuple[Ticket, PassNeed]]) -> list[NextToken | None]:
+    """One batched pass; if it raises, each row alone, with the error kept by the rows that fail."""
+    needs = [need for _, need in group]
+    try:
+        return catch_up_batch([n.slot for n in needs], [n.tokens for n in needs], [n.kind for n in needs],
+                              any(n.want_hidden for n in needs))
+    except Exception:  # noqa: BLE001 - find the row at fault; the others go on
+        results: list[NextToken | None] = []
+        for ticket, need in group:
+            try:
+                results.append(need.slot.catch_up(need.tokens, need.kind, need.want_hidden))
+            except Exception as error:  # noqa: BLE001 - delivered to this request's consumer
+                ticket.error = error
+                results.append(None)
+        return results
+
+
+def _advance(ticket: Ticket, nxt: NextToken) -> None:
+    try:
+        event = ticket.decoder.advance(nxt)
+    except Exception as error:  # noqa: BLE001 - a router that raises ends its own request only
+        ticket.error = error
+        return
+    if event is not None:
+        ticket.events.append(event)
+
+
+def wall_minus_passes(decoder: RequestDecoder) -> float:
+    """Idle time of a batched request: its wall time so far minus the passes it took part in."""
+    busy = sum(record.seconds for record in decoder.request.records())
+    return max(time.perf_counter() - decoder.started - busy, 0.0)

@@ -1,0 +1,283 @@
+"""Batched stitched decoding: concurrent requests share passes and get exactly their lone results.
+
+The tiny pairs are float64, so a row of a padded batched pass and the same request's lone pass agree
+to ~1e-15 and every greedy choice and routing decision is the same: tokens and sources are compared
+exactly. Every test also checks that passes really were shared (``largest_batch``), so a scheduler
+that silently ran requests one by one would fail here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import threading
+import weakref
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from tiny import tiny_pair
+
+from rstitch_engine import EmptyPromptError, EntropyRouter, GenerationSettings, InvalidSettingError, StitchEngine
+from rstitch_engine.decoding.scheduler import MAX_EVENTS_AHEAD
+from rstitch_engine.decoding.slot import Slot
+
+PROMPTS = ["The quick brown", "What is 3 + 4? It is", "def add(a, b):", "Café 東京", "When the small model",
+           "x", "12 * 3", "lazy dog and the quick fox jumps over"]
+TAUS = (0.6, 0.7, 0.75, 0.8, 0.65, 0.7, 0.72, 0.78)
+SETTINGS = GenerationSettings(max_new_tokens=20)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return tiny_pair()
+
+
+@pytest.fixture(scope="module")
+def batched(pair) -> StitchEngine:
+    return StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=8)
+
+
+@pytest.fixture(scope="module")
+def alone(pair):
+    """Lone results of each (prompt, tau), from an engine whose passes are never shared."""
+    engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=1)
+    return {(p, t): engine.generate(p, SETTINGS, EntropyRouter(t)) for p in PROMPTS for t in set(TAUS)}
+
+
+def signature(result):
+    """What must be identical: tokens, who wrote each, and the per-request accounting."""
+    stats = result.stats
+    return (result.token_ids, tuple(e.source for e in result.events), stats.switches_to_llm, stats.switches_to_slm,
+            stats.discarded_slm_tokens, stats.slm.forward_passes, stats.llm.forward_passes,
+            stats.slm.catchup_tokens, stats.llm.catchup_tokens, stats.finish_reason)
+
+
+def test_a_batch_gives_each_request_its_lone_tokens_sources_and_stats(batched, alone):
+    results = [batched.generate(p, SETTINGS, EntropyRouter(t)) for p, t in zip(PROMPTS, TAUS)]  # one at a time
+    batch = [batched.stream(p, SETTINGS, EntropyRouter(t)) for p, t in zip(PROMPTS, TAUS)]
+    outputs = _read_in_turn(batch)
+    for (prompt, tau), (events, stats) in zip(zip(PROMPTS, TAUS), outputs):
+        lone = alone[(prompt, tau)]
+        assert tuple(e.token_id for e in events) == lone.token_ids
+        assert tuple(e.source for e in events) == tuple(e.source for e in lone.events)
+        assert (stats.switches_to_llm, stats.slm.catchup_tokens, stats.llm.forward_passes) == (
+            lone.stats.switches_to_llm, lone.stats.slm.catchup_tokens, lone.stats.llm.forward_passes)
+        assert stats.output_tokens == stats.slm_tokens + stats.llm_tokens == len(events)
+    assert max(s.largest_batch for _, s in outputs) >= len(PROMPTS) // 2
+    assert sum(s.switches_to_llm for _, s in outputs) > 0  # rows switched models inside the batch
+    assert all(r.largest_batch == 1 for r in [result.stats for result in results])
+
+
+def test_generate_batch_equals_generate_one_by_one(batched, alone):
+    results = batched.generate_batch(PROMPTS, SETTINGS, EntropyRouter(0.7))
+    assert [signature(r) for r in results] == [signature(alone[(p, 0.7)]) for p in PROMPTS]
+    assert all(r.stats.largest_batch > 1 for r in results)
+
+
+def test_passes_mix_decode_and_catch_up_rows_of_different_lengths(pair):
+    engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=8)
+    streams = [engine.stream(p, SETTINGS) for p in PROMPTS]
+    _read_in_turn(streams)
+    shared = [r for s in streams for r in s.request.records() if r.batch_size > 1]
+    assert {r.kind for r in shared} == {"decode", "catchup"}
+    assert len({r.new_tokens for r in shared if r.kind == "catchup"}) > 1
+    assert len({r.cached_tokens for r in shared if r.kind == "decode"}) > 1
+
+
+def test_threads_and_asyncio_callers_are_batched_and_exact(batched, alone):
+    barrier = threading.Barrier(len(PROMPTS))
+
+    def call(prompt, tau):
+        barrier.wait()
+        return batched.generate(prompt, SETTINGS, EntropyRouter(tau))
+
+    with ThreadPoolExecutor(max_workers=len(PROMPTS)) as pool:
+        threaded = list(pool.map(call, PROMPTS, TAUS))
+
+    async def gather():
+        return await asyncio.gather(*(asyncio.to_thread(batched.generate, p, SETTINGS, EntropyRouter(t))
+                                      for p, t in zip(PROMPTS, TAUS)))
+
+    awaited = asyncio.run(gather())
+    for results in (threaded, awaited):
+        assert [signature(r) for r in results] == [signature(alone[k]) for k in zip(PROMPTS, TAUS)]
+    assert max(r.stats.largest_batch for r in threaded) > 1
+
+
+def test_max_batch_size_bounds_every_pass_and_serves_everyone(pair, alone):
+    engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=3)
+    streams = [engine.stream(p, SETTINGS) for p in PROMPTS]
+    outputs = _read_in_turn(streams)
+    assert [tuple(e.token_id for e in ev) for ev, _ in outputs] == [alone[(p, 0.7)].token_ids for p in PROMPTS]
+    sizes = {r.batch_size for s in streams for r in s.request.records()}
+    assert max(sizes) == 3
+
+
+def test_seeded_sampling_is_reproducible_per_request_in_a_batch(batched, pair):
+    lone_engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=1)
+    settings = [GenerationSettings(max_new_tokens=16, temperature=0.9, top_p=0.9, seed=s) for s in range(len(PROMPTS))]
+    lone = [lone_engine.generate(p, s).token_ids for p, s in zip(PROMPTS, settings)]
+    streams = [batched.stream(p, s) for p, s in zip(PROMPTS, settings)]
+    assert [tuple(e.token_id for e in ev) for ev, _ in _read_in_turn(streams)] == lone
+
+
+def test_max_batch_size_is_validated(pair):
+    for bad in (0, -1, 1.5, True, "8"):
+        with pytest.raises(InvalidSettingError, match="max_batch_size"):
+            StitchEngine(pair, max_batch_size=bad)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------- faults
+
+
+class RaisingRouter:
+    """Consulted at every SLM position (tau 0); keeps the first SLM token, raises at the second."""
+
+    threshold = 0.0
+    needs_hidden_state = False
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def wants_llm(self, state) -> bool:
+        self.calls += 1
+        if self.calls == 2:
+            raise RuntimeError("router failed")
+        return False
+
+
+def test_one_request_failing_in_each_way_never_breaks_the_others(batched, alone):
+    """8 concurrent requests: bad input, a router that raises, a consumer that stops reading, one that
+    closes early, one whose callback raises, one cancelled asyncio task; two plain ones must be exact."""
+    barrier = threading.Barrier(6)
+    stalled = batched.stream(PROMPTS[2], SETTINGS)
+    first = next(stalled)  # read one event, then nobody reads it while the others run
+
+    def plain(prompt):
+        barrier.wait()
+        return batched.generate(prompt, SETTINGS)
+
+    def bad_input():
+        barrier.wait()
+        with pytest.raises(EmptyPromptError):
+            batched.generate([], SETTINGS)
+        return "bad input refused"
+
+    def raising_router():
+        barrier.wait()
+        with pytest.raises(RuntimeError, match="router failed"):
+            batched.generate(PROMPTS[3], SETTINGS, RaisingRouter())
+        return "router error delivered"
+
+    def closes_early():
+        barrier.wait()
+        with batched.stream(PROMPTS[4], SETTINGS) as stream:
+            next(stream), next(stream)
+        return "closed"
+
+    def callback_raises():
+        barrier.wait()
+        with pytest.raises(ValueError):
+            for event in batched.stream(PROMPTS[5], SETTINGS):
+                if event.index == 3:
+                    raise ValueError("a callback failed")
+        return "callback error stayed with its caller"
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        jobs = [pool.submit(plain, PROMPTS[0]), pool.submit(plain, PROMPTS[1]), pool.submit(bad_input),
+                pool.submit(raising_router), pool.submit(closes_early), pool.submit(callback_raises)]
+        cancelled = _cancelled_async_request(batched, PROMPTS[6])
+        outcomes = [job.result(timeout=120) for job in jobs]
+
+    assert signature(outcomes[0]) == signature(alone[(PROMPTS[0], 0.7)])
+    assert signature(outcomes[1]) == signature(alone[(PROMPTS[1], 0.7)])
+    assert cancelled == "cancelled"
+    assert len(stalled.request.output_ids) > 1  # decided ahead while its consumer did not read
+    rest = [first, *stalled]  # the stalled consumer resumes and gets its exact answer
+    assert tuple(e.token_id for e in rest) == alone[(PROMPTS[2], 0.7)].token_ids
+    assert batched._scheduler.live_requests == 0
+    assert signature(batched.generate(PROMPTS[7], SETTINGS)) == signature(alone[(PROMPTS[7], 0.7)])
+
+
+def _cancelled_async_request(engine: StitchEngine, prompt: str) -> str:
+    async def consume():
+        stream = engine.stream(prompt, SETTINGS)
+        try:
+            while await asyncio.to_thread(next, stream, None) is not None:
+                await asyncio.sleep(0)
+        finally:
+            stream.close()
+
+    async def run():
+        task = asyncio.ensure_future(consume())
+        await asyncio.sleep(0.05)
+        task.cancel()
+        try:
+            await task
+        except asyncio.CancelledError:
+            return "cancelled"
+        return "finished before the cancel"
+
+    return asyncio.run(run())
+
+
+def test_a_consumer_that_stops_reading_is_paused_not_buffered_without_bound(pair):
+    engine = StitchEngine(pair, EntropyRouter(0.7), GenerationSettings(max_new_tokens=200), max_batch_size=8)
+    settings = GenerationSettings(max_new_tokens=200)
+    idle = engine.stream("lazy", settings)
+    next(idle)
+    busy = engine.generate("The quick brown", settings)
+    assert busy.stats.output_tokens > 2 * MAX_EVENTS_AHEAD  # many steps ran while nobody read the other
+    ticket = next(t for t in engine._scheduler._live)  # the idle request, still live
+    assert len(ticket.events) == MAX_EVENTS_AHEAD and not ticket.runnable
+    idle.close()
+    assert engine._scheduler.live_requests == 0
+
+
+def test_a_dropped_unread_stream_leaves_the_batch(batched):
+    stream = batched.stream(PROMPTS[0], SETTINGS)
+    assert batched._scheduler.live_requests == 1
+    del stream
+    gc.collect()
+    assert batched._scheduler.live_requests == 0
+
+
+def test_memory_returns_to_idle_after_200_requests(pair):
+    engine = StitchEngine(pair, EntropyRouter(0.7), GenerationSettings(max_new_tokens=8), max_batch_size=16)
+    caches: list[weakref.ref] = []
+    original_init = Slot.__post_init__
+
+    def tracking_init(slot):
+        original_init(slot)
+        caches.append(weakref.ref(slot.cache))
+
+    Slot.__post_init__ = tracking_init
+    try:
+        for start in range(0, 200, 20):
+            chunk = [PROMPTS[(start + k) % len(PROMPTS)] for k in range(20)]
+            for k, stream in enumerate([engine.stream(p) for p in chunk]):
+                if k % 5 == 0:
+                    stream.close()  # some abandoned, some read to the end
+                else:
+                    list(stream)
+        del stream  # the loop variable holds the last request
+    finally:
+        Slot.__post_init__ = original_init
+    gc.collect()
+    assert len(caches) == 400  # two slots per request
+    assert engine._scheduler.live_requests == 0
+    assert [ref for ref in caches if ref() is not None] == []
+
+
+def _read_in_turn(streams):
+    """Read several streams one event each in turn (one thread, as an event loop would); (events, stats)."""
+    events = [[] for _ in streams]
+    live = list(range(len(streams)))
+    while live:
+        for index in list(live):
+            event = next(streams[index], None)
+            if event is None:
+                live.remove(index)
+            else:
+                events[index].append(event)
+    return [(e, s.stats) for e, s in zip(events, streams)]
