@@ -1,0 +1,203 @@
+"""Throughput of concurrent requests on the default pair: one by one, batched, and the LLM alone batched.
+
+For each concurrency c in ``--concurrency`` (default 1, 2, 4, 8, 16), the first c prompts of a
+fixed set of short held-out questions of the quality suite are answered, side by side in one run:
+
+* **one-by-one stitched**: an engine with ``max_batch_size=1``, the requests one after another
+  (what a LangChain ``batch()`` got before batching);
+* **batched stitched**: the same pair with ``max_batch_size=16``, ``generate_batch`` on all c
+  (what ``batch()``, ``abatch()``, concurrent threads and async query engines get now);
+* **LLM alone, batched**: transformers' ``generate`` on the LLM with left padding, greedy, the
+  whole batch in one call.
+
+Each configuration is timed on the same prompts and ``max_new_tokens``; tokens/s counts each
+request's own tokens up to its EOS. ``speedup_vs_sequential`` is tokens/s over one-by-one stitched
+at the same concurrency. The order of the three configurations is rotated per concurrency so that
+the shared machine's load drifts over all of them. After the sweep, ``--memory-requests`` short
+requests are run batched and the process's resident memory is read before and after (with the
+engine's live-request count) to show that memory returns to its idle level.
+
+    python benchmarks/batched_throughput.py --json benchmarks/results/batched_throughput.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from rstitch_engine import GenerationSettings, StitchEngine
+from rstitch_engine.measure.quality import quality_suite
+from rstitch_engine.models.hardware import processor_name
+
+CONFIGS = ("one_by_one_stitched", "batched_stitched", "llm_alone_batched")
+
+
+def prompts(count: int) -> list[list[dict[str, str]]]:
+    """The first ``count`` held-out questions of the quality suite, as chat messages."""
+    return [[{"role": "user", "content": item.question}] for item in quality_suite("heldout")[:count]]
+
+
+def own_tokens(ids: Sequence[int], eos: frozenset[int]) -> int:
+    """Tokens up to and including the first EOS (a padded ``generate`` row continues past it)."""
+    for index, token in enumerate(ids):
+        if token in eos:
+            return index + 1
+    return len(ids)
+
+
+def run_one_by_one(engine: StitchEngine, batch: list, settings: GenerationSettings) -> dict[str, Any]:
+    start = time.perf_counter()
+    results = [engine.generate(p, settings) for p in batch]
+    return _summary(results, time.perf_counter() - start)
+
+
+def run_batched(engine: StitchEngine, batch: list, settings: GenerationSettings) -> dict[str, Any]:
+    start = time.perf_counter()
+    results = engine.generate_batch(batch, settings)
+    return _summary(results, time.perf_counter() - start)
+
+
+def _summary(results: list, seconds: float) -> dict[str, Any]:
+    tokens = sum(r.stats.output_tokens for r in results)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
+            "slm_share": sum(r.stats.slm_tokens for r in results) / max(tokens, 1),
+            "switches_per_100_tokens": 100 * sum(r.stats.switches_to_llm for r in results) / max(tokens, 1),
+            "largest_batch": max(r.stats.largest_batch for r in results),
+            "token_ids": [list(r.token_ids) for r in results]}
+
+
+@torch.inference_mode()
+def run_llm_alone(engine: StitchEngine, batch: list, settings: GenerationSettings) -> dict[str, Any]:
+    tokenizer, llm = engine.pair.tokenizer, engine.pair.llm
+    rendered = [tokenizer.apply_chat_template(p, add_generation_prompt=True, tokenize=False) for p in batch]
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        inputs = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(llm.device)
+    finally:
+        tokenizer.padding_side = side
+    start = time.perf_counter()
+    output = llm.model.generate(**inputs, max_new_tokens=settings.max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id or 0, eos_token_id=sorted(engine.pair.eos_token_ids))
+    seconds = time.perf_counter() - start
+    new = output[:, inputs["input_ids"].shape[1]:].tolist()
+    tokens = sum(own_tokens(row, engine.pair.eos_token_ids) for row in new)
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds}
+
+
+def resident_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def memory_check(engine: StitchEngine, requests: int) -> dict[str, Any]:
+    """Resident memory before and after ``requests`` short batched requests (16 at a time)."""
+    settings = GenerationSettings(max_new_tokens=8)
+    batch = prompts(16)
+    engine.generate_batch(batch, settings)  # warm the allocator at this size
+    gc.collect()
+    before = resident_mib()
+    for start in range(0, requests, 16):
+        engine.generate_batch(batch[: min(16, requests - start)], settings)
+    gc.collect()
+    after = resident_mib()
+    return {"requests": requests, "rss_mib_before": before, "rss_mib_after": after,
+            "live_requests_after": engine._scheduler.live_requests}
+
+
+def sweep(batched: StitchEngine, serial: StitchEngine, levels: list[int], settings: GenerationSettings
+          ) -> list[dict[str, Any]]:
+    runners = {"one_by_one_stitched": lambda b: run_one_by_one(serial, b, settings),
+               "batched_stitched": lambda b: run_batched(batched, b, settings),
+               "llm_alone_batched": lambda b: run_llm_alone(batched, b, settings)}
+    rows = []
+    for turn, level in enumerate(levels):
+        batch = prompts(level)
+        order = CONFIGS[turn % 3:] + CONFIGS[: turn % 3]
+        measured = {name: runners[name](batch) for name in order}
+        sequential = measured["one_by_one_stitched"]["tokens_per_second"]
+        same = sum(a == b for a, b in zip(measured["batched_stitched"].pop("token_ids"),
+                                          measured["one_by_one_stitched"].pop("token_ids")))
+        rows.append({"concurrency": level, "configs": measured,
+                     "tokens_per_second": {n: m["tokens_per_second"] for n, m in measured.items()},
+                     "speedup_vs_sequential": {n: m["tokens_per_second"] / sequential for n, m in measured.items()},
+                     "identical_answers_batched_vs_one_by_one": same})
+        print(f"c={level}: " + ", ".join(f"{n} {m['tokens_per_second']:.1f} tok/s" for n, m in measured.items()),
+              file=sys.stderr)
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title)
+    for column in ("concurrent", "one-by-one stitched", "batched stitched", "LLM alone batched",
+                   "batched vs one-by-one", "batched vs LLM batched", "same answers"):
+        table.add_column(column, justify="right")
+    for row in rows:
+        tps = row["tokens_per_second"]
+        table.add_row(str(row["concurrency"]), f"{tps['one_by_one_stitched']:.1f} tok/s",
+                      f"{tps['batched_stitched']:.1f} tok/s", f"{tps['llm_alone_batched']:.1f} tok/s",
+                      f"{row['speedup_vs_sequential']['batched_stitched']:.2f}x",
+                      f"{tps['batched_stitched'] / tps['llm_alone_batched']:.2f}x",
+                      f"{row['identical_answers_batched_vs_one_by_one']}/{row['concurrency']}")
+    Console().print(table)
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated request counts")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--memory-requests", type=int, default=200)
+    parser.add_argument("--llm", default=None, help="default: the default pair's LLM")
+    parser.add_argument("--slm", default=None)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--json", type=Path, default=None)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = argument_parser().parse_args(argv)
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    pretrained = {} if args.llm is None else {"llm": args.llm, "slm": args.slm}
+    batched = StitchEngine.from_pretrained(**pretrained, device=args.device, dtype=args.dtype, max_batch_size=16)
+    serial = StitchEngine(batched.pair, batched.router, batched.settings, max_batch_size=1)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    run_batched(batched, prompts(2), GenerationSettings(max_new_tokens=4))  # warm-up
+    run_llm_alone(batched, prompts(2), GenerationSettings(max_new_tokens=4))
+    started = time.perf_counter()
+    rows = sweep(batched, serial, levels, settings)
+    memory = memory_check(batched, args.memory_requests) if args.memory_requests else None
+    processor = processor_name(batched.pair.llm.device)
+    dtype = str(batched.pair.llm.dtype).removeprefix("torch.")
+    print_table(rows, f"{batched.pair.slm.name} + {batched.pair.llm.name}, {dtype} on {processor}, "
+                      f"{args.max_new_tokens} new tokens, tau {batched.router.threshold}")
+    if memory:
+        print(f"memory: {memory['rss_mib_before']:.0f} MiB resident before {memory['requests']} batched requests, "
+              f"{memory['rss_mib_after']:.0f} MiB after; {memory['live_requests_after']} live requests left")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "benchmark": "batched_throughput", "command": " ".join(sys.argv), "pair": f"{batched.pair.slm.name}+"
+            f"{batched.pair.llm.name}", "dtype": dtype, "threshold": batched.router.threshold,
+            "max_new_tokens": args.max_new_tokens, "machine": platform.platform(), "processor": processor,
+            "hardware": {"processor_name": processor}, "torch": torch.__version__,
+            "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,
+            "rows": rows, "memory": memory}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

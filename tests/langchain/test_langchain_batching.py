@@ -1,0 +1,46 @@
+"""LangChain ``batch``/``abatch`` on the real default pair: the inputs share passes, with no user change."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from rstitch_integrations.langchain import ChatRStitch
+
+pytestmark = pytest.mark.real_model
+
+QUESTIONS = ["What is the capital of France?", "Name a fruit that is yellow.", "What is the plural of mouse?",
+             "Add 17 and 25. Reply with just the number."]
+
+
+@pytest.fixture
+def chat(real_engine_float32) -> ChatRStitch:
+    return ChatRStitch(max_tokens=12, dtype="float32")
+
+
+def test_batch_shares_forward_passes_and_equals_one_by_one(chat):
+    one_by_one = [chat.invoke(q) for q in QUESTIONS]
+    batched = chat.batch(QUESTIONS)
+    assert [m.content for m in batched] == [m.content for m in one_by_one]
+    assert [m.response_metadata["stitch"]["slm_tokens"] for m in batched] == [
+        m.response_metadata["stitch"]["slm_tokens"] for m in one_by_one]
+    assert max(m.response_metadata["stitch"]["largest_batch"] for m in batched) > 1
+    assert all(m.response_metadata["stitch"]["largest_batch"] == 1 for m in one_by_one)
+
+
+def test_abatch_and_concurrent_astream_share_passes(chat):
+    expected = [chat.invoke(q).content for q in QUESTIONS]
+
+    async def run():
+        batched = await chat.abatch(QUESTIONS)
+
+        async def streamed(question):
+            return "".join([chunk.content async for chunk in chat.astream(question)])
+
+        return batched, await asyncio.gather(*(streamed(q) for q in QUESTIONS))
+
+    batched, streamed = asyncio.run(run())
+    assert [m.content for m in batched] == expected
+    assert streamed == expected
+    assert max(m.response_metadata["stitch"]["largest_batch"] for m in batched) > 1
