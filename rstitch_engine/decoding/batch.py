@@ -63,8 +63,8 @@ def catch_up_batch(slots: Sequence[Slot], tokens: Sequence[list[int]], kinds: Se
     assert all(new), "a slot is only run when it has unseen tokens"
     start = time.perf_counter()
     batch_cache, past = _padded_cache(loaded, slots)
-    output = loaded.forward_rows(new, cached, batch_cache, past, want_hidden)
-    results = _row_results(loaded, output, [len(n) for n in new], want_hidden)
+    logits, hidden = loaded.forward_rows(new, cached, batch_cache, past, want_hidden)  # [B, V], [B, d] | None
+    results = [NextToken(logits=logits[r], hidden=None if hidden is None else hidden[r]) for r in range(len(slots))]
     _append_new_entries(slots, batch_cache, past, [len(n) for n in new])
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)
@@ -93,17 +93,6 @@ def _padded_cache(loaded: LoadedModel, slots: Sequence[Slot]) -> tuple[DynamicCa
                 values[row, :, past - slot.n_cached:] = layer.values[0]
         cache.update(keys, values, index)
     return cache, past
-
-
-def _row_results(loaded: LoadedModel, output, new_counts: list[int], want_hidden: bool) -> list[NextToken]:
-    """Row r's next-token view: the logits (and hidden state) at its last real token."""
-    kept = sorted({n - 1 for n in new_counts})  # the logits_to_keep columns the pass computed
-    results = []
-    for row, n in enumerate(new_counts):
-        logits = output.logits[row, kept.index(n - 1), : loaded.vocab_size].float()  # [V]
-        hidden = output.hidden_states[-1][row, n - 1] if want_hidden else None  # [hidden_size]
-        results.append(NextToken(logits=logits, hidden=hidden))
-    return results
 
 
 def _append_new_entries(slots: Sequence[Slot], batch_cache: DynamicCache, past: int, new_counts: list[int]) -> None:

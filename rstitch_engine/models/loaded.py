@@ -56,10 +56,15 @@ class LoadedModel:
                           use_cache=True, logits_to_keep=1, output_hidden_states=want_hidden)
 
     def forward_rows(self, new: list[list[int]], cached: list[int], cache: DynamicCache, past: int,
-                     want_hidden: bool = False) -> Any:
+                     want_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One cached pass over several rows (``decoding.batch`` lays them out): row r's ``new[r]``
         tokens at positions ``cached[r] ..``, right-padded to N = max len; ``cache`` holds each row's
-        ``cached[r]`` keys/values left-padded to ``past``. Logits only at the columns n_r - 1."""
+        ``cached[r]`` keys/values left-padded to ``past``.
+
+        Returns the float32 logits over the shared vocabulary at each row's last real token
+        ([B, V]) and, when asked, the last-layer hidden states there ([B, d]). The output head runs
+        on those B positions only (not on every padded column).
+        """
         width = max(len(row) for row in new)
         device = self.device
         ids = torch.zeros((len(new), width), dtype=torch.long)  # [B, N]; pads are token 0, masked out
@@ -69,10 +74,29 @@ class LoadedModel:
             ids[r, : len(row)] = torch.tensor(row)
             positions[r] = torch.arange(c, c + width)
             mask[r, past - c: past + len(row)] = 1
-        keep = torch.tensor(sorted({len(row) - 1 for row in new}), device=device)
-        return self.model(input_ids=ids.to(device), position_ids=positions.to(device), attention_mask=mask.to(device),
-                          **{self._cache_keyword: cache}, cache_position=torch.arange(past, past + width, device=device),
-                          use_cache=True, logits_to_keep=keep, output_hidden_states=want_hidden)
+        last = torch.tensor([len(row) - 1 for row in new], device=device)  # [B]
+        rows = torch.arange(len(new), device=device)
+        inputs = dict(input_ids=ids.to(device), position_ids=positions.to(device), attention_mask=mask.to(device),
+                      cache_position=torch.arange(past, past + width, device=device), use_cache=True,
+                      output_hidden_states=want_hidden)
+        if self._plain_output_head:
+            decoder = self.model.get_decoder()
+            output = decoder(**inputs, **{cache_keyword(decoder): cache})
+            logits = self.model.get_output_embeddings()(output.last_hidden_state[rows, last])  # [B, V_out]
+        else:  # a head that scales or caps logits: let the model apply it, on the columns some row needs
+            keep = torch.tensor(sorted(set(last.tolist())), device=device)
+            output = self.model(**inputs, **{self._cache_keyword: cache}, logits_to_keep=keep)
+            logits = output.logits[rows, torch.searchsorted(keep, last)]
+        hidden = output.hidden_states[-1][rows, last] if want_hidden else None
+        return logits[:, : self.vocab_size].float(), hidden
+
+    @functools.cached_property
+    def _plain_output_head(self) -> bool:
+        """Whether logits are just the output embedding applied to the decoder's last hidden state."""
+        config = self.model.config.get_text_config(decoder=True)
+        scaled = getattr(config, "final_logit_softcapping", None) is not None or getattr(config, "logit_scale", 1.0) != 1.0
+        has_parts = callable(getattr(self.model, "get_decoder", None)) and self.model.get_output_embeddings() is not None
+        return has_parts and not scaled
 
     @torch.inference_mode()
     def answer_logits(self, prompt: list[int], answer: list[int], want_hidden: bool = False
