@@ -5,6 +5,7 @@ token is discarded and the LLM decodes until it is confident again. No LangChain
 import anywhere in this package.
 """
 
+from .decoding.constraints import Grammar
 from .decoding.engine import GenerationResult, StitchEngine, StitchRequest, StitchStream
 from .decoding.registry import shared_engine
 from .decoding.routers import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, RouterName, router_named
@@ -33,6 +34,7 @@ __all__ = [
     "EmptyPromptError",
     "EntropyRouter",
     "GenerationResult",
+    "Grammar",
     "GenerationSettings",
     "InvalidSettingError",
     "ModelLoadError",

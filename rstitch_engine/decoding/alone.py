@@ -10,6 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from ..models.loaded import LoadedModel
+from .constraints import GrammarState
 from .detokenize import TextAssembler
 from .sampling import RequestRandomness, choose_token
 from .settings import GenerationSettings
@@ -32,8 +33,12 @@ def decode_alone(
     settings: GenerationSettings,
     tokenizer: Any,
     eos_ids: frozenset[int],
+    grammar: GrammarState | None = None,
 ) -> AloneResult:
-    """Prefill the prompt, then feed one token per forward pass until EOS, a stop string or the limit."""
+    """Prefill the prompt, then feed one token per forward pass until EOS, a stop string or the limit.
+
+    With a grammar, each step's logits are masked to the allowed tokens as in the stitched loop, and a
+    position with no allowed token ends the output."""
     model, device = loaded.model, loaded.device
     cache = DynamicCache(config=model.config)
     randomness = RequestRandomness(settings.seed)
@@ -46,8 +51,14 @@ def decode_alone(
         logits = loaded.forward(next_input, cache, fed).logits
         fed += next_input.shape[1]
         scores = logits[0, -1, : loaded.vocab_size].float()  # [V]
+        if grammar is not None:
+            if grammar.dead_end:
+                break
+            scores = grammar.mask(scores)
         token = choose_token(scores, settings, randomness.generator_for(scores.device))
         output.append(token)
+        if grammar is not None:
+            grammar.consume(token)
         text.push(token, is_last=token in eos_ids or len(output) == settings.max_new_tokens)
         if token in eos_ids or text.stopped:
             break

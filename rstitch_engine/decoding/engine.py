@@ -20,6 +20,7 @@ from ..models.loaded import ModelRole
 from ..models.loading import ModelSpec, load_pair
 from ..models.pair import ModelPair
 from .alone import AloneResult, decode_alone
+from .constraints import GrammarTokenizer
 from .request import RequestDecoder, StitchRequest
 from .routers import EntropyRouter
 from .routing import Router
@@ -132,6 +133,7 @@ class StitchEngine:
         self.max_batch_size = max_batch_size
         self._forward_lock = threading.Lock()
         self._scheduler = BatchScheduler(max_batch_size, self._forward_lock)
+        self._grammar_tokenizer = GrammarTokenizer(pair.tokenizer, pair.vocab_size, pair.eos_token_ids)
         self._llm_history = LlmCostHistory(model=shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device, pair.llm.dtype))
 
     @classmethod
@@ -195,8 +197,9 @@ class StitchEngine:
         router = router if router is not None else self.router
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
+        grammar = self._grammar_tokenizer.start(settings.grammar) if settings.grammar is not None else None
         request = StitchRequest.start(self.pair, prompt_ids)
-        decoder = RequestDecoder(self.pair, request, settings, router, self._llm_history)
+        decoder = RequestDecoder(self.pair, request, settings, router, self._llm_history, grammar)
         if self.max_batch_size == 1:
             return StitchStream(self._serial(decoder), request)
         ticket = self._scheduler.admit(decoder)  # joins the next step, whoever drives it
@@ -255,8 +258,9 @@ class StitchEngine:
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
         loaded = self.pair.slm if role == "slm" else self.pair.llm
+        grammar = self._grammar_tokenizer.start(settings.grammar) if settings.grammar is not None else None
         with self._forward_lock:
-            return decode_alone(loaded, prompt_ids, settings, self.pair.tokenizer, self.pair.eos_token_ids)
+            return decode_alone(loaded, prompt_ids, settings, self.pair.tokenizer, self.pair.eos_token_ids, grammar)
 
     # ----------------------------------------------------------------- the loop
 

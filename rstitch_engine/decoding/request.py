@@ -12,6 +12,9 @@ Shapes and invariants of one request:
 * A discarded SLM token was never fed to the SLM (a token enters a cache only when the next step
   feeds it), so "rolling back" the SLM cache is free: its cache already ends before that position.
 
+With a grammar (``constraints``), the active model's logits are masked to the allowed tokens
+before entropy and choice, and the grammar advances on kept tokens only.
+
 ``RequestDecoder`` splits a step in two: ``next_pass`` says which model must run and how
 (``PassNeed``); whoever runs it (the engine alone, or the batch scheduler in a batched pass) hands
 the result to ``advance``, which applies the routing rule and returns the kept token's event, or
@@ -26,6 +29,7 @@ from typing import Callable
 
 from ..models.loaded import ForwardKind, ForwardRecord, ModelRole
 from ..models.pair import ModelPair
+from .constraints import GrammarState
 from .detokenize import TextAssembler
 from .routing import Router, RouterState, hand_back_hook
 from .sampling import RequestRandomness, choose_token, normalised_entropy
@@ -91,8 +95,10 @@ class RequestDecoder:
     """Algorithm 1 for one request, one step at a time; the forward passes are run by the caller."""
 
     def __init__(self, pair: ModelPair, request: StitchRequest, settings: GenerationSettings, router: Router,
-                 history: LlmCostHistory) -> None:
+                 history: LlmCostHistory, grammar: GrammarState | None = None) -> None:
         self.pair = pair
+        self.grammar = grammar
+        """The request's grammar state (``constraints``), advanced only by kept tokens; None: free text."""
         self.request = request
         self.settings = settings
         self.router = router
@@ -120,14 +126,22 @@ class RequestDecoder:
         """Apply one step's routing to the active model's next-token view; None if the SLM token was discarded."""
         request, settings = self.request, self.settings
         active = request.active
-        entropy = normalised_entropy(nxt.logits)
-        token = choose_token(nxt.logits, settings, self._randomness.generator_for(nxt.logits.device))
+        logits = nxt.logits
+        if self.grammar is not None:  # entropy and choice over the renormalised allowed tokens
+            if self.grammar.dead_end:
+                self.finish_reason = "no_allowed_token"
+                return None
+            logits = self.grammar.mask(logits)
+        entropy = normalised_entropy(logits)
+        token = choose_token(logits, settings, self._randomness.generator_for(logits.device))
         state = RouterState(entropy, len(request.tokens), token, nxt.hidden)
         hands_back = _route(request, self.router, self._hand_back, state)
         if hands_back is None:  # the LLM decodes this same position next
             self._took_over = True
             return None
         _keep(request, token, hands_back)
+        if self.grammar is not None:
+            self.grammar.consume(token)
         is_eos = token in self.pair.eos_token_ids
         is_last = is_eos or request.output_tokens == settings.max_new_tokens
         event = TokenEvent(

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidSettingError
+from .constraints import Grammar
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class GenerationSettings:
     """Seed of this request's private random generator; equal seeds give equal samples."""
     stop: tuple[str, ...] = ()
     """Strings that end generation; matched on decoded text and trimmed from the output."""
+    grammar: "Grammar | None" = None
+    """What the output must match (``constraints.Grammar``: JSON schema, regex, Lark, tool calls); None: free text."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -51,6 +54,8 @@ class GenerationSettings:
                  f"seed must be an integer or None, got {self.seed!r}")
         _require(all(isinstance(s, str) and s for s in self.stop),
                  f"stop strings must be non-empty strings, got {self.stop!r}")
+        _require(self.grammar is None or isinstance(self.grammar, Grammar),
+                 f"grammar must be a rstitch_engine.Grammar or None, got {type(self.grammar).__name__}")
 
     @property
     def greedy(self) -> bool:

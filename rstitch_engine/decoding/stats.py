@@ -9,7 +9,8 @@ from typing import Literal, Sequence
 from ..models.loaded import ForwardRecord, ModelRole
 from .alone import AloneResult
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "no_allowed_token"]
+"""'no_allowed_token': the request's grammar allowed no token at some position (the text so far is kept)."""
 SpeedupBasis = Literal["measured", "estimated", "unavailable"]
 
 
