@@ -20,11 +20,11 @@ from ..models.loaded import ModelRole
 from ..models.loading import ModelSpec, load_pair
 from ..models.pair import ModelPair
 from .alone import AloneResult, decode_alone
-from .constraints import GrammarTokenizer
+from .constraints import GrammarState, GrammarTokenizer
 from .request import RequestDecoder, StitchRequest
 from .routers import EntropyRouter
 from .routing import Router
-from .scheduler import BatchScheduler, Ticket, wall_minus_passes
+from .scheduler import BatchScheduler, Ticket, idle_when_batched
 from .settings import GenerationSettings
 from .speedup import LlmCostHistory
 from .stats import StitchStats, TokenEvent
@@ -197,7 +197,7 @@ class StitchEngine:
         router = router if router is not None else self.router
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
-        grammar = self._grammar_tokenizer.start(settings.grammar) if settings.grammar is not None else None
+        grammar = self._grammar_state(settings)
         request = StitchRequest.start(self.pair, prompt_ids)
         decoder = RequestDecoder(self.pair, request, settings, router, self._llm_history, grammar)
         if self.max_batch_size == 1:
@@ -223,15 +223,11 @@ class StitchEngine:
             for stream in streams:
                 stream.close()
             raise
-        events: list[list[TokenEvent]] = [[] for _ in streams]
-        live = list(range(len(streams)))
-        while live:  # read in turn, so no request waits on another's unread events
-            for index in list(live):
-                event = next(streams[index], None)
-                if event is None:
-                    live.remove(index)
-                else:
-                    events[index].append(event)
+        try:
+            events = read_in_turn(streams)
+        finally:  # a request that raised ends the batch: the others leave it now, not when collected
+            for stream in streams:
+                stream.close()
         return [_result(tuple(e), s.stats) for e, s in zip(events, streams)]
 
     def generate(
@@ -258,7 +254,7 @@ class StitchEngine:
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
         loaded = self.pair.slm if role == "slm" else self.pair.llm
-        grammar = self._grammar_tokenizer.start(settings.grammar) if settings.grammar is not None else None
+        grammar = self._grammar_state(settings)
         with self._forward_lock:
             return decode_alone(loaded, prompt_ids, settings, self.pair.tokenizer, self.pair.eos_token_ids, grammar)
 
@@ -289,10 +285,15 @@ class StitchEngine:
         finally:
             self._scheduler.leave(ticket)
         decoder = ticket.decoder
-        decoder.request.idle_seconds = wall_minus_passes(decoder)  # busy: the passes it took part in
-        return decoder.stats()
+        wall = time.perf_counter() - decoder.started
+        decoder.request.idle_seconds = idle_when_batched(decoder, wall)  # busy: the passes it took part in
+        return decoder.stats(wall)
 
     # ----------------------------------------------------------------- helpers
+
+    def _grammar_state(self, settings: GenerationSettings) -> GrammarState | None:
+        """A fresh state of the settings' grammar (compiled here, so a bad one raises before any pass)."""
+        return self._grammar_tokenizer.start(settings.grammar) if settings.grammar is not None else None
 
     def _check_fits(self, prompt_tokens: int, settings: GenerationSettings) -> None:
         needed = prompt_tokens + settings.max_new_tokens
@@ -319,3 +320,18 @@ class StitchEngine:
 def _result(events: tuple[TokenEvent, ...], stats: StitchStats) -> GenerationResult:
     return GenerationResult(text="".join(e.text for e in events), token_ids=tuple(e.token_id for e in events),
                             events=events, stats=stats)
+
+
+def read_in_turn(streams: Sequence[StitchStream]) -> list[list[TokenEvent]]:
+    """Every stream's events, read one event from each in turn (as one thread or event loop would), so
+    that no request sits paused behind another's unread events. Lists in the order of ``streams``."""
+    events: list[list[TokenEvent]] = [[] for _ in streams]
+    live = list(range(len(streams)))
+    while live:
+        for index in list(live):
+            event = next(streams[index], None)
+            if event is None:
+                live.remove(index)
+            else:
+                events[index].append(event)
+    return events

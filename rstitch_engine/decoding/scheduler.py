@@ -30,7 +30,6 @@ bounded batch from starving anyone; the step's order (SLM groups first) never ch
 from __future__ import annotations
 
 import threading
-import time
 from collections import deque
 from typing import Iterator
 
@@ -122,8 +121,8 @@ class BatchScheduler:
         """Up to ``max_batch_size`` runnable tickets, least recently served first; they move to the back."""
         with self._members_lock:
             members = [t for t in self._live if t.runnable][: self.max_batch_size]
-            served = set(map(id, members))
-            self._live = [t for t in self._live if id(t) not in served] + members
+            served = set(members)
+            self._live = [t for t in self._live if t not in served] + members
         return members
 
 
@@ -170,7 +169,7 @@ def _advance(ticket: Ticket, nxt: NextToken) -> None:
         ticket.events.append(event)
 
 
-def wall_minus_passes(decoder: RequestDecoder) -> float:
-    """Idle time of a batched request: its wall time so far minus the passes it took part in."""
+def idle_when_batched(decoder: RequestDecoder, wall_seconds: float) -> float:
+    """Idle time of a batched request: its wall time minus the wall time of the passes it took part in."""
     busy = sum(record.seconds for record in decoder.request.records())
-    return max(time.perf_counter() - decoder.started - busy, 0.0)
+    return max(wall_seconds - busy, 0.0)

@@ -80,8 +80,7 @@ class LoadedModel:
                       cache_position=torch.arange(past, past + width, device=device), use_cache=True,
                       output_hidden_states=want_hidden)
         if self._plain_output_head:
-            decoder = self.model.get_decoder()
-            output = decoder(**inputs, **{cache_keyword(decoder): cache})
+            output = self.model.get_decoder()(**inputs, **{self._decoder_cache_keyword: cache})
             logits = self.model.get_output_embeddings()(output.last_hidden_state[rows, last])  # [B, V_out]
         else:  # a head that scales or caps logits: let the model apply it, on the columns some row needs
             keep = torch.tensor(sorted(set(last.tolist())), device=device)
@@ -89,6 +88,10 @@ class LoadedModel:
             logits = output.logits[rows, torch.searchsorted(keep, last)]
         hidden = output.hidden_states[-1][rows, last] if want_hidden else None
         return logits[:, : self.vocab_size].float(), hidden
+
+    @functools.cached_property
+    def _decoder_cache_keyword(self) -> str:
+        return cache_keyword(self.model.get_decoder())
 
     @functools.cached_property
     def _plain_output_head(self) -> bool:

@@ -18,6 +18,7 @@ import pytest
 from tiny import tiny_pair
 
 from rstitch_engine import EmptyPromptError, EntropyRouter, GenerationSettings, InvalidSettingError, StitchEngine
+from rstitch_engine.decoding.engine import read_in_turn
 from rstitch_engine.decoding.scheduler import MAX_EVENTS_AHEAD
 from rstitch_engine.decoding.slot import Slot
 
@@ -269,20 +270,6 @@ def test_memory_returns_to_idle_after_200_requests(pair):
     assert [ref for ref in caches if ref() is not None] == []
 
 
-def _read_in_turn(streams):
-    """Read several streams one event each in turn (one thread, as an event loop would); (events, stats)."""
-    events = [[] for _ in streams]
-    live = list(range(len(streams)))
-    while live:
-        for index in list(live):
-            event = next(streams[index], None)
-            if event is None:
-                live.remove(index)
-            else:
-                events[index].append(event)
-    return [(e, s.stats) for e, s in zip(events, streams)]
-
-
 def test_models_whose_head_scales_logits_batch_through_the_model_s_own_head(alone):
     """A head with softcapping or a logit scale is not applied by hand: the pass asks the model for the
     logits at the columns some row needs. Forced here on the tiny pair, it gives the same answers."""
@@ -293,3 +280,8 @@ def test_models_whose_head_scales_logits_batch_through_the_model_s_own_head(alon
     results = engine.generate_batch(PROMPTS, SETTINGS)
     assert [signature(r) for r in results] == [signature(alone[(p, 0.7)]) for p in PROMPTS]
     assert max(r.stats.largest_batch for r in results) > 1
+
+
+def _read_in_turn(streams):
+    """(events, stats) of each stream, read in turn."""
+    return [(events, stream.stats) for events, stream in zip(read_in_turn(streams), streams)]
