@@ -1,12 +1,12 @@
-"""A LlamaIndex FunctionAgent with two Python tools, on RStitchLLM.
+"""A LlamaIndex FunctionAgent with two Python tools, on RStitchLLM and the default pair.
 
 The agent streams its answer; each tool call it makes is printed with its result, and any
-malformed call the model wrote is printed with the reason it was rejected. The default pair
-(SmolLM2-135M) cannot follow the tool format, so by default the first step forces a call to
-``multiply`` (``--force multiply``) and the model only has to write the arguments; give a larger
-instruct model with ``--llm``/``--slm`` for a real agent.
+malformed call the model wrote is printed with the reason it was rejected. Calls are decoded under
+the tool-call grammar (``constrained=True``, the default), so the 135M default pair writes valid
+calls; the first step must call tools (``--force required``; in parallel, up to one call per tool)
+and the second answers from their results. ``--free`` turns the grammar off.
 
-    python examples/llamaindex_agent.py "What is 6 times 7?" --max-tokens 32
+    python examples/llamaindex_agent.py "What is 6 times 7, and what is the capital of France?"
 """
 
 from __future__ import annotations
@@ -33,16 +33,19 @@ def multiply(a: int, b: int) -> int:
     return a * b
 
 
-def add(a: int, b: int) -> int:
-    """Add two integers and return the sum."""
-    return a + b
+CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid"}
+
+
+def capital_of(country: str) -> str:
+    """Look up the capital city of a country."""
+    return CAPITALS.get(country, f"unknown country {country!r}")
 
 
 async def run(question: str, llm: RStitchLLM, force: str | None) -> None:
     agent = FunctionAgent(
-        tools=[FunctionTool.from_defaults(multiply), FunctionTool.from_defaults(add)],
+        tools=[FunctionTool.from_defaults(multiply), FunctionTool.from_defaults(capital_of)],
         llm=llm,
-        system_prompt="You are a calculator. Use the tools for arithmetic.",
+        system_prompt="You answer with the tools.",
         initial_tool_choice=force,
     )
     handler = agent.run(question)
@@ -63,15 +66,17 @@ async def run(question: str, llm: RStitchLLM, force: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("question", nargs="?", default="What is 6 times 7?")
+    parser.add_argument("question", nargs="?", default="What is 6 times 7, and what is the capital of France?")
     parser.add_argument("--llm", default="smollm2-135m-instruct")
     parser.add_argument("--slm", default=None)
-    parser.add_argument("--force", default="multiply", help="tool to call on the first step ('' lets the model choose)")
-    parser.add_argument("--max-tokens", type=int, default=32)
+    parser.add_argument("--force", default="required",
+                        help="first step: 'required' (some tool), a tool name, or '' (the model chooses)")
+    parser.add_argument("--max-tokens", type=int, default=96)
+    parser.add_argument("--free", action="store_true", help="no grammar: free generation, parsed after")
     args = parser.parse_args()
 
     tracker = RStitchEventHandler().attach()
-    llm = RStitchLLM(llm=args.llm, slm=args.slm, max_tokens=args.max_tokens)
+    llm = RStitchLLM(llm=args.llm, slm=args.slm, max_tokens=args.max_tokens, constrained=not args.free)
     asyncio.run(run(args.question, llm, args.force or None))
     totals = tracker.totals
     console.print(

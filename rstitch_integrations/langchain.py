@@ -50,17 +50,17 @@ from rstitch_engine import (
 from .chat_format import (
     AnswerParser,
     AnswerStep,
-    TOOL_CALL_CLOSE,
     InvalidToolCall,
     ParsedCall,
     TemplateSupport,
     ToolCall,
+    normalise_tool_schema,
     to_template_prompt,
-    tool_call_prefix,
 )
+from .constrained import answer_shape, tool_choice_name, with_json_instruction
 
 _CALL_OPTIONS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "threshold", "tools", "tool_choice",
-                 "response_format")
+                 "response_format", "parallel_tool_calls", "constrained")
 """Keyword arguments a call (``invoke(..., **kwargs)`` or ``bind(**kwargs)``) may set."""
 _IGNORED_CALL_OPTIONS = ("ls_structured_output_format", "stream")
 """Keyword arguments LangChain itself passes through to the model; they change nothing here."""
@@ -79,6 +79,8 @@ class _Request:
     """Answer text put in the model's mouth (forced tool call / JSON): parsed, not counted as output."""
     tool_names: frozenset[str] | None
     """Bound tools (None: no tools, ``<tool_call>`` text stays content)."""
+    forced_call: bool
+    """The answer is one tool call, ended by its closing tag as a stop string."""
     deadline: float | None
 
 
@@ -132,6 +134,8 @@ class ChatRStitch(BaseChatModel):
     """Move ``<think>...</think>`` text to ``additional_kwargs["reasoning_content"]``; False keeps it in content."""
     measure_speedup: bool = False
     """Also time the LLM alone on each prompt (doubles the work) so that the speedup is measured, not estimated."""
+    constrained: bool = True
+    """Decode tool calls and structured output under a grammar (always valid); False: free generation, parsed after."""
     timeout: float | None = None
     """Seconds one call may take before it raises TimeoutError; None: no limit."""
     streaming: bool = False
@@ -217,10 +221,11 @@ class ChatRStitch(BaseChatModel):
         if unknown:
             raise InvalidSettingError(f"unknown call options {sorted(unknown)}; accepted: {', '.join(_CALL_OPTIONS)}")
         settings, router = self._settings(kwargs, stop), self._router(kwargs)
-        tools, tool_choice = kwargs.get("tools") or [], _tool_choice_name(kwargs.get("tool_choice"))
-        if tool_choice == "none":
-            tools = []
-        tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
+        tool_choice = tool_choice_name(kwargs.get("tool_choice"))
+        tools = [normalise_tool_schema(t) for t in kwargs.get("tools") or ()] if tool_choice != "none" else []
+        shape = answer_shape(tools, tool_choice, kwargs.get("response_format"), kwargs.get("constrained", self.constrained),
+                             parallel_calls=bool(kwargs.get("parallel_tool_calls", False)))
+        settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys((*settings.stop, *shape.stop))))
         engine = self._engine()
         tokenizer = engine.pair.tokenizer
         prompt = to_template_prompt(
@@ -229,20 +234,15 @@ class ChatRStitch(BaseChatModel):
             support=TemplateSupport.of(getattr(tokenizer, "chat_template", None)),
             tool_choice=tool_choice,
         )
-        template_messages, prefix = prompt.messages, ""
-        if tool_names and tool_choice not in (None, "auto"):
-            only_tool = next(iter(tool_names)) if len(tool_names) == 1 else None
-            forced = tool_choice if tool_choice in tool_names else only_tool
-            prefix = tool_call_prefix(forced)
-            settings = settings.replace(stop=(*settings.stop, TOOL_CALL_CLOSE))
-        elif response_format := kwargs.get("response_format"):
-            template_messages = _with_json_instruction(template_messages, response_format)
-            prefix = "{"
+        template_messages = prompt.messages
+        if shape.json_answer is not None:
+            template_messages = with_json_instruction(template_messages, shape.json_answer)
         ids = engine.encode(template_messages, tools=prompt.tools)
-        if prefix:
-            ids += tokenizer.encode(prefix, add_special_tokens=False)
+        if shape.prefix:
+            ids += tokenizer.encode(shape.prefix, add_special_tokens=False)
         deadline = time.monotonic() + self.timeout if self.timeout is not None else None
-        return _Request(ids, settings, router, prefix, tool_names, deadline)
+        tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
+        return _Request(ids, settings, router, shape.prefix, tool_names, shape.forced_call, deadline)
 
     # ------------------------------------------------------------------ the core generator
 
@@ -266,8 +266,7 @@ class ChatRStitch(BaseChatModel):
             stats = stream.stats
             if self.measure_speedup:
                 stats = stats.with_measured_llm_alone(engine.decode_alone("llm", request.prompt_ids, request.settings))
-            forced_tool = request.tool_names is not None and bool(request.prefix)
-            parsed = pending.then(parser.finish(close_tool_call=forced_tool and stats.finish_reason == "stop"))
+            parsed = pending.then(parser.finish(close_tool_call=request.forced_call and stats.finish_reason == "stop"))
             yield _last_chunk(parsed, stats, self.model_name, call_index, input_tokens)
         finally:
             stream.close()
@@ -350,11 +349,14 @@ class ChatRStitch(BaseChatModel):
     ) -> Runnable[LanguageModelInput, AIMessage]:
         """Offer tools; ``tool_choice`` 'auto'/None, 'none', 'any'/'required'/True, or a tool name forces a call.
 
-        A forced call is real constrained decoding: the answer starts with the opening of a
-        ``<tool_call>`` block, so the model only writes the arguments (or the tool name, for 'any').
+        With ``constrained`` (the default) the answer is decoded under a grammar: every
+        ``<tool_call>`` block the model opens is a call to a bound tool with schema-valid arguments,
+        and a forced choice makes the answer exactly one such call (``parallel_tool_calls=True`` with
+        'any': up to one call per tool). A forced call's opening is written for the model, so it only
+        chooses the tool (for 'any') and the arguments.
         """
         formatted = [convert_to_openai_tool(tool) for tool in tools]
-        choice = _tool_choice_name(tool_choice)
+        choice = tool_choice_name(tool_choice)
         names = [tool["function"]["name"] for tool in formatted]
         if choice not in (None, "auto", "none", "any", "required") and choice not in names:
             raise InvalidSettingError(f"tool_choice {tool_choice!r} names no bound tool; the tools are {names}")
@@ -387,11 +389,13 @@ class ChatRStitch(BaseChatModel):
                 if is_pydantic else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
             )
         elif method in ("json_schema", "json_mode"):
-            response_format: dict[str, Any] = {"type": "json_object"}
-            if method == "json_schema":
-                if schema is None:
-                    raise InvalidSettingError("method='json_schema' needs a schema")
-                response_format = {"type": "json_schema", "schema": convert_to_json_schema(schema)}  # type: ignore[arg-type]
+            if method == "json_schema" and schema is None:
+                raise InvalidSettingError("method='json_schema' needs a schema")
+            # json_mode with a schema: the answer is parsed into the schema, so the grammar holds it to the schema too
+            response_format: dict[str, Any] = (
+                {"type": "json_object"} if schema is None
+                else {"type": "json_schema", "schema": convert_to_json_schema(schema)}  # type: ignore[arg-type]
+            )
             model = self.bind(response_format=response_format, ls_structured_output_format=trace)
             parser = PydanticOutputParser(pydantic_object=schema) if is_pydantic else JsonOutputParser()  # type: ignore[arg-type]
         else:
@@ -437,13 +441,11 @@ def _token_chunk(
     usage: dict[str, Any] = {"input_tokens": input_tokens, "output_tokens": 1, "total_tokens": input_tokens + 1}
     if reasoning_token:
         usage["output_token_details"] = {"reasoning": 1}
-    message = _message_chunk(
-        parsed,
-        call_index,
-        usage_metadata=usage,
-        response_metadata={"token_sources": [event.source], "token_entropies": [event.entropy]},
-    )
     errors = {call.id: call.error for call in parsed.calls if isinstance(call, InvalidToolCall)}
+    metadata: dict[str, Any] = {"token_sources": [event.source], "token_entropies": [event.entropy]}
+    if errors:  # streamed chunks merge into invalid_tool_calls without a reason: it travels here
+        metadata["tool_call_errors"] = errors
+    message = _message_chunk(parsed, call_index, usage_metadata=usage, response_metadata=metadata)
     return ChatGenerationChunk(message=message, generation_info={"tool_call_errors": errors} if errors else None)
 
 
@@ -459,10 +461,12 @@ def _last_chunk(
         "token_sources": [],
         "token_entropies": [],
     }
+    errors = {call.id: call.error for call in parsed.calls if isinstance(call, InvalidToolCall)}
+    if errors:
+        metadata["tool_call_errors"] = errors
     usage = {"input_tokens": input_tokens, "output_tokens": 0, "total_tokens": input_tokens}
     message = _message_chunk(parsed, call_index, usage_metadata=usage, response_metadata=metadata,
                              chunk_position="last")
-    errors = {call.id: call.error for call in parsed.calls if isinstance(call, InvalidToolCall)}
     info: dict[str, Any] = {"finish_reason": stats.finish_reason}
     if errors:
         info["tool_call_errors"] = errors
@@ -497,32 +501,6 @@ def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
 
 
 # ---------------------------------------------------------------------- small helpers
-
-
-def _tool_choice_name(tool_choice: Any) -> str | None:
-    """LangChain's tool_choice forms as one string: None/'auto', 'none', 'any', or a tool name."""
-    if tool_choice is None or tool_choice is False:
-        return None if tool_choice is None else "none"
-    if tool_choice is True or tool_choice == "required":
-        return "any"
-    if isinstance(tool_choice, str):
-        return tool_choice
-    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("function"), dict):
-        return tool_choice["function"].get("name")
-    if isinstance(tool_choice, dict) and isinstance(tool_choice.get("name"), str):
-        return tool_choice["name"]
-    raise InvalidSettingError(f"tool_choice must be None, 'auto', 'none', 'any', True or a tool name, got {tool_choice!r}")
-
-
-def _with_json_instruction(messages: list[dict[str, Any]], response_format: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Ask for a JSON answer (matching the schema, when there is one) in the system message."""
-    schema = response_format.get("schema")
-    text = "Answer with a single JSON object and nothing else."
-    if schema is not None:
-        text = f"Answer with a single JSON object that matches this JSON schema, and nothing else:\n{json.dumps(schema)}"
-    if messages and messages[0]["role"] == "system":
-        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}".strip()}, *messages[1:]]
-    return [{"role": "system", "content": text}, *messages]
 
 
 def _check_deadline(deadline: float | None) -> None:

@@ -69,16 +69,17 @@ from rstitch_engine.decoding.settings import validate_threshold
 from .chat_format import (
     AnswerParser,
     AnswerStep,
-    TOOL_CALL_CLOSE,
     TemplateSupport,
+    normalise_tool_schema,
     to_template_prompt,
-    tool_call_prefix,
 )
+from .constrained import answer_shape, tool_choice_name
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
-CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "tools", "tool_choice")
+CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "tools", "tool_choice",
+                "parallel_tool_calls", "constrained")
 """Keyword arguments a single call accepts (each overrides the field of the same name)."""
 
 _ROLE_NAMES = {
@@ -125,6 +126,11 @@ class RStitchLLM(FunctionCallingLLM):
     )
     separate_thinking: bool = Field(
         default=True, description="Move <think>...</think> text into a ThinkingBlock and thinking_delta."
+    )
+    constrained: bool = Field(
+        default=True,
+        description="Decode tool calls (chat_with_tools, structured_predict, agents) under a grammar, so that every "
+                    "call is well-formed with schema-valid arguments; False: free generation, parsed after.",
     )
     is_function_calling_model: bool = Field(
         default=True, description="Offer tool calling to agents (tools are rendered into the chat template)."
@@ -226,13 +232,18 @@ class RStitchLLM(FunctionCallingLLM):
         tool_choice: str | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Messages plus ``tools``/``tool_choice`` for ``chat``; the tools are rendered by ``chat_format``."""
+        """Messages plus ``tools``/``tool_choice`` for ``chat``; the tools are rendered by ``chat_format``.
+
+        With ``allow_parallel_tool_calls`` a required call may be several, up to one per tool
+        (``constrained.answer_shape``); otherwise the answer is one call.
+        """
         messages = list(chat_history or [])
         if user_msg is not None:
             messages.append(ChatMessage(role=MessageRole.USER, content=user_msg) if isinstance(user_msg, str) else user_msg)
         if tool_choice is None and tool_required:
             tool_choice = "required"
-        return {"messages": messages, "tools": list(tools), "tool_choice": tool_choice, **kwargs}
+        return {"messages": messages, "tools": list(tools), "tool_choice": tool_choice,
+                "parallel_tool_calls": allow_parallel_tool_calls, **kwargs}
 
     def _validate_chat_with_tools_response(
         self,
@@ -272,9 +283,14 @@ class RStitchLLM(FunctionCallingLLM):
         if unknown:
             raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {list(CALL_OPTIONS)}")
         engine, settings = self.engine, self._settings(options)
-        tool_choice = options.get("tool_choice")
-        tools = [_tool_schema(tool) for tool in options.get("tools") or ()] if tool_choice != "none" else []
-        names = [tool["function"]["name"] for tool in tools]
+        tool_choice = tool_choice_name(options.get("tool_choice"))
+        try:
+            tools = [normalise_tool_schema(_tool_schema(t)) for t in options.get("tools") or ()] if tool_choice != "none" else []
+        except ValueError as error:
+            raise InvalidSettingError(str(error)) from error
+        shape = answer_shape(tools, tool_choice, None, options.get("constrained", self.constrained),
+                             parallel_calls=bool(options.get("parallel_tool_calls", False)))
+        settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys((*settings.stop, *shape.stop))))
         try:
             prompt = to_template_prompt(
                 [_message_dict(m) for m in messages],
@@ -285,14 +301,11 @@ class RStitchLLM(FunctionCallingLLM):
         except ValueError as error:
             raise InvalidSettingError(str(error)) from error
         ids = engine.encode(prompt.messages, tools=prompt.tools)
-        prefix = ""
-        if tools and tool_choice not in (None, "auto"):  # forced: the answer starts as a call, the model continues it
-            forced = tool_choice if tool_choice in names else (names[0] if len(names) == 1 else None)
-            prefix = tool_call_prefix(forced)
-            ids += engine.pair.tokenizer(prefix, add_special_tokens=False)["input_ids"]
-            settings = settings.replace(stop=(*settings.stop, TOOL_CALL_CLOSE))
+        if shape.prefix:  # a forced call's opening: the answer starts as a call, the model continues it
+            ids += engine.pair.tokenizer(shape.prefix, add_special_tokens=False)["input_ids"]
         stream = engine.stream(ids, settings, self._router(options))
-        return _Request(stream, ids, settings, prefix, names if tools else None)
+        names = [tool["function"]["name"] for tool in tools] if tools else None
+        return _Request(stream, ids, settings, shape.prefix, names, shape.forced_call)
 
     def _settings(self, options: dict[str, Any]) -> GenerationSettings:
         stop = [*self.stop, *_as_list(options.get("stop"))]
@@ -323,7 +336,7 @@ class RStitchLLM(FunctionCallingLLM):
             stats = stream.stats
         if self.measure_speedup:
             stats = stats.with_measured_llm_alone(self.engine.decode_alone("llm", request.ids, request.settings))
-        forced_call_stopped = bool(request.prefix) and stats.finish_reason == "stop"  # its </tool_call> was the stop
+        forced_call_stopped = request.forced_call and stats.finish_reason == "stop"  # its </tool_call> was the stop
         final = _response(parser, parser.finish(close_tool_call=forced_call_stopped), pending)
         final.raw = {
             "usage": {
@@ -358,6 +371,8 @@ class _Request:
     """Text already written for the model (the opening of a forced tool call)."""
     tool_names: list[str] | None
     """Names of the tools offered; None: tool calls are not parsed."""
+    forced_call: bool
+    """The answer is one tool call, ended by its closing tag as a stop string."""
 
 
 def _response(parser: AnswerParser, step: AnswerStep, sources: list[str]) -> ChatResponse:

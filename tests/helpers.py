@@ -11,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from pydantic import BaseModel
 from transformers import DynamicCache
 
 from rstitch_engine.decoding.routing import Router, RouterState
@@ -91,3 +92,29 @@ def assert_cache_is_fresh_prefill(slot: Slot, tokens: list[int], atol: float) ->
                  use_cache=True)
     expected = fresh_logits(model, tokens[:n] + [probe], slot.loaded.vocab_size)
     torch.testing.assert_close(live.logits[0, -1, : slot.loaded.vocab_size].float(), expected, rtol=0, atol=atol)
+
+
+# ---------------------------------------------------------------------- the two-tool agent task
+
+CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome"}
+AGENT_TASK = "What is 6 times 7, and what is the capital of France?"
+"""Both tools are needed; the real default pair solves it under the tool-call grammar."""
+AGENT_CALLS = [("capital_of", {"country": "France"}), ("multiply", {"a": 6, "b": 7})]
+"""The calls the task needs, sorted by tool name."""
+
+
+class Capital(BaseModel):
+    """A country and its capital city (a structured-output schema)."""
+
+    country: str
+    city: str
+
+
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers and return the product."""
+    return a * b
+
+
+def capital_of(country: str) -> str:
+    """Look up the capital city of a country."""
+    return CAPITALS.get(country, f"unknown country {country!r}")

@@ -37,30 +37,33 @@ def decode_alone(
 ) -> AloneResult:
     """Prefill the prompt, then feed one token per forward pass until EOS, a stop string or the limit.
 
-    With a grammar, each step's logits are masked to the allowed tokens as in the stitched loop, and a
-    position with no allowed token ends the output."""
+    With a grammar, each step's logits are masked to the allowed tokens as in the stitched loop, a
+    position with no allowed token ends the output, and a forced position (one allowed token) is
+    kept without a pass, as the stitched loop keeps it: the next pass feeds it with the token before."""
     model, device = loaded.model, loaded.device
     cache = DynamicCache(config=model.config)
     randomness = RequestRandomness(settings.seed)
     text = TextAssembler(tokenizer, settings.stop)
     output: list[int] = []
     start = time.perf_counter()
-    next_input = torch.tensor([prompt_ids], device=device)  # [1, P], then [1, 1]
+    unfed = list(prompt_ids)  # tokens the cache does not cover yet: the prompt, then the last token(s)
     fed = 0  # tokens the cache covers
     while len(output) < settings.max_new_tokens:
-        logits = loaded.forward(next_input, cache, fed).logits
-        fed += next_input.shape[1]
-        scores = logits[0, -1, : loaded.vocab_size].float()  # [V]
-        if grammar is not None:
-            if grammar.dead_end:
-                break
-            scores = grammar.mask(scores)
-        token = choose_token(scores, settings, randomness.generator_for(scores.device))
+        token = grammar.forced_token() if grammar is not None else None
+        if token is None:
+            logits = loaded.forward(torch.tensor([unfed], device=device), cache, fed).logits
+            fed, unfed = fed + len(unfed), []
+            scores = logits[0, -1, : loaded.vocab_size].float()  # [V]
+            if grammar is not None:
+                if grammar.dead_end:
+                    break
+                scores = grammar.mask(scores)
+            token = choose_token(scores, settings, randomness.generator_for(scores.device))
         output.append(token)
+        unfed.append(token)
         if grammar is not None:
             grammar.consume(token)
         text.push(token, is_last=token in eos_ids or len(output) == settings.max_new_tokens)
         if token in eos_ids or text.stopped:
             break
-        next_input = torch.tensor([[token]], device=device)
     return AloneResult(text=text.text, token_ids=tuple(output), seconds=time.perf_counter() - start)

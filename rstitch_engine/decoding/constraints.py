@@ -14,11 +14,18 @@ Rules, enforced by ``RequestDecoder`` (``decoding.request``) and by the LLM-alon
   state advances only on kept tokens (``GrammarState.consume``): a discarded SLM token never
   advances it;
 * the routing entropy is that of the renormalised allowed distribution (masked tokens have p = 0),
-  still normalised by log |V|; a forced position (one allowed token) has H = 0, so the SLM writes
-  it and the LLM is never consulted there;
+  normalised by log |allowed| rather than log |V|: H = 1 is still "uniform over the possible
+  choices", so tau keeps its meaning where a grammar leaves ten digits open (normalised by log |V|,
+  a model torn between all ten digits would read H = 0.21 and look confident); a forced position
+  (one allowed token) has H = 0, so the SLM writes it and the LLM is never consulted there;
 * the end-of-sequence tokens are allowed exactly where the grammar may end;
 * a position where the grammar allows no token ends the request with finish reason
-  ``'no_allowed_token'`` (the text so far is kept).
+  ``'no_allowed_token'`` (the text so far is kept);
+* a forced position (exactly one allowed token) runs no forward pass at all: the token is kept at
+  once, credited to the active model with H = 0, and the next pass of each model catches up on it
+  with the tokens it missed. Any decoding would choose that token, so outputs are unchanged; only
+  passes are saved (JSON keys and punctuation are most of a tool call). The LLM-alone baseline
+  skips the same positions, so speedups compare like with like.
 """
 
 from __future__ import annotations
@@ -46,6 +53,11 @@ def _with_layout(schema: Mapping[str, Any]) -> dict[str, Any]:
     return {"x-guidance": JSON_LAYOUT, **dict(schema)}
 
 
+def lark_json(schema: Mapping[str, Any]) -> str:
+    """A Lark rule body (``%json {...}``) for one JSON value valid against ``schema``, in the shared layout."""
+    return f"%json {json.dumps(_with_layout(schema))}"
+
+
 @dataclass(frozen=True)
 class Grammar:
     """What a request's output must match. Build one with the class methods; frozen and hashable."""
@@ -64,7 +76,7 @@ class Grammar:
                 raise InvalidSettingError(f"the JSON schema is not valid JSON: {error}") from error
         if not isinstance(schema, Mapping):
             raise InvalidSettingError(f"a JSON schema is an object, got {type(schema).__name__}")
-        return cls("json_schema", json.dumps(_with_layout(schema), sort_keys=True))
+        return cls("json_schema", json.dumps(_with_layout(schema)))  # key order kept: it is the output's order
 
     @classmethod
     def json_object(cls) -> "Grammar":
@@ -82,16 +94,21 @@ class Grammar:
         return cls("lark", grammar)
 
     @classmethod
-    def tagged_json(cls, open_tag: str, schema: Mapping[str, Any], close_tag: str, required: bool) -> "Grammar":
+    def tagged_json(
+        cls, open_tag: str, schema: Mapping[str, Any], close_tag: str, required: bool, trigger: str | None = None
+    ) -> "Grammar":
         """Segments ``open_tag + JSON valid against schema + close_tag`` (a chat template's tool calls).
 
-        ``required``: the output is exactly one such segment. Otherwise free text in which each
-        segment starts when the model writes ``open_tag`` (a lazy trigger) and must then be complete.
+        ``required``: the output is exactly one such segment. Otherwise free text in which a
+        segment starts when the model writes ``trigger`` (a lazy trigger; a prefix of ``open_tag``,
+        by default all of it), and must then be complete.
         """
-        body = json.dumps(_with_layout(schema), sort_keys=True)
         if required:
-            return cls.lark(f"start: {json.dumps(open_tag)} call {json.dumps(close_tag)}\ncall: %json {body}\n")
-        tag = llguidance.StructTag(trigger=open_tag, begin=open_tag, grammar=_with_layout(schema), end=close_tag)
+            return cls.lark(f"start: {json.dumps(open_tag)} call {json.dumps(close_tag)}\ncall: {lark_json(schema)}\n")
+        trigger = open_tag if trigger is None else trigger
+        if not open_tag.startswith(trigger) or not trigger:
+            raise InvalidSettingError(f"the trigger {trigger!r} must be a non-empty prefix of the open tag {open_tag!r}")
+        tag = llguidance.StructTag(trigger=trigger, begin=open_tag, grammar=_with_layout(schema), end=close_tag)
         return cls.lark(llguidance.StructTag.to_grammar([tag], assume_special=False))
 
     def compiled(self) -> str:
@@ -104,6 +121,12 @@ class Grammar:
         if self.kind == "regex":
             return llguidance.LLMatcher.grammar_from_regex(self.source)
         return llguidance.LLMatcher.grammar_from_lark(self.source)
+
+    def check(self) -> None:
+        """Raise ``InvalidSettingError`` (with llguidance's message) if this grammar cannot be used."""
+        error = llguidance.LLMatcher.validate_grammar(self.compiled())
+        if error:
+            raise InvalidSettingError(f"the {self.kind} grammar cannot be compiled: {error.strip()}")
 
 
 class GrammarTokenizer:
@@ -141,6 +164,7 @@ class GrammarState:
         if self._matcher.is_error():
             raise InvalidSettingError(f"the {grammar.kind} grammar cannot be compiled: {self._matcher.get_error()}")
         self._allowed: torch.Tensor | None = None
+        self._allowed_count = 0
 
     def allowed(self) -> torch.Tensor:
         """[V] bool over the shared vocabulary: the tokens the grammar allows next (cached until ``consume``)."""
@@ -149,7 +173,21 @@ class GrammarState:
             allowed = np.unpackbits(bits, bitorder="little")[: self._vocab_size].astype(bool)  # [V]
             allowed[self._eos] = self._matcher.is_accepting()  # every EOS id, exactly where the grammar may end
             self._allowed = torch.from_numpy(allowed)
+            self._allowed_count = int(allowed.sum())
         return self._allowed
+
+    def forced_token(self) -> int | None:
+        """The one token the grammar allows next, or None when there is a choice (or none at all)."""
+        allowed = self.allowed()
+        if self._allowed_count != 1:
+            return None
+        return int(torch.nonzero(allowed)[0, 0])
+
+    @property
+    def allowed_count(self) -> int:
+        """How many tokens the grammar allows next."""
+        self.allowed()
+        return self._allowed_count
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         """``logits`` [V] with the tokens the grammar forbids at -inf (a new tensor)."""

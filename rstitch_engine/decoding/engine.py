@@ -265,12 +265,16 @@ class StitchEngine:
         request = decoder.request
         decoder.started = time.perf_counter()
         while not decoder.finished:
-            need = decoder.next_pass()
-            waiting_since = time.perf_counter()
-            with self._forward_lock:
-                request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
-                nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden)
-            event = decoder.advance(nxt)
+            event = decoder.forced()  # a position the grammar decides: no pass
+            if event is None:
+                if decoder.finished:
+                    break
+                need = decoder.next_pass()
+                waiting_since = time.perf_counter()
+                with self._forward_lock:
+                    request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
+                    nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden)
+                event = decoder.advance(nxt)
             if event is None:  # the SLM token was discarded; the LLM decodes this same position next
                 continue
             suspended_since = time.perf_counter()

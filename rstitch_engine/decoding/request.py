@@ -52,6 +52,8 @@ class StitchRequest:
     """Who appended ``tokens[-1]``; None while it is a prompt token."""
     written: dict[ModelRole, int] = field(default_factory=lambda: {"slm": 0, "llm": 0})
     discarded_slm_tokens: int = 0
+    forced_tokens: int = 0
+    """Output tokens a grammar forced (kept without a forward pass)."""
     switches_to_llm: int = 0
     switches_to_slm: int = 0
     idle_seconds: float = 0.0
@@ -118,27 +120,55 @@ class RequestDecoder:
     def next_pass(self) -> PassNeed:
         request = self.request
         active = request.active
-        return PassNeed(role=active, kind="decode" if request.last_writer == active else "catchup",
+        slot = request.slots[active]
+        decode = request.last_writer == active and len(request.tokens) - slot.n_cached == 1
+        return PassNeed(role=active, kind="decode" if decode else "catchup",
                         want_hidden=active == "slm" and self.router.needs_hidden_state,
-                        slot=request.slots[active], tokens=request.tokens)
+                        slot=slot, tokens=request.tokens)
+
+    def forced(self) -> TokenEvent | None:
+        """Keep the grammar's one allowed token here without a forward pass; None when a pass is needed.
+
+        Any decoding would choose that token, and H = 0 there, so the active model keeps it unless
+        H = 0 is above tau with the SLM active (tau < 0: the LLM must take the position, by a pass).
+        """
+        if self.grammar is None or self.finished:
+            return None
+        request = self.request
+        if self.grammar.dead_end:
+            self.finish_reason = "no_allowed_token"
+            return None
+        if request.active == "slm" and self.router.threshold < 0:
+            return None
+        token = self.grammar.forced_token()
+        if token is None:
+            return None
+        hands_back = _route(request, self.router, self._hand_back, RouterState(0.0, len(request.tokens), token, None))
+        request.forced_tokens += 1
+        return self._emit(token, 0.0, bool(hands_back))
 
     def advance(self, nxt: NextToken) -> TokenEvent | None:
         """Apply one step's routing to the active model's next-token view; None if the SLM token was discarded."""
         request, settings = self.request, self.settings
-        active = request.active
         logits = nxt.logits
         if self.grammar is not None:  # entropy and choice over the renormalised allowed tokens
             if self.grammar.dead_end:
                 self.finish_reason = "no_allowed_token"
                 return None
             logits = self.grammar.mask(logits)
-        entropy = normalised_entropy(logits)
+        entropy = normalised_entropy(logits, self.grammar.allowed_count if self.grammar is not None else None)
         token = choose_token(logits, settings, self._randomness.generator_for(logits.device))
         state = RouterState(entropy, len(request.tokens), token, nxt.hidden)
         hands_back = _route(request, self.router, self._hand_back, state)
         if hands_back is None:  # the LLM decodes this same position next
             self._took_over = True
             return None
+        return self._emit(token, entropy, hands_back)
+
+    def _emit(self, token: int, entropy: float, hands_back: bool) -> TokenEvent:
+        """Keep ``token`` (written by the active model), advance the grammar, and make its event."""
+        request, settings = self.request, self.settings
+        active = request.active
         _keep(request, token, hands_back)
         if self.grammar is not None:
             self.grammar.consume(token)
@@ -166,7 +196,8 @@ class RequestDecoder:
         request = self.request
         wall = wall_seconds if wall_seconds is not None else time.perf_counter() - self.started
         records = request.records()
-        llm_alone = self._history.estimate(records, request.prompt_tokens, request.output_tokens)
+        # the LLM alone would run a pass at every open position only: forced ones need none (``forced``)
+        llm_alone = self._history.estimate(records, request.prompt_tokens, request.output_tokens - request.forced_tokens)
         self._history.add(records)
         return StitchStats(
             prompt_tokens=request.prompt_tokens,
@@ -184,6 +215,7 @@ class RequestDecoder:
             llm_alone_seconds=llm_alone,
             speedup_basis="estimated" if llm_alone is not None else "unavailable",
             largest_batch=max((r.batch_size for r in records), default=1),
+            forced_tokens=request.forced_tokens,
         )
 
 

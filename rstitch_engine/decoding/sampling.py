@@ -16,19 +16,24 @@ import torch
 from .settings import GenerationSettings
 
 
-def normalised_entropy(logits: torch.Tensor) -> float:
-    """H = -sum p log p / log |V| of softmax(logits), in [0, 1].
+def normalised_entropy(logits: torch.Tensor, support: int | None = None) -> float:
+    """H = -sum p log p / log N of softmax(logits), in [0, 1]; N = |V|, or ``support`` when given.
 
     logits: [V], already sliced to the shared real vocabulary. Tokens with logit -inf count as p = 0.
+    ``support``: how many tokens could be chosen at all (a grammar's allowed tokens), so that H = 1
+    means "uniform over the possible choices" there too; ``support <= 1`` (a forced token) gives 0.
     On CPU the sums run single-threaded in NumPy: torch's intra-op threads stall on such small
     reductions when the other cores are busy (measured on 2 cores under load: 0.3 ms in NumPy
     against 1 to 24 ms in torch for |V| = 49,152), which would tax every stitched step.
     """
+    size = logits.shape[-1] if support is None else support
+    if size <= 1:
+        return 0.0
     if logits.device.type == "cpu":
         entropy = _entropy_numpy(logits.detach().numpy())
     else:
         entropy = _entropy_torch(logits)
-    return entropy / math.log(logits.shape[-1])
+    return min(max(entropy / math.log(size), 0.0), 1.0)
 
 
 def _entropy_numpy(logits: np.ndarray) -> float:

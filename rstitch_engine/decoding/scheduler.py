@@ -107,7 +107,7 @@ class BatchScheduler:
                     self._step()
 
     def _step(self) -> None:
-        members = self._take_members()
+        members = [ticket for ticket in self._take_members() if not _keep_forced(ticket)]
         needs = [(ticket, ticket.decoder.next_pass()) for ticket in members]
         for group in _groups(needs):
             results = _run_group(group)
@@ -157,6 +157,16 @@ def _run_group(group: list[tuple[Ticket, PassNeed]]) -> list[NextToken | None]:
                 ticket.error = error
                 results.append(None)
         return results
+
+
+def _keep_forced(ticket: Ticket) -> bool:
+    """Queue the tokens the request's grammar forces here (no pass); True if the request needs no pass now."""
+    try:
+        while (event := ticket.decoder.forced()) is not None:
+            ticket.events.append(event)
+    except Exception as error:  # noqa: BLE001 - ends this request only
+        ticket.error = error
+    return ticket.done
 
 
 def _advance(ticket: Ticket, nxt: NextToken) -> None:

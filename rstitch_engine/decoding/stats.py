@@ -99,6 +99,8 @@ class StitchStats:
     """Tokens the LLM wrote alone when measured (it may stop earlier or later than the stitched
     answer: the measured speedup is per request, as in the paper); None when estimated, which
     assumes the same output length."""
+    forced_tokens: int = 0
+    """Output tokens a grammar forced: kept without a forward pass, counted in the active model's tokens."""
 
     @property
     def slm_tokens(self) -> int:
@@ -155,6 +157,7 @@ class StitchStats:
             "wall_seconds": self.wall_seconds,
             "idle_seconds": self.idle_seconds,
             "largest_batch": self.largest_batch,
+            "forced_tokens": self.forced_tokens,
             "busy_seconds": self.busy_seconds,
             "tokens_per_second": self.tokens_per_second,
             "finish_reason": self.finish_reason,

@@ -147,3 +147,61 @@ def test_a_grammar_with_no_allowed_token_ends_the_request_with_a_reason_that_say
     assert result.finish_reason == "no_allowed_token"
     assert result.text == "01"
     assert engine.generate("0", GenerationSettings(max_new_tokens=4)).stats.output_tokens == 4
+
+
+def test_entropy_under_a_grammar_is_normalised_by_the_number_of_allowed_tokens():
+    """Uniform over the k allowed tokens reads H = 1 (not log k / log |V|); one allowed token reads 0."""
+    import math
+
+    import torch
+
+    from rstitch_engine import normalised_entropy
+
+    logits = torch.full((1000,), float("-inf"), dtype=torch.float64)
+    logits[:10] = 0.0  # uniform over 10 tokens
+    assert normalised_entropy(logits) == pytest.approx(math.log(10) / math.log(1000), rel=1e-12)
+    assert normalised_entropy(logits, support=10) == pytest.approx(1.0, rel=1e-12)
+    assert normalised_entropy(logits, support=1) == 0.0
+
+
+def test_a_step_s_entropy_is_over_the_allowed_tokens(engine):
+    """The reported entropy of a constrained step equals H(masked logits) / log |allowed|, recomputed here
+    from a fresh forward pass (the engine's logits are float32, so the two agree to float32 precision)."""
+    import math
+
+    import torch
+
+    from rstitch_engine import AlwaysLLMRouter
+
+    grammar = Grammar.regex(r"[0-9]{2}")
+    result = engine.generate(PROMPTS[1], settings(grammar, tokens=4), AlwaysLLMRouter())
+    model = engine.pair.llm.model
+    prompt = engine.encode(PROMPTS[1])
+    state = engine._grammar_tokenizer.start(grammar)
+    for event in result.events[:2]:
+        ids = torch.tensor([list(prompt) + list(result.token_ids[: event.index])])
+        logits = model(ids).logits[0, -1, : engine.pair.vocab_size].float().double()
+        allowed = state.allowed()
+        p = torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1)
+        h = float(-(p[allowed] * p[allowed].log()).sum())
+        assert event.entropy == pytest.approx(h / math.log(int(allowed.sum())), rel=1e-6)
+        assert event.entropy > 2 * h / math.log(engine.pair.vocab_size)  # not the log |V| normalisation
+        state.consume(event.token_id)
+
+
+@pytest.mark.parametrize("router", [AlwaysSLMRouter(), EntropyRouter(0.6), AlwaysLLMRouter()], ids=["slm", "tau", "llm"])
+def test_forced_positions_run_no_forward_pass(engine, router):
+    """Each pass decides exactly one position the grammar leaves open (or discards an SLM token);
+    forced tokens are kept without one, and both models catch up on them in their next pass."""
+    grammar = Grammar.json_schema(SCHEMA)
+    result = engine.generate(PROMPTS[2], settings(grammar), router)
+    state = engine._grammar_tokenizer.start(grammar)
+    open_positions = 0
+    for token in result.token_ids:
+        open_positions += state.forced_token() is None
+        state.consume(token)
+    passes = result.stats.slm.forward_passes + result.stats.llm.forward_passes
+    assert open_positions < len(result.token_ids)  # the schema forces keys and punctuation
+    assert passes == open_positions + result.stats.discarded_slm_tokens
+    if not isinstance(router, AlwaysLLMRouter):  # tau < 0 runs the SLM's forced positions through a pass
+        assert result.stats.forced_tokens == len(result.token_ids) - open_positions

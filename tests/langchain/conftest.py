@@ -2,8 +2,9 @@
 
 Everything runs the real default pair, except ``scripted_chat``: a chat model whose engine
 replays a given answer text as token events through the real tokenizer, chat template and the
-adapter's real parsing path. It exists only to show features a 135M model cannot perform reliably
-(following tool schemas, emitting ``<think>`` spans, answering in JSON).
+adapter's real parsing path. It exists only to show what free generation (``constrained=False``)
+does with text a 135M model does not write reliably (malformed or unknown tool calls, ``<think>``
+spans); grammar-constrained answers are tested on the real pair.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ class ScriptedEngine(StitchEngine):
 
     def stream(self, prompt: Any, settings: GenerationSettings | None = None, router: Any = None) -> StitchStream:
         settings = settings or self.settings
+        assert settings.grammar is None, "a script is free text: scripted adapters run with constrained=False"
         prompt_ids = self.encode(prompt)
         self.prompts.append(prompt_ids)
         script = self.scripts[min(len(self.prompts), len(self.scripts)) - 1]
@@ -78,8 +80,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Mark the standard tests a test class lists in ``xfail_tests`` (name -> reason) as strict xfails."""
     for item in items:
         reasons = getattr(getattr(item, "cls", None), "xfail_tests", {})
-        name = getattr(item, "originalname", item.name)
-        if name in reasons:
+        name = item.name if item.name in reasons else getattr(item, "originalname", item.name)
+        if name in reasons:  # a key names one parametrisation ('test_x[p]') or all of them ('test_x')
             item.add_marker(pytest.mark.xfail(reason=reasons[name], strict=True))
 
 
@@ -89,6 +91,6 @@ def scripted_chat(real_engine: StitchEngine) -> Callable[..., tuple[ChatRStitch,
 
     def make(scripts: str | list[str], **fields: Any) -> tuple[ChatRStitch, ScriptedEngine]:
         engine = ScriptedEngine(real_engine, scripts)
-        return ChatRStitch(engine=engine, **fields), engine
+        return ChatRStitch(engine=engine, **{"constrained": False, **fields}), engine
 
     return make

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -34,9 +35,12 @@ def test_streaming_chat_example_colours_tokens_by_model() -> None:
 
 
 def test_tool_agent_example_runs_its_loop() -> None:
-    out = run("langchain_tool_agent.py", "--max-steps", "2", "--max-tokens", "16")
+    out = run("langchain_tool_agent.py", "--max-steps", "2", "--max-tokens", "64")
     assert out.startswith("step 1: ")
-    assert "tool call" in out or "invalid call" in out  # the first step is forced to call a tool
+    assert "tool call   multiply({'a': 6, 'b': 7})" in out and "tool call   capital_of({'country': 'France'})" in out
+    assert "tool result (success): 42" in out and "tool result (success): Paris" in out
+    assert re.search(r"written by: (slm|llm)×\d+", out)  # each token's model, in runs
+    assert "step 2: " in out and "answer: " in out
 
 
 def test_cost_tracking_example() -> None:

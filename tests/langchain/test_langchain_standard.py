@@ -1,9 +1,9 @@
 """LangChain's standard chat-model suites against ChatRStitch on the real default pair.
 
 The unit suite is fast (no generation). The integration suite generates with the real 135M pair
-and is marked slow. SmolLM2-135M cannot follow a tool or JSON schema: the tests that need it are
-marked xfail (strict: greedy decoding makes the failure deterministic) and each of those features
-is shown through the real parsing path in test_langchain_tools.py and test_langchain_structured.py.
+and is marked slow. Tool calls and structured output are grammar-constrained (``constrained=True``,
+the default), so the tests that need valid calls pass; the few that remain are strict xfails (greedy
+decoding makes them deterministic), each with the model-skill reason, checked against the LLM alone.
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from rstitch_integrations.langchain import ChatRStitch
 
-CANNOT_FOLLOW_SCHEMAS = (
-    "SmolLM2-135M cannot follow a tool/JSON schema: forced calls come out malformed or with wrong arguments "
-    "(shown working with scripted model text through the real parsing path in test_langchain_tools.py / test_langchain_structured.py)"
+LOOPS_INSIDE_A_STRING = (
+    "the call is grammar-constrained and valid up to the budget, but SmolLM2-135M's greedy decoding repeats "
+    "'a cat is a cat, ...' inside a string value and never closes it (the LLM alone does the same), so the "
+    "answer ends at max_tokens; no grammar can end a string the model keeps writing"
+)
+ANSWERS_IN_PROSE = (
+    "with tool_choice='auto' calling a tool is the model's choice, and SmolLM2-135M answers the weather "
+    "question in prose (the LLM alone too); the grammar constrains the calls a model opens, not whether it opens one"
 )
 
 
@@ -30,7 +35,7 @@ class _Capabilities:
     @property
     def standard_chat_model_params(self) -> dict:
         # Short answers keep the real-model suite fast on a CPU (the standard default is 100 tokens).
-        return {**super().standard_chat_model_params, "max_tokens": 12}  # type: ignore[misc]
+        return {**super().standard_chat_model_params, "max_tokens": 40}  # type: ignore[misc]
 
     @property
     def has_tool_calling(self) -> bool:
@@ -64,21 +69,11 @@ class TestChatRStitchUnit(_Capabilities, ChatModelUnitTests):
 @pytest.mark.slow
 @pytest.mark.real_model
 class TestChatRStitchIntegration(_Capabilities, ChatModelIntegrationTests):
-    xfail_tests = dict.fromkeys(
-        [
-            "test_tool_calling",
-            "test_tool_calling_async",
-            "test_tool_choice",
-            "test_tool_calling_with_no_arguments",
-            "test_bind_runnables_as_tools",
-            "test_unicode_tool_call_integration",
-            "test_agent_loop",
-            "test_structured_output",
-            "test_structured_output_async",
-            "test_structured_output_pydantic_2_v1",
-            "test_structured_output_optional_param",
-            "test_json_mode",
-        ],
-        CANNOT_FOLLOW_SCHEMAS,
-    )
-    """Standard tests (by name, every parametrisation) that fail on the model's skill; conftest marks them xfail."""
+    xfail_tests = {
+        **dict.fromkeys(
+            ["test_structured_output[typeddict]", "test_structured_output_async[typeddict]",
+             "test_structured_output_optional_param"],
+            LOOPS_INSIDE_A_STRING,
+        ),
+        "test_agent_loop": ANSWERS_IN_PROSE,
+    }

@@ -75,6 +75,7 @@ class ScriptedEngine(StitchEngine):
         self.prompts: list[str] = []
 
     def stream(self, prompt, settings=None, router=None) -> StitchStream:  # type: ignore[override]
+        assert settings is None or settings.grammar is None, "a script is free text: run with constrained=False"
         ids = self.encode(prompt)
         self.prompts.append(self.pair.tokenizer.decode(ids))
         return StitchStream(self._script(ids, self.answers.popleft(), settings or self.settings), len(ids))
@@ -120,7 +121,7 @@ def scripted(real_engine):
 
     def make(*answers: str, **fields) -> tuple[RStitchLLM, ScriptedEngine]:
         engine = ScriptedEngine(real_engine, answers)
-        return RStitchLLM(engine=engine, **fields), engine
+        return RStitchLLM(engine=engine, **{"constrained": False, **fields}), engine
 
     return make
 

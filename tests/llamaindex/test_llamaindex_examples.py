@@ -36,7 +36,9 @@ def test_rag_example_streams_an_answer_with_sources():
 
 
 def test_agent_example_runs_the_agent_loop():
-    out = run_example("llamaindex_agent.py", "What is 6 times 7?", "--max-tokens", "16")
+    out = run_example("llamaindex_agent.py", "What is 6 times 7, and what is the capital of France?", "--max-tokens", "96")
+    assert "tool call: multiply({'a': 6, 'b': 7}) -> 42" in out
+    assert "tool call: capital_of({'country': 'France'}) -> Paris" in out
     assert "Answer:" in out and "Tool calls:" in out
     assert re.search(r"\d+ LLM calls, \d+ tokens \(SLM \d+, LLM \d+\)", out)
 

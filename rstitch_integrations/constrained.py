@@ -1,0 +1,212 @@
+"""What an answer must look like: the grammar, forced opening and stop strings of a tools or JSON call.
+
+Framework-free (no LangChain or LlamaIndex import); both adapters build one ``AnswerShape`` per call
+from OpenAI-style tool schemas, a tool choice and a response format.
+
+Constrained (the default), the engine masks every step to what the grammar allows
+(``rstitch_engine.Grammar``), so a call to a bound tool is always well-formed JSON valid against the
+tool's parameters, and a JSON answer always matches its schema:
+
+* tools, ``tool_choice`` None/'auto': free text in which each ``<tool_call>`` block, once the model
+  opens one, must be ``{"name": <a bound tool>, "arguments": <valid arguments>}``;
+* 'any'/'required': exactly one call to a bound tool (with ``parallel_calls``: one to as many calls as
+  there are bound tools, a bound that keeps a small model from repeating its calls until the token
+  budget runs out); a tool name: exactly one call to that tool;
+* ``response_format`` json_schema / json_object: one JSON value of the schema / one JSON object;
+  ``{"type": "regex", "pattern": ...}``: text fully matching the regex (Rust regex syntax).
+
+What the grammar forces anyway (the opening of a forced call, up to its name or arguments) is put in
+the model's mouth as ``prefix`` (prompt tokens cost one batched prefill instead of one step each);
+the grammar starts right after it. Objects are closed (``additionalProperties: false``) wherever a
+schema does not say, as OpenAI's strict mode does: a small model cannot wander into extra keys.
+
+Unconstrained (``constrained=False``), only the forced opening is written; what the model writes
+after it is parsed as it comes, and a malformed call becomes an invalid tool call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rstitch_engine import Grammar, InvalidSettingError
+from rstitch_engine.decoding.constraints import lark_json
+
+from .chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
+
+
+@dataclass(frozen=True)
+class AnswerShape:
+    """How one call's answer is constrained. ``AnswerShape()`` is free text."""
+
+    grammar: Grammar | None = None
+    """What the decoded tokens (after ``prefix``) must match; None: free text."""
+    prefix: str = ""
+    """Answer text written for the model after the prompt; parsed as part of the answer, not counted as output."""
+    stop: tuple[str, ...] = ()
+    """Stop strings this shape adds (a forced call ends at its closing tag)."""
+    forced_call: bool = False
+    """The answer is exactly one tool call (its closing tag is the stop string, cut from the text)."""
+    json_answer: Mapping[str, Any] | None = None
+    """The response format asked for (``{"type": "json_object"}`` or ``{"type": "json_schema", "schema": ...}``)."""
+
+
+def tool_choice_name(tool_choice: Any) -> str | None:
+    """LangChain's, LlamaIndex's and OpenAI's tool_choice forms as one string: None (auto), 'none', 'any', or a name."""
+    if tool_choice is None or tool_choice is False:
+        return None if tool_choice is None else "none"
+    if tool_choice is True or tool_choice in ("required", "any"):
+        return "any"
+    if tool_choice == "auto":
+        return None
+    if isinstance(tool_choice, str):
+        return tool_choice
+    if isinstance(tool_choice, Mapping) and isinstance(tool_choice.get("function"), Mapping):
+        return tool_choice["function"].get("name")
+    if isinstance(tool_choice, Mapping) and isinstance(tool_choice.get("name"), str):
+        return tool_choice["name"]
+    raise InvalidSettingError(
+        f"tool_choice must be None, 'auto', 'none', 'any', 'required', True or a tool name, got {tool_choice!r}"
+    )
+
+
+def answer_shape(
+    tools: Sequence[Mapping[str, Any]],
+    tool_choice: str | None,
+    response_format: Mapping[str, Any] | None,
+    constrained: bool,
+    parallel_calls: bool = False,
+) -> AnswerShape:
+    """The shape of one call's answer. ``tools``: normalised OpenAI-style schemas; ``tool_choice`` as
+    ``tool_choice_name`` returns it. Raises ``InvalidSettingError`` for a tool choice naming no bound
+    tool and for a schema the grammar engine cannot compile."""
+    names = [tool["function"]["name"] for tool in tools]
+    if tool_choice not in (None, "none", "any") and tool_choice not in names:
+        raise InvalidSettingError(f"tool_choice {tool_choice!r} names no bound tool; the tools are {names}")
+    if tools and tool_choice != "none":
+        shape = _tool_shape(tools, tool_choice, constrained, parallel_calls)
+    elif response_format:
+        shape = _json_shape(response_format, constrained)
+    else:
+        return AnswerShape()
+    if shape.grammar is not None:
+        shape.grammar.check()  # a schema llguidance cannot use fails here, before any forward pass
+    return shape
+
+
+# ---------------------------------------------------------------------- tool calls
+
+
+def _tool_shape(
+    tools: Sequence[Mapping[str, Any]], tool_choice: str | None, constrained: bool, parallel_calls: bool
+) -> AnswerShape:
+    by_name = {tool["function"]["name"]: strict_schema(tool["function"]["parameters"]) for tool in tools}
+    if tool_choice is None:  # the model decides; blocks it opens must be valid calls
+        if not constrained:
+            return AnswerShape()
+        grammar = Grammar.tagged_json(f"{TOOL_CALL_OPEN}\n", _call_schema(by_name), f"\n{TOOL_CALL_CLOSE}",
+                                      required=False, trigger=TOOL_CALL_OPEN)
+        return AnswerShape(grammar=grammar)
+    forced = tool_choice if tool_choice in by_name else (next(iter(by_name)) if len(by_name) == 1 else None)
+    close = (TOOL_CALL_CLOSE,)
+    if not constrained:
+        return AnswerShape(prefix=tool_call_prefix(forced), stop=close, forced_call=True)
+    if forced is not None:  # the prefix ends at '"arguments":'; the grammar writes ' {...}}' and the close
+        grammar = Grammar.lark(f'start: " " arguments "}}\\n{TOOL_CALL_CLOSE}"\narguments: {lark_json(by_name[forced])}\n')
+        return AnswerShape(grammar, f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(forced)}, "arguments":', close, True)
+    # the prefix ends at '"name": "'; the grammar picks a tool and writes its arguments (and, in
+    # parallel, the blocks of further calls: then the text holds every closing tag and nothing stops it early)
+    opening = f'{TOOL_CALL_OPEN}\n{{"name": "'
+    start = f"start: block (\"\\n\" {json.dumps(opening)} block){{0,{len(by_name) - 1}}}" if parallel_calls else "start: block"
+    rules = [start, f'block: call "}}\\n{TOOL_CALL_CLOSE}"',
+             "call: " + " | ".join(f"call_{i}" for i in range(len(by_name)))]
+    for i, (name, parameters) in enumerate(by_name.items()):
+        rest_of_name = json.dumps(name)[1:] + ', "arguments": '  # the closing quote of the name, then the key
+        rules.append(f"call_{i}: {json.dumps(rest_of_name)} arguments_{i}")
+        rules.append(f"arguments_{i}: {lark_json(parameters)}")
+    grammar = Grammar.lark("\n".join(rules) + "\n")
+    if parallel_calls:
+        return AnswerShape(grammar, opening)
+    return AnswerShape(grammar, opening, close, True)
+
+
+def _call_schema(parameters_by_name: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """JSON schema of one ``{"name": ..., "arguments": ...}`` call to any of the tools (name first)."""
+    calls = [
+        {"type": "object", "properties": {"name": {"const": name}, "arguments": parameters},
+         "required": ["name", "arguments"], "additionalProperties": False}
+        for name, parameters in parameters_by_name.items()
+    ]
+    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+
+
+# ---------------------------------------------------------------------- JSON answers
+
+
+def _json_shape(response_format: Mapping[str, Any], constrained: bool) -> AnswerShape:
+    if response_format.get("type") == "regex":
+        pattern = response_format.get("pattern")
+        if not isinstance(pattern, str):
+            raise InvalidSettingError(f"a regex response_format needs a 'pattern' string, got {dict(response_format)!r}")
+        return AnswerShape(grammar=Grammar.regex(pattern) if constrained else None)
+    schema = json_schema_of(response_format)
+    if not constrained:
+        return AnswerShape(prefix="{", json_answer=response_format)
+    grammar = Grammar.json_object() if schema is None else Grammar.json_schema(strict_schema(schema))
+    return AnswerShape(grammar=grammar, json_answer=response_format)
+
+
+def json_schema_of(response_format: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The schema of a response format (None for JSON mode): ``{"type": "json_schema", "schema": ...}``,
+    OpenAI's ``{"type": "json_schema", "json_schema": {"schema": ...}}``, or ``{"type": "json_object"}``."""
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return None
+    if kind == "json_schema":
+        schema = response_format.get("schema", (response_format.get("json_schema") or {}).get("schema"))
+        if isinstance(schema, Mapping):
+            return dict(schema)
+    raise InvalidSettingError(
+        "response_format must be {'type': 'json_object'}, {'type': 'json_schema', 'schema': {...}} "
+        f"or {{'type': 'regex', 'pattern': ...}}, got {dict(response_format)!r}"
+    )
+
+
+def strict_schema(schema: Mapping[str, Any]) -> dict[str, Any]:
+    """``schema`` with every object that lists properties closed (``additionalProperties: false``) unless it says."""
+    return _closed(schema)
+
+
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions")
+"""Keywords whose value maps names to subschemas."""
+_DATA_KEYWORDS = ("const", "enum", "default", "examples")
+"""Keywords whose value is data, not a schema."""
+
+
+def _closed(node: Any) -> Any:
+    if isinstance(node, list):
+        return [_closed(item) for item in node]
+    if not isinstance(node, Mapping):
+        return node
+    out: dict[str, Any] = {}
+    for key, value in node.items():
+        if key in _SCHEMA_MAPS and isinstance(value, Mapping):
+            out[key] = {name: _closed(sub) for name, sub in value.items()}
+        else:
+            out[key] = value if key in _DATA_KEYWORDS else _closed(value)
+    if "properties" in out and "additionalProperties" not in out:
+        out["additionalProperties"] = False
+    return out
+
+
+def with_json_instruction(messages: list[dict[str, Any]], response_format: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Template messages asking for a JSON answer (matching the schema, when there is one) in the system message."""
+    schema = json_schema_of(response_format)
+    text = "Answer with a single JSON object and nothing else."
+    if schema is not None:
+        text = f"Answer with a single JSON object that matches this JSON schema, and nothing else:\n{json.dumps(schema)}"
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}".strip()}, *messages[1:]]
+    return [{"role": "system", "content": text}, *messages]

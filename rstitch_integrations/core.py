@@ -1,0 +1,223 @@
+"""The request core both adapters share: options, a call's preparation, and its decoding into parsed steps.
+
+Framework-free (no LangChain or LlamaIndex import). ``ChatRStitch`` and ``RStitchLLM`` inherit
+``StitchOptions`` (the fields they share, validated once), turn their framework's messages into
+OpenAI-style dicts, call ``prepare_call`` and iterate ``decode_call``; they only convert what comes
+out (``CallStep``) into chunks or responses.
+
+* ``prepare_call``: call options checked, ``GenerationSettings`` and router built, tools and the
+  answer shape set up (``constrained``), the prompt rendered through the chat template and encoded,
+  a forced opening appended. No forward pass yet, so bad input raises before any work.
+* ``decode_call``: the engine's token events, each with what it made final in the answer (content,
+  reasoning, completed tool calls), then one last step with the held-back rest and the stats.
+  Closing the generator early closes the engine stream.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rstitch_engine import (
+    DEFAULT_LLM,
+    DEFAULT_THRESHOLD,
+    GenerationSettings,
+    InvalidSettingError,
+    Router,
+    RouterName,
+    StitchEngine,
+    StitchStats,
+    StitchStream,
+    TokenEvent,
+    router_named,
+)
+
+from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_tool_schema, to_template_prompt
+from .constrained import answer_shape, tool_choice_name, with_json_instruction
+
+CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "tools", "tool_choice",
+                "parallel_tool_calls", "response_format", "constrained")
+"""Keyword arguments one call may set (each overrides the option of the same name for that call)."""
+
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+
+
+class StitchOptions(BaseModel):
+    """The options of a stitched chat model, shared by the LangChain and LlamaIndex adapters."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    llm: str = Field(default=DEFAULT_LLM, alias="model",
+                     description="The large model: hub id, local folder, .gguf file or built-in alias (also `model`).")
+    slm: str | None = Field(default=None, description=(
+        "The small model (same tokenizer, or a draft folder from `rstitch distill`); None with the default LLM: "
+        "its shipped draft."))
+    threshold: float = Field(default=DEFAULT_THRESHOLD, description=(
+        "tau: the SLM hands a position to the LLM when its normalised entropy is above this."))
+    router: RouterName = Field(default="entropy", description=(
+        "'entropy' (R-Stitch), 'learned' (R-Stitch+: the default pair's shipped router unless router_path is set; "
+        "it keeps its trained tau), or 'slm' / 'llm' for one model alone (baselines)."))
+    router_path: str | None = Field(default=None, description=(
+        "Folder of a learned router (`rstitch train-router --out`), used with router='learned'."))
+    temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
+    top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
+    top_k: int = Field(default=0, description="Keep the k most likely tokens before sampling; 0 keeps all.")
+    max_tokens: int = Field(default=256, description="Most output tokens one call may produce.")
+    stop: list[str] | None = Field(default=None, description=(
+        "Strings that end the answer (trimmed from it); a call's `stop` adds to these."))
+    seed: int | None = Field(default=None, description="Seed for sampling; equal seeds give equal answers.")
+    device: str = Field(default="auto", description="'cpu', 'cuda', 'cuda:N' or 'auto'.")
+    dtype: Dtype = Field(default="auto", description=(
+        "Weight dtype; 'auto' is bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), "
+        "else float32."))
+    measure_speedup: bool = Field(default=False, description=(
+        "Also time the LLM alone on each prompt (doubles the work): the speedup is measured, not estimated."))
+    constrained: bool = Field(default=True, description=(
+        "Decode tool calls and structured output under a grammar (always well-formed, schema-valid); "
+        "False: free generation, parsed after."))
+    timeout: float | None = Field(default=None, description=(
+        "Seconds one call may take before it raises TimeoutError; None: no limit."))
+
+    @model_validator(mode="after")
+    def _check_options(self) -> StitchOptions:
+        self.request_settings({})  # GenerationSettings raises InvalidSettingError with the reason
+        self.request_router({})
+        if self.timeout is not None and not self.timeout > 0:
+            raise InvalidSettingError(f"timeout must be > 0 seconds or None, got {self.timeout!r}")
+        return self
+
+    @property
+    def model_name(self) -> str:
+        """'rstitch:<llm>+<slm>' (the SLM part is 'draft' for the default pair's shipped draft)."""
+        return f"rstitch:{self.llm}+{self.slm or 'draft'}"
+
+    def request_settings(self, options: Mapping[str, Any]) -> GenerationSettings:
+        """This call's settings: the options, with the call's overrides (a call's stops add to these)."""
+        stops = [*(self.stop or ()), *_as_list(options.get("stop"))]
+        return GenerationSettings(
+            max_new_tokens=options.get("max_tokens", self.max_tokens),
+            temperature=options.get("temperature", self.temperature),
+            top_p=options.get("top_p", self.top_p),
+            top_k=options.get("top_k", self.top_k),
+            seed=options.get("seed", self.seed),
+            stop=tuple(dict.fromkeys(stops)),
+        )
+
+    def request_router(self, options: Mapping[str, Any]) -> Router:
+        """This call's router (a call may set its own ``threshold``)."""
+        return router_named(self.router, options.get("threshold", self.threshold), self.router_path)
+
+
+@dataclass(frozen=True)
+class PreparedCall:
+    """Everything one call decodes with, prepared before the first forward pass."""
+
+    prompt_ids: list[int]
+    settings: GenerationSettings
+    router: Router
+    prefix: str
+    """Answer text put in the model's mouth (a forced call's opening, a JSON brace): parsed, not counted."""
+    tool_names: frozenset[str] | None
+    """Bound tools (None: no tools; ``<tool_call>`` text stays content)."""
+    forced_call: bool
+    """The answer is one tool call, ended by its closing tag as a stop string."""
+    deadline: float | None
+    """``time.monotonic()`` past which the call raises TimeoutError."""
+
+
+def prepare_call(
+    engine: StitchEngine, options: StitchOptions, messages: Sequence[Mapping[str, Any]], call: Mapping[str, Any]
+) -> PreparedCall:
+    """Validate a call (``call``: its keyword options) and render its prompt; ``messages`` are OpenAI-style dicts.
+
+    Raises ``InvalidSettingError`` for an unknown option, a bad tool schema or choice, a schema the
+    grammar engine cannot compile, or a message the template cannot render.
+    """
+    unknown = sorted(set(call) - set(CALL_OPTIONS))
+    if unknown:
+        raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {', '.join(CALL_OPTIONS)}")
+    settings, router = options.request_settings(call), options.request_router(call)
+    tool_choice = tool_choice_name(call.get("tool_choice"))
+    try:
+        tools = [normalise_tool_schema(t) for t in call.get("tools") or ()] if tool_choice != "none" else []
+        shape = answer_shape(tools, tool_choice, call.get("response_format"), call.get("constrained", options.constrained),
+                             parallel_calls=bool(call.get("parallel_tool_calls", False)))
+        prompt = to_template_prompt(
+            messages, tools, support=TemplateSupport.of(getattr(engine.pair.tokenizer, "chat_template", None)),
+            tool_choice=tool_choice,
+        )
+    except ValueError as error:  # chat_format's one error type: a message or tool it cannot render
+        raise InvalidSettingError(str(error)) from error
+    settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys((*settings.stop, *shape.stop))))
+    template_messages = prompt.messages
+    if shape.json_answer is not None:
+        template_messages = with_json_instruction(template_messages, shape.json_answer)
+    ids = engine.encode(template_messages, tools=prompt.tools)
+    if shape.prefix:
+        ids += engine.pair.tokenizer.encode(shape.prefix, add_special_tokens=False)
+    deadline = time.monotonic() + options.timeout if options.timeout is not None else None
+    tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
+    return PreparedCall(ids, settings, router, shape.prefix, tool_names, shape.forced_call, deadline)
+
+
+@dataclass(frozen=True)
+class CallStep:
+    """One step of a decoded call: a kept token and what it made final, or (``stats`` set) the end."""
+
+    parsed: AnswerStep
+    """Content, reasoning and completed tool calls this step made final."""
+    answer: AnswerParser
+    """The whole answer so far (running totals: content, reasoning, tool calls, invalid calls)."""
+    event: TokenEvent | None = None
+    """The kept token (None on the last step)."""
+    stats: StitchStats | None = None
+    """The call's stats (last step only)."""
+    in_reasoning: bool = False
+    """The token was inside a ``<think>`` span."""
+
+
+def decode_call(
+    engine: StitchEngine, call: PreparedCall, separate_reasoning: bool, measure_speedup: bool
+) -> Generator[CallStep, None, None]:
+    """The call's steps: one per kept token, then the last one with the held-back rest and the stats.
+
+    The engine stream starts here (a prompt too long for the context window raises now, not at
+    the first step); closing the generator early closes it.
+    """
+    stream = engine.stream(call.prompt_ids, call.settings, call.router)
+    return _steps(engine, stream, call, separate_reasoning, measure_speedup)
+
+
+def _steps(
+    engine: StitchEngine, stream: StitchStream, call: PreparedCall, separate_reasoning: bool, measure_speedup: bool
+) -> Generator[CallStep, None, None]:
+    parser = AnswerParser(separate_reasoning, call.tool_names)
+    pending = parser.feed(call.prefix)  # the forced prefix is part of the answer
+    try:
+        for event in stream:
+            _check_deadline(call.deadline)
+            parsed = pending.then(parser.feed(event.text))
+            pending = AnswerStep()
+            yield CallStep(parsed, parser, event, in_reasoning=parser.in_reasoning)
+        stats = stream.stats
+        if measure_speedup:
+            stats = stats.with_measured_llm_alone(engine.decode_alone("llm", call.prompt_ids, call.settings))
+        rest = parser.finish(close_tool_call=call.forced_call and stats.finish_reason == "stop")  # cut at its stop
+        yield CallStep(pending.then(rest), parser, stats=stats)
+    finally:
+        stream.close()
+
+
+def _check_deadline(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise TimeoutError("the call ran past its timeout; raise timeout or lower max_tokens")
+
+
+def _as_list(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
