@@ -20,7 +20,7 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from rstitch_engine import (
     DEFAULT_LLM,
@@ -35,6 +35,8 @@ from rstitch_engine import (
     TokenEvent,
     router_named,
 )
+from rstitch_engine.decoding.settings import validate_threshold
+from rstitch_engine.models.facts import pair_facts
 
 from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_tool_schema, to_template_prompt
 from .constrained import answer_shape, tool_choice_name, with_json_instruction
@@ -82,6 +84,11 @@ class StitchOptions(BaseModel):
     timeout: float | None = Field(default=None, description=(
         "Seconds one call may take before it raises TimeoutError; None: no limit."))
 
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _valid_threshold(cls, value: Any) -> float:
+        return validate_threshold(value)
+
     @model_validator(mode="after")
     def _check_options(self) -> StitchOptions:
         self.request_settings({})  # GenerationSettings raises InvalidSettingError with the reason
@@ -110,6 +117,15 @@ class StitchOptions(BaseModel):
     def request_router(self, options: Mapping[str, Any]) -> Router:
         """This call's router (a call may set its own ``threshold``)."""
         return router_named(self.router, options.get("threshold", self.threshold), self.router_path)
+
+    def pair_window_and_template(self, engine: StitchEngine | None) -> tuple[int | None, str | None]:
+        """The pair's context window and the LLM's chat template: from ``engine`` when one is loaded,
+        else from the configuration files (``rstitch_engine.models.facts``; no weights are loaded)."""
+        if engine is None:
+            facts = pair_facts(self.llm, self.slm)
+            return facts.context_window, facts.llm.chat_template
+        windows = [w for w in (engine.pair.slm.context_window, engine.pair.llm.context_window) if w is not None]
+        return (min(windows) if windows else None), getattr(engine.pair.tokenizer, "chat_template", None)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,8 @@
 """``ChatRStitch``: R-Stitch stitched decoding as a LangChain chat model.
 
-One private generator (``_chunks``) turns the engine's token events into ``ChatGenerationChunk``s;
+The request itself is the shared core's (``rstitch_integrations.core``: options, ``prepare_call``,
+``decode_call``); this module converts LangChain messages in and the core's steps out. One private
+generator (``_chunks``) turns those steps into ``ChatGenerationChunk``s;
 ``_stream`` only adds callbacks, ``_generate`` adds the chunks up, and the async paths drive the
 same generator from a worker thread so that the event loop never waits on a forward pass.
 
@@ -14,14 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from contextlib import closing
 from operator import itemgetter
 from typing import Any, Literal
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams, LanguageModelInput
+from langchain_core.language_models.model_profile import ModelProfile
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_openai_messages
 from langchain_core.messages.tool import invalid_tool_call, tool_call, tool_call_chunk
 from langchain_core.output_parsers import JsonOutputKeyToolsParser, JsonOutputParser, PydanticOutputParser
@@ -33,63 +35,26 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from rstitch_engine import (
-    DEFAULT_LLM,
-    DEFAULT_THRESHOLD,
-    GenerationSettings,
-    InvalidSettingError,
-    Router,
-    RouterName,
-    StitchEngine,
-    StitchStats,
-    TokenEvent,
-    router_named,
-    shared_engine,
-)
+from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, TokenEvent, shared_engine
 
-from .chat_format import (
-    AnswerParser,
-    AnswerStep,
-    InvalidToolCall,
-    ParsedCall,
-    TemplateSupport,
-    ToolCall,
-    normalise_tool_schema,
-    to_template_prompt,
-)
-from .constrained import answer_shape, tool_choice_name, with_json_instruction
+from .chat_format import THINK_OPEN, AnswerStep, InvalidToolCall, ParsedCall, ToolCall
+from .constrained import tool_choice_name
+from .core import PreparedCall, StitchOptions, decode_call, prepare_call
 
-_CALL_OPTIONS = ("temperature", "top_p", "top_k", "max_tokens", "seed", "threshold", "tools", "tool_choice",
-                 "response_format", "parallel_tool_calls", "constrained")
-"""Keyword arguments a call (``invoke(..., **kwargs)`` or ``bind(**kwargs)``) may set."""
 _IGNORED_CALL_OPTIONS = ("ls_structured_output_format", "stream")
 """Keyword arguments LangChain itself passes through to the model; they change nothing here."""
 _IGNORED_INIT_ARGS = ("api_key", "max_retries")
 """Standard constructor arguments of remote chat models; meaningless for local decoding, accepted and dropped."""
 
 
-@dataclass(frozen=True)
-class _Request:
-    """Everything one call decodes with, prepared before the first forward pass."""
-
-    prompt_ids: list[int]
-    settings: GenerationSettings
-    router: Router
-    prefix: str
-    """Answer text put in the model's mouth (forced tool call / JSON): parsed, not counted as output."""
-    tool_names: frozenset[str] | None
-    """Bound tools (None: no tools, ``<tool_call>`` text stays content)."""
-    forced_call: bool
-    """The answer is one tool call, ended by its closing tag as a stop string."""
-    deadline: float | None
-
-
-class ChatRStitch(BaseChatModel):
+class ChatRStitch(StitchOptions, BaseChatModel):
     """A chat model whose answer a small and a large model write together (R-Stitch).
 
     The SLM decodes; where its normalised next-token entropy is above ``threshold`` its token is
     discarded and the LLM decodes until it is confident. Weights load on first use and are shared
-    by every instance using the same pair.
+    by every instance using the same pair. The options it shares with ``RStitchLLM`` (pair,
+    threshold, router, sampling, ``max_tokens``, ``stop``, ``constrained``, ...) are declared once,
+    in ``rstitch_integrations.core.StitchOptions``.
 
     Example:
         .. code-block:: python
@@ -103,41 +68,8 @@ class ChatRStitch(BaseChatModel):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    llm: str = Field(default=DEFAULT_LLM, alias="model")
-    """The large model: hub id, local folder, .gguf file or built-in alias (also accepted as ``model``)."""
-    slm: str | None = None
-    """The small model (same tokenizer, or a draft folder from `rstitch distill`); None with the default LLM: its shipped draft."""
-    threshold: float = DEFAULT_THRESHOLD
-    """tau: the SLM hands a position to the LLM when its normalised entropy is above this."""
-    router: RouterName = "entropy"
-    """Routing policy: 'entropy' (R-Stitch), 'learned' (R-Stitch+, the shipped router of the default pair
-    unless ``router_path`` is set; it keeps its trained tau), or 'slm'/'llm' for one model alone."""
-    router_path: str | None = None
-    """Folder of a learned router (``rstitch train-router --out``), used with ``router='learned'``."""
-    temperature: float = 0.0
-    """Sampling temperature; 0 is greedy decoding."""
-    top_p: float = 1.0
-    """Nucleus sampling cut-off in (0, 1]."""
-    top_k: int = 0
-    """Keep only the k most likely tokens when sampling; 0 keeps all."""
-    max_tokens: int = 256
-    """Most output tokens one call may produce."""
-    stop: list[str] | None = None
-    """Strings that end the answer (trimmed from it); a call's ``stop`` adds to these."""
-    seed: int | None = None
-    """Seed for sampling; equal seeds give equal answers."""
-    device: str = "auto"
-    """'cpu', 'cuda', 'cuda:N' or 'auto'."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Weight dtype; 'auto' is bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), else float32."""
     separate_reasoning: bool = True
     """Move ``<think>...</think>`` text to ``additional_kwargs["reasoning_content"]``; False keeps it in content."""
-    measure_speedup: bool = False
-    """Also time the LLM alone on each prompt (doubles the work) so that the speedup is measured, not estimated."""
-    constrained: bool = True
-    """Decode tool calls and structured output under a grammar (always valid); False: free generation, parsed after."""
-    timeout: float | None = None
-    """Seconds one call may take before it raises TimeoutError; None: no limit."""
     streaming: bool = False
     """Route ``invoke`` through the streaming path (LangChain's standard switch)."""
     engine: StitchEngine | None = Field(default=None, exclude=True)
@@ -152,24 +84,11 @@ class ChatRStitch(BaseChatModel):
             return {key: value for key, value in values.items() if key not in _IGNORED_INIT_ARGS}
         return values
 
-    @model_validator(mode="after")
-    def _check_settings(self) -> ChatRStitch:
-        self._settings({}, None)  # raises InvalidSettingError with the reason
-        self._router({})
-        if self.timeout is not None and not self.timeout > 0:
-            raise InvalidSettingError(f"timeout must be > 0 seconds or None, got {self.timeout!r}")
-        return self
-
     # ------------------------------------------------------------------ LangChain identity
 
     @property
     def _llm_type(self) -> str:
         return "rstitch-chat"
-
-    @property
-    def model_name(self) -> str:
-        """'rstitch:<llm>+<slm>' (the SLM part is 'draft' for the shipped draft)."""
-        return f"rstitch:{self.llm}+{self.slm or 'draft'}"
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
@@ -185,9 +104,27 @@ class ChatRStitch(BaseChatModel):
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
         )
-        if stops := self._stops(stop):
+        if stops := [*(self.stop or ()), *(stop or ())]:
             params["ls_stop"] = stops
         return params
+
+    def _resolve_model_profile(self) -> ModelProfile | None:
+        """What this pair supports, from its config and chat template (no weights are loaded).
+
+        Tool calls and structured output work for any pair: with ``constrained`` they are decoded
+        under a grammar, without it parsed from the ``<tool_call>`` format the prompt asks for.
+        Reasoning output is there when the chat template knows ``<think>`` spans.
+        """
+        window, template = self.pair_window_and_template(self.engine)
+        profile = ModelProfile(
+            text_inputs=True, image_inputs=False, audio_inputs=False, video_inputs=False, pdf_inputs=False,
+            text_outputs=True, image_outputs=False, audio_outputs=False, video_outputs=False,
+            tool_calling=True, tool_choice=True, tool_call_streaming=True, structured_output=True,
+            reasoning_output=THINK_OPEN in (template or ""), open_weights=True,
+        )
+        if window is not None:
+            profile["max_input_tokens"] = window
+        return profile
 
     # ------------------------------------------------------------------ the engine and a request
 
@@ -199,77 +136,29 @@ class ChatRStitch(BaseChatModel):
             self._loaded = shared_engine(self.llm, self.slm, self.device, self.dtype)
         return self._loaded
 
-    def _stops(self, stop: Sequence[str] | None) -> list[str]:
-        return [*(self.stop or ()), *(stop or ())]
-
-    def _settings(self, options: Mapping[str, Any], stop: Sequence[str] | None) -> GenerationSettings:
-        return GenerationSettings(
-            max_new_tokens=options.get("max_tokens", self.max_tokens),
-            temperature=options.get("temperature", self.temperature),
-            top_p=options.get("top_p", self.top_p),
-            top_k=options.get("top_k", self.top_k),
-            seed=options.get("seed", self.seed),
-            stop=tuple(dict.fromkeys(self._stops(stop))),
-        )
-
-    def _router(self, options: Mapping[str, Any]) -> Router:
-        return router_named(self.router, options.get("threshold", self.threshold), self.router_path)
-
-    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> _Request:
+    def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> PreparedCall:
         """Validate the call and render the prompt (no forward pass yet)."""
-        unknown = set(kwargs) - set(_CALL_OPTIONS) - set(_IGNORED_CALL_OPTIONS)
-        if unknown:
-            raise InvalidSettingError(f"unknown call options {sorted(unknown)}; accepted: {', '.join(_CALL_OPTIONS)}")
-        settings, router = self._settings(kwargs, stop), self._router(kwargs)
-        tool_choice = tool_choice_name(kwargs.get("tool_choice"))
-        tools = [normalise_tool_schema(t) for t in kwargs.get("tools") or ()] if tool_choice != "none" else []
-        shape = answer_shape(tools, tool_choice, kwargs.get("response_format"), kwargs.get("constrained", self.constrained),
-                             parallel_calls=bool(kwargs.get("parallel_tool_calls", False)))
-        settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys((*settings.stop, *shape.stop))))
-        engine = self._engine()
-        tokenizer = engine.pair.tokenizer
-        prompt = to_template_prompt(
-            convert_to_openai_messages(messages, text_format="string"),
-            tools,
-            support=TemplateSupport.of(getattr(tokenizer, "chat_template", None)),
-            tool_choice=tool_choice,
-        )
-        template_messages = prompt.messages
-        if shape.json_answer is not None:
-            template_messages = with_json_instruction(template_messages, shape.json_answer)
-        ids = engine.encode(template_messages, tools=prompt.tools)
-        if shape.prefix:
-            ids += tokenizer.encode(shape.prefix, add_special_tokens=False)
-        deadline = time.monotonic() + self.timeout if self.timeout is not None else None
-        tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
-        return _Request(ids, settings, router, shape.prefix, tool_names, shape.forced_call, deadline)
+        call = {key: value for key, value in kwargs.items() if key not in _IGNORED_CALL_OPTIONS}
+        if stop:
+            call["stop"] = [*(call.get("stop") or ()), *stop]
+        return prepare_call(self._engine(), self, convert_to_openai_messages(messages, text_format="string"), call)
 
     # ------------------------------------------------------------------ the core generator
 
     def _chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
     ) -> Generator[ChatGenerationChunk, None, None]:
-        """The one place engine events become chunks; closing it early closes the engine stream."""
-        request = self._prepare(messages, stop, kwargs)
-        engine = self._engine()
-        stream = engine.stream(request.prompt_ids, request.settings, request.router)
-        parser = AnswerParser(self.separate_reasoning, request.tool_names)
-        pending = parser.feed(request.prefix)  # the forced prefix is part of the answer
-        input_tokens, call_index = stream.prompt_tokens, 0  # input tokens go on the first chunk only
-        try:
-            for event in stream:
-                _check_deadline(request.deadline)
-                parsed = pending.then(parser.feed(event.text))
-                pending = AnswerStep()
-                yield _token_chunk(event, parsed, call_index, input_tokens, parser.in_reasoning)
-                input_tokens, call_index = 0, call_index + len(parsed.calls)
-            stats = stream.stats
-            if self.measure_speedup:
-                stats = stats.with_measured_llm_alone(engine.decode_alone("llm", request.prompt_ids, request.settings))
-            parsed = pending.then(parser.finish(close_tool_call=request.forced_call and stats.finish_reason == "stop"))
-            yield _last_chunk(parsed, stats, self.model_name, call_index, input_tokens)
-        finally:
-            stream.close()
+        """The one place the core's steps become chunks; closing it early closes the engine stream."""
+        call = self._prepare(messages, stop, kwargs)
+        input_tokens, call_index = len(call.prompt_ids), 0  # input tokens go on the first chunk only
+        with closing(decode_call(self._engine(), call, self.separate_reasoning, self.measure_speedup)) as steps:
+            for step in steps:
+                if step.stats is not None:
+                    yield _last_chunk(step.parsed, step.stats, self.model_name, call_index, input_tokens)
+                    return
+                assert step.event is not None
+                yield _token_chunk(step.event, step.parsed, call_index, input_tokens, step.in_reasoning)
+                input_tokens, call_index = 0, call_index + len(step.parsed.calls)
 
     def _stream(
         self,
@@ -501,8 +390,3 @@ def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
 
 
 # ---------------------------------------------------------------------- small helpers
-
-
-def _check_deadline(deadline: float | None) -> None:
-    if deadline is not None and time.monotonic() > deadline:
-        raise TimeoutError("the call ran past ChatRStitch.timeout; raise timeout or lower max_tokens")

@@ -1,7 +1,8 @@
 """LlamaIndex LLM for R-Stitch stitched decoding: ``Settings.llm = RStitchLLM()``.
 
-One undecorated core generator (``_chat_responses``) turns the engine's token events into
-``ChatResponse`` items; every public method is that generator plus exactly one LlamaIndex callback
+The request itself is the shared core's (``rstitch_integrations.core``: options, ``prepare_call``,
+``decode_call``); this module converts LlamaIndex messages and tools in and the core's steps out.
+One undecorated generator (``_chat_responses``) turns those steps into ``ChatResponse`` items; every public method is that generator plus exactly one LlamaIndex callback
 decorator (``llm_chat_callback`` / ``llm_completion_callback``; the dispatcher span comes from
 ``DispatcherSpanMixin``), so instrumentation events and token counting fire once per call. The
 completion methods convert the same core's chat responses instead of calling the decorated chat
@@ -19,11 +20,11 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
-    Literal,
     TypeVar,
 )
 
@@ -47,40 +48,20 @@ from llama_index.core.base.llms.types import (
     ThinkingBlock,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr, field_validator, model_validator
+from llama_index.core.bridge.pydantic import Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from rstitch_engine import (
-    DEFAULT_LLM,
-    DEFAULT_THRESHOLD,
-    GenerationSettings,
-    InvalidSettingError,
-    Router,
-    RouterName,
-    StitchEngine,
-    StitchStream,
-    router_named,
-    shared_engine,
-)
-from rstitch_engine.decoding.settings import validate_threshold
+from rstitch_engine import StitchEngine, shared_engine
 
-from .chat_format import (
-    AnswerParser,
-    AnswerStep,
-    TemplateSupport,
-    normalise_tool_schema,
-    to_template_prompt,
-)
-from .constrained import answer_shape, tool_choice_name
+from .chat_format import AnswerParser, AnswerStep
+from .core import CALL_OPTIONS, CallStep, PreparedCall, StitchOptions, decode_call, prepare_call
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
 
-CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "tools", "tool_choice",
-                "parallel_tool_calls", "constrained")
-"""Keyword arguments a single call accepts (each overrides the field of the same name)."""
+__all__ = ["CALL_OPTIONS", "RStitchLLM"]
 
 _ROLE_NAMES = {
     MessageRole.CHATBOT: "assistant",
@@ -89,48 +70,17 @@ _ROLE_NAMES = {
 }
 
 
-class RStitchLLM(FunctionCallingLLM):
+class RStitchLLM(StitchOptions, FunctionCallingLLM):
     """R-Stitch stitched decoding as a LlamaIndex LLM: the SLM writes, the LLM takes over where it is unsure.
 
     Construction is cheap; the pair loads on first use and is shared by every instance naming it.
+    The options it shares with ``ChatRStitch`` (pair, threshold, router, sampling, ``max_tokens``,
+    ``stop``, ``constrained``, ...; ``model=`` names the LLM too) are declared once, in
+    ``rstitch_integrations.core.StitchOptions``.
     """
 
-    llm: str = Field(default=DEFAULT_LLM, description="The large model: hub id, local folder, .gguf file or alias.")
-    slm: str | None = Field(
-        default=None, description="The small model (same tokenizer as the LLM); None: the default pair's built-in SLM."
-    )
-    threshold: float = Field(
-        default=DEFAULT_THRESHOLD, description="tau: the LLM takes over where the SLM's normalised entropy is above it."
-    )
-    router: RouterName = Field(
-        default="entropy",
-        description="'entropy' (R-Stitch), 'learned' (R-Stitch+: the default pair's shipped router unless router_path "
-                    "is set; it keeps its trained tau), or 'slm' / 'llm' for one model alone (baselines).",
-    )
-    router_path: str | None = Field(
-        default=None, description="Folder of a learned router (rstitch train-router --out), used with router='learned'."
-    )
-    temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
-    top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
-    top_k: int = Field(default=0, description="Keep the k most likely tokens before sampling; 0 keeps all.")
-    max_tokens: int = Field(default=256, description="Most output tokens per call (also the metadata's num_output).")
-    stop: list[str] = Field(default_factory=list, description="Strings that end the answer (trimmed from it).")
-    seed: int | None = Field(default=None, description="Seed of each call's private sampler; None: unseeded.")
-    device: str = Field(default="auto", description="Torch device for both models ('auto', 'cpu', 'cuda', ...).")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        default="auto", description="Weight dtype; 'auto' is bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), else float32."
-    )
-    measure_speedup: bool = Field(
-        default=False,
-        description="Also time the LLM alone on each prompt (doubles the work): the speedup is measured, not estimated.",
-    )
     separate_thinking: bool = Field(
         default=True, description="Move <think>...</think> text into a ThinkingBlock and thinking_delta."
-    )
-    constrained: bool = Field(
-        default=True,
-        description="Decode tool calls (chat_with_tools, structured_predict, agents) under a grammar, so that every "
-                    "call is well-formed with schema-valid arguments; False: free generation, parsed after.",
     )
     is_function_calling_model: bool = Field(
         default=True, description="Offer tool calling to agents (tools are rendered into the chat template)."
@@ -142,16 +92,6 @@ class RStitchLLM(FunctionCallingLLM):
         """``engine``: an already loaded engine to use instead of the shared one for ``llm``/``slm``."""
         super().__init__(**data)
         self._engine = engine
-
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _valid_threshold(cls, value: Any) -> float:
-        return validate_threshold(value)
-
-    @model_validator(mode="after")
-    def _valid_sampling(self) -> RStitchLLM:
-        self._settings({})  # GenerationSettings validates every sampling field with a clear message
-        return self
 
     @classmethod
     def class_name(cls) -> str:
@@ -168,20 +108,15 @@ class RStitchLLM(FunctionCallingLLM):
 
     @property
     def metadata(self) -> LLMMetadata:
-        pair = self.engine.pair
-        windows = [w for w in (pair.slm.context_window, pair.llm.context_window) if w is not None]
+        """Read when query engines and ``Settings`` are built: from the pair's config files, no weights loaded."""
+        window, _ = self.pair_window_and_template(self._engine)
         return LLMMetadata(
-            context_window=min(windows) if windows else LLMMetadata.model_fields["context_window"].default,
+            context_window=window if window is not None else LLMMetadata.model_fields["context_window"].default,
             num_output=self.max_tokens,
             is_chat_model=True,
             is_function_calling_model=self.is_function_calling_model,
             model_name=self.model_name,
         )
-
-    @property
-    def model_name(self) -> str:
-        """'rstitch:<llm>+<slm>' (the SLM part is 'draft' for the default pair's built-in draft), as ChatRStitch."""
-        return f"rstitch:{self.llm}+{self.slm or 'draft'}"
 
     # ------------------------------------------------------------------ public API: chat
 
@@ -279,65 +214,29 @@ class RStitchLLM(FunctionCallingLLM):
 
     def _start(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> _Request:
         """Validate a call and start its engine stream (no forward pass yet): bad input raises here."""
-        unknown = sorted(set(options) - set(CALL_OPTIONS))
-        if unknown:
-            raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {list(CALL_OPTIONS)}")
-        engine, settings = self.engine, self._settings(options)
-        tool_choice = tool_choice_name(options.get("tool_choice"))
-        try:
-            tools = [normalise_tool_schema(_tool_schema(t)) for t in options.get("tools") or ()] if tool_choice != "none" else []
-        except ValueError as error:
-            raise InvalidSettingError(str(error)) from error
-        shape = answer_shape(tools, tool_choice, None, options.get("constrained", self.constrained),
-                             parallel_calls=bool(options.get("parallel_tool_calls", False)))
-        settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys((*settings.stop, *shape.stop))))
-        try:
-            prompt = to_template_prompt(
-                [_message_dict(m) for m in messages],
-                tools,
-                support=TemplateSupport.of(getattr(engine.pair.tokenizer, "chat_template", None)),
-                tool_choice=tool_choice,
-            )
-        except ValueError as error:
-            raise InvalidSettingError(str(error)) from error
-        ids = engine.encode(prompt.messages, tools=prompt.tools)
-        if shape.prefix:  # a forced call's opening: the answer starts as a call, the model continues it
-            ids += engine.pair.tokenizer(shape.prefix, add_special_tokens=False)["input_ids"]
-        stream = engine.stream(ids, settings, self._router(options))
-        names = [tool["function"]["name"] for tool in tools] if tools else None
-        return _Request(stream, ids, settings, shape.prefix, names, shape.forced_call)
-
-    def _settings(self, options: dict[str, Any]) -> GenerationSettings:
-        stop = [*self.stop, *_as_list(options.get("stop"))]
-        return GenerationSettings(
-            max_new_tokens=options.get("max_tokens", self.max_tokens),
-            temperature=options.get("temperature", self.temperature),
-            top_p=options.get("top_p", self.top_p),
-            top_k=options.get("top_k", self.top_k),
-            seed=options.get("seed", self.seed),
-            stop=tuple(dict.fromkeys(stop)),
-        )
-
-    def _router(self, options: dict[str, Any]) -> Router:
-        return router_named(self.router, options.get("threshold", self.threshold), self.router_path)
+        call = {**options, "tools": [_tool_schema(tool) for tool in options.get("tools") or ()]}
+        prepared = prepare_call(self.engine, self, [_message_dict(m) for m in messages], call)
+        return _Request(decode_call(self.engine, prepared, self.separate_thinking, self.measure_speedup), prepared)
 
     def _chat_responses(self, request: _Request) -> ChatResponseGen:
-        """The core: token events in, cumulative ``ChatResponse`` items out; the last one has the stats."""
-        parser = AnswerParser(self.separate_thinking, request.tool_names)
-        parser.feed(request.prefix)  # the forced opening of a tool call is part of the answer
+        """The core's steps in, cumulative ``ChatResponse`` items out; the last one has the stats."""
         pending: list[str] = []  # sources of tokens not reported yet
-        with request.stream as stream:
-            for event in stream:
-                pending.append(event.source)
-                step = parser.feed(event.text)
-                if step.visible:
-                    yield _response(parser, step, pending)
+        with closing(request.steps) as steps:
+            for step in steps:
+                if step.stats is not None:
+                    yield self._final(step, pending)
+                    return
+                assert step.event is not None
+                pending.append(step.event.source)
+                if step.parsed.visible:
+                    yield _response(step.answer, step.parsed, pending)
                     pending = []
-            stats = stream.stats
-        if self.measure_speedup:
-            stats = stats.with_measured_llm_alone(self.engine.decode_alone("llm", request.ids, request.settings))
-        forced_call_stopped = request.forced_call and stats.finish_reason == "stop"  # its </tool_call> was the stop
-        final = _response(parser, parser.finish(close_tool_call=forced_call_stopped), pending)
+
+    def _final(self, step: CallStep, sources: list[str]) -> ChatResponse:
+        """The last response: held-back text, usage for token counters, and the stitch stats."""
+        stats = step.stats
+        assert stats is not None
+        final = _response(step.answer, step.parsed, sources)
         final.raw = {
             "usage": {
                 "prompt_tokens": stats.prompt_tokens,
@@ -348,7 +247,7 @@ class RStitchLLM(FunctionCallingLLM):
             "model": self.model_name,
         }
         final.additional_kwargs["stitch"] = stats.to_dict()
-        yield final
+        return final
 
     async def _astream(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> ChatResponseAsyncGen:
         """The core on worker threads; starting (and loading the pair the first time) too."""
@@ -363,16 +262,8 @@ class RStitchLLM(FunctionCallingLLM):
 class _Request:
     """A validated call whose engine stream has not decoded anything yet."""
 
-    stream: StitchStream
-    ids: list[int]
-    """The prompt's token ids."""
-    settings: GenerationSettings
-    prefix: str
-    """Text already written for the model (the opening of a forced tool call)."""
-    tool_names: list[str] | None
-    """Names of the tools offered; None: tool calls are not parsed."""
-    forced_call: bool
-    """The answer is one tool call, ended by its closing tag as a stop string."""
+    steps: Generator[CallStep, None, None]
+    prepared: PreparedCall
 
 
 def _response(parser: AnswerParser, step: AnswerStep, sources: list[str]) -> ChatResponse:
@@ -442,12 +333,6 @@ def _tool_schema(tool: Any) -> dict[str, Any]:
 
 def _as_user(prompt: str) -> list[ChatMessage]:
     return [ChatMessage(role=MessageRole.USER, content=prompt)]
-
-
-def _as_list(stop: Any) -> list[str]:
-    if stop is None:
-        return []
-    return [stop] if isinstance(stop, str) else list(stop)
 
 
 # ---------------------------------------------------------------------- iteration helpers

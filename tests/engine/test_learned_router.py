@@ -137,13 +137,13 @@ def test_router_named_and_adapters_load_a_learned_router_from_one_field(engine, 
     pytest.importorskip("langchain_core")
     from rstitch_integrations.langchain import ChatRStitch
 
-    assert isinstance(ChatRStitch(engine=engine, router="learned", router_path=folder)._router({}), LearnedRouter)
+    assert isinstance(ChatRStitch(engine=engine, router="learned", router_path=folder).request_router({}), LearnedRouter)
     with pytest.raises(Exception, match="no learned router"):
         ChatRStitch(engine=engine, router="learned", router_path=str(tmp_path / "missing"))
     pytest.importorskip("llama_index.core")
     from rstitch_integrations.llamaindex import RStitchLLM
 
-    assert isinstance(RStitchLLM(engine=engine, router="learned", router_path=folder)._router({}), LearnedRouter)
+    assert isinstance(RStitchLLM(engine=engine, router="learned", router_path=folder).request_router({}), LearnedRouter)
 
 
 # ----------------------------------------------------------------------------- DAPO pieces

@@ -57,3 +57,20 @@ def test_a_streaming_query_engine_answers_through_settings_llm(embed_model, sett
     [start] = [e for e in recorder.events if isinstance(e, LLMChatStartEvent)]
     prompt = "\n".join(m.content for m in start.messages)
     assert all(node.get_content() in prompt for node in response.source_nodes)
+
+
+def test_building_a_query_engine_loads_no_model(embed_model, settings_llm, monkeypatch):
+    """LlamaIndex reads ``metadata`` while it builds; that comes from config files, not weights."""
+    from rstitch_engine.decoding import engine as engine_module
+    from rstitch_engine.models.defaults import DEFAULT_LLM
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded while the query engine was built")
+
+    monkeypatch.setattr(engine_module, "load_pair", no_loading)
+    llm = RStitchLLM(model=DEFAULT_LLM, device="cpu", dtype="float32", max_tokens=8)
+    Settings.llm, Settings.embed_model = llm, embed_model
+    index = VectorStoreIndex.from_documents(engine_module_docs()[:1])
+    query_engine = index.as_query_engine(streaming=True)
+    assert query_engine is not None and llm._engine is None
+    assert llm.metadata.context_window == 8192  # SmolLM2-135M's window, from its config.json
