@@ -13,7 +13,9 @@ Shapes and invariants of one request:
   feeds it), so "rolling back" the SLM cache is free: its cache already ends before that position.
 
 With a grammar (``constraints``), the active model's logits are masked to the allowed tokens
-before entropy and choice, and the grammar advances on kept tokens only.
+before entropy and choice, and the grammar advances on kept tokens only. A position where the
+grammar allows one token is kept without any pass (``forced``), so a model's next pass may feed
+several tokens it missed, even when it wrote the token before them; such a pass counts as a catch-up.
 
 ``RequestDecoder`` splits a step in two: ``next_pass`` says which model must run and how
 (``PassNeed``); whoever runs it (the engine alone, or the batch scheduler in a batched pass) hands
