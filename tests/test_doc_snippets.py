@@ -8,6 +8,7 @@ that every block parses and that each skip gives a reason.
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -57,5 +58,5 @@ def test_the_python_blocks_run(doc: Path):
         pytest.skip(f"{doc.name} has no runnable block")
     script = f"BLOCKS = {runnable!r}\nDOC = {doc.name!r}\n{RUNNER}"
     done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=900,
-                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"}, check=False)
+                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, check=False)
     assert done.returncode == 0, done.stderr[-3000:]
