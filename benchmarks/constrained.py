@@ -4,7 +4,7 @@ A fixed set of tasks: tool-calling prompts (three bound tools, a required call, 
 each) and extraction prompts (a JSON schema, one expected object each). Every task is decoded three
 ways, side by side in one run, on the same prompt ids:
 
-* **constrained stitched**: the engine under the task's grammar (``rstitch_integrations.constrained``,
+* **constrained stitched**: the engine under the task's grammar (``rstitch_integrations.core.prepare_call``,
   what ``ChatRStitch`` / ``RStitchLLM`` send), entropy router at the default tau;
 * **constrained LLM alone**: the LLM alone under the same grammar (``decode_alone``);
 * **free LLM alone**: the LLM alone without a grammar, after the free-generation opening
@@ -40,12 +40,12 @@ from rich.console import Console
 from rich.table import Table
 from transformers import DynamicCache
 
-from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine, shared_engine
+from rstitch_engine import GenerationSettings, StitchEngine, shared_engine
 from rstitch_engine.models.defaults import DEFAULT_THRESHOLD
 from rstitch_engine.models.hardware import processor_name
 from rstitch_engine.models.loaded import cache_keyword
-from rstitch_integrations.chat_format import TemplateSupport, normalise_tool_schema, parse_output, to_template_prompt
-from rstitch_integrations.constrained import AnswerShape, answer_shape, with_json_instruction
+from rstitch_integrations.chat_format import normalise_tool_schema, parse_output
+from rstitch_integrations.core import PreparedCall, StitchOptions, prepare_call
 
 CONFIGS = ("constrained_stitched", "constrained_llm_alone", "free_llm_alone")
 
@@ -94,45 +94,37 @@ EXTRACTION_TASKS = [
 
 @dataclass(frozen=True)
 class Task:
-    """One prompt, its answer shapes (constrained and free) and the expected call or object."""
+    """One prompt, prepared constrained and free as the adapters prepare it, and the expected call or object."""
 
     kind: str  # 'tool' or 'extraction'
-    prompt_ids: list[int]
-    constrained: AnswerShape
-    free: AnswerShape
+    constrained: PreparedCall
+    free: PreparedCall
     schema: dict[str, Any]
     expected: Any  # (tool name, arguments) or the object
 
 
-def build_tasks(engine: StitchEngine) -> list[Task]:
-    """Prompt ids as the adapters build them: the chat template, the tools or the JSON instruction, the opening."""
-    support = TemplateSupport.of(getattr(engine.pair.tokenizer, "chat_template", None))
+def build_tasks(engine: StitchEngine, max_new_tokens: int) -> list[Task]:
+    """Each task through ``prepare_call``, the adapters' own request path (template, tools or JSON
+    instruction, grammar, forced opening), once constrained and once free."""
+    options = {flag: StitchOptions(max_tokens=max_new_tokens, constrained=flag) for flag in (True, False)}
+
+    def prepared(question: str, call: dict[str, Any]) -> list[PreparedCall]:
+        messages = [{"role": "user", "content": question}]
+        return [prepare_call(engine, options[flag], messages, call) for flag in (True, False)]
+
     tasks = []
     for question, name, arguments in TOOL_TASKS:
-        prompt = to_template_prompt([{"role": "user", "content": question}], TOOLS, support=support, tool_choice="any")
-        shapes = [answer_shape(TOOLS, "any", None, constrained) for constrained in (True, False)]
-        tasks.append(Task("tool", engine.encode(prompt.messages, tools=prompt.tools), *shapes, SCHEMAS[name],
-                          (name, arguments)))
+        calls = prepared(question, {"tools": TOOLS, "tool_choice": "any"})
+        tasks.append(Task("tool", *calls, SCHEMAS[name], (name, arguments)))
     for text, schema, expected in EXTRACTION_TASKS:
-        response_format = {"type": "json_schema", "schema": schema}
-        messages = with_json_instruction([{"role": "user", "content": f"Extract the fields from: {text}"}],
-                                         response_format)
-        shapes = [answer_shape([], None, response_format, constrained) for constrained in (True, False)]
-        tasks.append(Task("extraction", engine.encode(messages), *shapes, schema, expected))
+        calls = prepared(f"Extract the fields from: {text}", {"response_format": {"type": "json_schema", "schema": schema}})
+        tasks.append(Task("extraction", *calls, schema, expected))
     return tasks
 
 
-def ids_with(task: Task, shape: AnswerShape, engine: StitchEngine) -> list[int]:
-    return task.prompt_ids + engine.pair.tokenizer.encode(shape.prefix, add_special_tokens=False)
-
-
-def settings_for(shape: AnswerShape, max_new_tokens: int) -> GenerationSettings:
-    return GenerationSettings(max_new_tokens=max_new_tokens, grammar=shape.grammar, stop=shape.stop)
-
-
-def judge(task: Task, shape: AnswerShape, text: str) -> tuple[bool, bool]:
-    """(valid, exact) for an answer ``text`` decoded after ``shape.prefix``."""
-    answer = shape.prefix + text + ("</tool_call>" if shape.forced_call and "</tool_call>" not in text else "")
+def judge(task: Task, call: PreparedCall, text: str) -> tuple[bool, bool]:
+    """(valid, exact) for an answer ``text`` decoded after ``call.prefix``."""
+    answer = call.prefix + text + ("</tool_call>" if call.forced_call and "</tool_call>" not in text else "")
     if task.kind == "tool":
         calls = parse_output(answer, tool_names=SCHEMAS).tool_calls
         if len(calls) != 1:
@@ -152,11 +144,11 @@ def judge(task: Task, shape: AnswerShape, text: str) -> tuple[bool, bool]:
 def run_config(engine: StitchEngine, tasks: list[Task], config: str, max_new_tokens: int) -> dict[str, Any]:
     rows = []
     for task in tasks:
-        shape = task.free if config == "free_llm_alone" else task.constrained
-        ids, settings = ids_with(task, shape, engine), settings_for(shape, max_new_tokens)
+        call = task.free if config == "free_llm_alone" else task.constrained
+        ids, settings = call.prompt_ids, call.settings
         start = time.perf_counter()
         if config == "constrained_stitched":
-            result = engine.generate(ids, settings, EntropyRouter(DEFAULT_THRESHOLD))
+            result = engine.generate(ids, settings, call.router)
             seconds, text, slm = time.perf_counter() - start, result.text, result.stats.slm_tokens
             token_ids, finish = list(result.token_ids), result.finish_reason
             sources = [event.source for event in result.events]
@@ -166,9 +158,9 @@ def run_config(engine: StitchEngine, tasks: list[Task], config: str, max_new_tok
             token_ids = list(alone.token_ids)
             finish = "length" if len(token_ids) >= max_new_tokens else "stop"
             sources = ["llm"] * len(token_ids)
-        valid, exact = judge(task, shape, text)
+        valid, exact = judge(task, call, text)
         rows.append({"kind": task.kind, "valid": valid, "exact": exact, "seconds": seconds, "tokens": len(token_ids),
-                     "slm_tokens": slm, "finish_reason": finish, "text": shape.prefix + text, "token_ids": token_ids,
+                     "slm_tokens": slm, "finish_reason": finish, "text": call.prefix + text, "token_ids": token_ids,
                      "sources": sources})
     return {"tasks": rows, **_totals(rows)}
 
@@ -187,7 +179,7 @@ def slm_step_seconds(engine: StitchEngine, tasks: list[Task], steps: int = 8) ->
     device, keyword = engine.pair.slm.device, cache_keyword(engine.pair.slm.model)
     for task in tasks[::3]:
         cache = DynamicCache()
-        ids = torch.tensor([task.prompt_ids], device=device)
+        ids = torch.tensor([task.constrained.prompt_ids], device=device)
         model(input_ids=ids, use_cache=True, **{keyword: cache})
         token = ids[:, -1:]
         for _ in range(steps):
@@ -204,7 +196,7 @@ def grammar_replay(engine: StitchEngine, tasks: list[Task], stitched: dict[str, 
     logits = torch.zeros(engine.pair.vocab_size)
     total, tokens, forced, open_by_slm = 0.0, 0, 0, 0
     for task, row in zip(tasks, stitched["tasks"]):
-        state = engine._grammar_tokenizer.start(task.constrained.grammar)
+        state = engine._grammar_tokenizer.start(task.constrained.settings.grammar)
         for token, source in zip(row["token_ids"], row["sources"]):
             start = time.perf_counter()
             state.mask(logits)
@@ -246,10 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     engine = shared_engine(dtype=args.dtype)
-    tasks = build_tasks(engine)
+    tasks = build_tasks(engine, args.max_new_tokens)
     if args.limit is not None:
         tasks = [t for t in tasks if t.kind == "tool"][: args.limit] + [t for t in tasks if t.kind == "extraction"][: args.limit]
-    engine.generate(tasks[0].prompt_ids, GenerationSettings(max_new_tokens=4))  # warm-up
+    engine.generate(tasks[0].constrained.prompt_ids, GenerationSettings(max_new_tokens=4))  # warm-up
     configs = {name: run_config(engine, tasks, name, args.max_new_tokens) for name in CONFIGS}
     step = slm_step_seconds(engine, tasks)
     replay = grammar_replay(engine, tasks, configs["constrained_stitched"])

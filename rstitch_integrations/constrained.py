@@ -72,6 +72,13 @@ def tool_choice_name(tool_choice: Any) -> str | None:
     )
 
 
+def check_tool_choice(tools: Sequence[Mapping[str, Any]], tool_choice: str | None) -> None:
+    """Raise ``InvalidSettingError`` when ``tool_choice`` (as ``tool_choice_name`` returns it) names no bound tool."""
+    names = [tool["function"]["name"] for tool in tools]
+    if tool_choice not in (None, "none", "any") and tool_choice not in names:
+        raise InvalidSettingError(f"tool_choice {tool_choice!r} names no bound tool; the tools are {names}")
+
+
 def answer_shape(
     tools: Sequence[Mapping[str, Any]],
     tool_choice: str | None,
@@ -82,9 +89,7 @@ def answer_shape(
     """The shape of one call's answer. ``tools``: normalised OpenAI-style schemas; ``tool_choice`` as
     ``tool_choice_name`` returns it. Raises ``InvalidSettingError`` for a tool choice naming no bound
     tool and for a schema the grammar engine cannot compile."""
-    names = [tool["function"]["name"] for tool in tools]
-    if tool_choice not in (None, "none", "any") and tool_choice not in names:
-        raise InvalidSettingError(f"tool_choice {tool_choice!r} names no bound tool; the tools are {names}")
+    check_tool_choice(tools, tool_choice)
     if tools and tool_choice != "none":
         shape = _tool_shape(tools, tool_choice, constrained, parallel_calls)
     elif response_format:

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, TokenEvent, shared_engine
 
 from .chat_format import THINK_OPEN, AnswerStep, InvalidToolCall, ParsedCall, ToolCall
-from .constrained import tool_choice_name
+from .constrained import check_tool_choice, tool_choice_name
 from .core import PreparedCall, StitchOptions, decode_call, prepare_call
 
 _IGNORED_CALL_OPTIONS = ("ls_structured_output_format", "stream")
@@ -246,9 +246,7 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         """
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         choice = tool_choice_name(tool_choice)
-        names = [tool["function"]["name"] for tool in formatted]
-        if choice not in (None, "auto", "none", "any", "required") and choice not in names:
-            raise InvalidSettingError(f"tool_choice {tool_choice!r} names no bound tool; the tools are {names}")
+        check_tool_choice(formatted, choice)  # at bind time, not at the first call
         return super().bind(tools=formatted, tool_choice=choice, **kwargs)
 
     def with_structured_output(

@@ -21,7 +21,6 @@ import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Generator, Iterable, Sequence
 from contextlib import closing
-from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -56,7 +55,7 @@ from llama_index.core.llms.llm import ToolSelection
 from rstitch_engine import StitchEngine, shared_engine
 
 from .chat_format import AnswerParser, AnswerStep
-from .core import CALL_OPTIONS, CallStep, PreparedCall, StitchOptions, decode_call, prepare_call
+from .core import CALL_OPTIONS, CallStep, StitchOptions, decode_call, prepare_call
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -212,16 +211,16 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
 
     # ------------------------------------------------------------------ the core
 
-    def _start(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> _Request:
+    def _start(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> Generator[CallStep, None, None]:
         """Validate a call and start its engine stream (no forward pass yet): bad input raises here."""
         call = {**options, "tools": [_tool_schema(tool) for tool in options.get("tools") or ()]}
         prepared = prepare_call(self.engine, self, [_message_dict(m) for m in messages], call)
-        return _Request(decode_call(self.engine, prepared, self.separate_thinking, self.measure_speedup), prepared)
+        return decode_call(self.engine, prepared, self.separate_thinking, self.measure_speedup)
 
-    def _chat_responses(self, request: _Request) -> ChatResponseGen:
+    def _chat_responses(self, call_steps: Generator[CallStep, None, None]) -> ChatResponseGen:
         """The core's steps in, cumulative ``ChatResponse`` items out; the last one has the stats."""
         pending: list[str] = []  # sources of tokens not reported yet
-        with closing(request.steps) as steps:
+        with closing(call_steps) as steps:
             for step in steps:
                 if step.stats is not None:
                     yield self._final(step, pending)
@@ -251,19 +250,11 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
 
     async def _astream(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> ChatResponseAsyncGen:
         """The core on worker threads; starting (and loading the pair the first time) too."""
-        request = await asyncio.to_thread(self._start, messages, options)
-        return _in_worker_threads(self._chat_responses(request))
+        call_steps = await asyncio.to_thread(self._start, messages, options)
+        return _in_worker_threads(self._chat_responses(call_steps))
 
 
 # ---------------------------------------------------------------------- one request's parsing
-
-
-@dataclass
-class _Request:
-    """A validated call whose engine stream has not decoded anything yet."""
-
-    steps: Generator[CallStep, None, None]
-    prepared: PreparedCall
 
 
 def _response(parser: AnswerParser, step: AnswerStep, sources: list[str]) -> ChatResponse:

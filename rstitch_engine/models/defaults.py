@@ -51,7 +51,7 @@ def resolve_alias(source: str) -> str:
 
 def default_llm_folder() -> Path:
     """Folder with SmolLM2-135M-Instruct as safetensors + tokenizer, built on first use."""
-    folder = cache_dir() / "models" / DEFAULT_LLM
+    folder = converted_default_folder()
     if (folder / "config.json").is_file():
         return folder
     gguf = _default_gguf()
@@ -61,8 +61,18 @@ def default_llm_folder() -> Path:
     return folder
 
 
+def converted_default_folder() -> Path:
+    """Where the default LLM's safetensors folder is kept once converted (it may not be there yet)."""
+    return cache_dir() / "models" / DEFAULT_LLM
+
+
+def default_gguf_path() -> Path:
+    """Where the default LLM's GGUF file is kept once fetched (it may not be there yet)."""
+    return cache_dir() / "gguf" / Path(_GGUF_IN_WHEEL).name
+
+
 def _default_gguf() -> Path | None:
-    target = cache_dir() / "gguf" / Path(_GGUF_IN_WHEEL).name
+    target = default_gguf_path()
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ModelLoadError
-from .defaults import DEFAULT_LLM, DEFAULT_SLM, cache_dir, resolve_alias
+from .defaults import DEFAULT_LLM, DEFAULT_SLM, converted_default_folder, default_gguf_path, resolve_alias
 from .draft import DraftConfig, is_draft_folder
 
 
@@ -61,13 +61,13 @@ def model_facts(source: str) -> ModelFacts:
     from transformers import AutoConfig, AutoTokenizer  # the config and tokenizer files only, never weights
 
     try:
-        config = AutoConfig.from_pretrained(str(path) if path.exists() else source).get_text_config(decoder=True)
+        config = AutoConfig.from_pretrained(str(path)).get_text_config(decoder=True)
     except (OSError, ValueError) as error:
         raise ModelLoadError(f"could not read the configuration of {source!r}: {error}") from error
     template = _template_in(path) if path.is_dir() else None
     if template is None and not path.is_dir():
         try:
-            template = getattr(AutoTokenizer.from_pretrained(source), "chat_template", None)
+            template = getattr(AutoTokenizer.from_pretrained(str(path)), "chat_template", None)
         except (OSError, ValueError):
             template = None
     return ModelFacts(getattr(config, "max_position_embeddings", None), getattr(config, "vocab_size", None), template)
@@ -77,12 +77,11 @@ def _config_source(source: str) -> str:
     """Where the configuration of ``source`` is: the default LLM's converted folder once it exists, else
     its cached GGUF file (no conversion, which would load the weights), else what loading would use."""
     if source == DEFAULT_LLM:
-        folder = cache_dir() / "models" / DEFAULT_LLM
+        folder = converted_default_folder()
         if (folder / "config.json").is_file():
             return str(folder)
-        cached = sorted((cache_dir() / "gguf").glob("*.gguf")) if (cache_dir() / "gguf").is_dir() else []
-        if cached:
-            return str(cached[0])
+        if default_gguf_path().is_file():
+            return str(default_gguf_path())
     return resolve_alias(source)
 
 

@@ -11,6 +11,7 @@ import pytest
 from tiny import tiny_pair
 
 from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
+from rstitch_engine.decoding.engine import read_in_turn
 
 PROMPTS = ["The quick brown", "What is 3 + 4?", "def add(a, b):", "Café 東京", "When the small", "x", "12 * 3", "lazy"]
 
@@ -53,16 +54,8 @@ def test_interleaved_streams_in_one_thread_are_independent(engine):
     settings = GenerationSettings(max_new_tokens=24)
     alone = [engine.generate(p, settings).token_ids for p in PROMPTS[:3]]
     streams = [engine.stream(p, settings) for p in PROMPTS[:3]]
-    outputs: list[list[int]] = [[], [], []]
-    live = set(range(3))
-    while live:
-        for i in sorted(live):
-            event = next(streams[i], None)
-            if event is None:
-                live.discard(i)
-            else:
-                outputs[i].append(event.token_id)
-    assert [tuple(o) for o in outputs] == alone
+    outputs = [tuple(e.token_id for e in events) for events in read_in_turn(streams)]  # one event each, in turn
+    assert outputs == alone
 
 
 @pytest.mark.parametrize("how", ["drop", "close", "context"])

@@ -13,6 +13,7 @@ import pytest
 from helpers import AGENT_CALLS, AGENT_TASK, Capital, capital_of, multiply
 from llama_index.core.agent.workflow import AgentStream, FunctionAgent
 from llama_index.core.base.llms.types import ChatMessage, ToolCallBlock
+from llama_index.core.prompts import PromptTemplate
 from llama_index.core.tools import FunctionTool
 
 from rstitch_engine import InvalidSettingError
@@ -50,7 +51,7 @@ def test_chat_with_tools_writes_a_valid_call_to_the_named_tool(llm):
 
 
 def test_structured_predict_fills_the_schema(llm):
-    capital = llm.structured_predict(Capital, _template("What is the capital of Japan?"))
+    capital = llm.structured_predict(Capital, PromptTemplate("What is the capital of Japan?"))
     assert capital == Capital(country="Japan", city="Tokyo")
 
 
@@ -81,12 +82,6 @@ def test_an_unknown_tool_choice_is_a_clear_error_and_the_llm_stays_usable(llm):
     with pytest.raises(InvalidSettingError, match="tool_choice 'divide' names no bound tool"):
         llm.chat_with_tools(TOOLS, user_msg="?", tool_choice="divide")
     assert llm.chat([ChatMessage(role="user", content="Hi")], max_tokens=4).message.content
-
-
-def _template(question: str):
-    from llama_index.core.prompts import PromptTemplate
-
-    return PromptTemplate(question)
 
 
 def test_a_schema_the_grammar_cannot_compile_is_a_clear_error(llm):
