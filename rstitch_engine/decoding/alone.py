@@ -7,13 +7,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import DynamicCache
 
 from ..models.loaded import LoadedModel
 from .constraints import GrammarState
 from .detokenize import TextAssembler
 from .sampling import RequestRandomness, choose_token
 from .settings import GenerationSettings
+from .slot import Slot
 
 
 @dataclass(frozen=True)
@@ -40,30 +40,30 @@ def decode_alone(
     With a grammar, each step's logits are masked to the allowed tokens as in the stitched loop, a
     position with no allowed token ends the output, and a forced position (one allowed token) is
     kept without a pass, as the stitched loop keeps it: the next pass feeds it with the token before."""
-    model, device = loaded.model, loaded.device
-    cache = DynamicCache(config=model.config)
+    slot = Slot(loaded, len(prompt_ids) + settings.max_new_tokens)  # the engine's own pass, cache backend too
     randomness = RequestRandomness(settings.seed)
     text = TextAssembler(tokenizer, settings.stop)
-    output: list[int] = []
+    tokens = list(prompt_ids)  # x + y; the slot's cache covers tokens[:slot.n_cached]
     start = time.perf_counter()
-    unfed = list(prompt_ids)  # tokens the cache does not cover yet: the prompt, then the last token(s)
-    fed = 0  # tokens the cache covers
-    while len(output) < settings.max_new_tokens:
-        token = grammar.forced_token() if grammar is not None else None
-        if token is None:
-            logits = loaded.forward(torch.tensor([unfed], device=device), cache, fed).logits
-            fed, unfed = fed + len(unfed), []
-            scores = logits[0, -1, : loaded.vocab_size].float()  # [V]
+    try:
+        while len(tokens) - len(prompt_ids) < settings.max_new_tokens:
+            token = grammar.forced_token() if grammar is not None else None
+            if token is None:
+                kind = "decode" if len(tokens) - slot.n_cached == 1 and len(tokens) > len(prompt_ids) else "catchup"
+                scores = slot.catch_up(tokens, kind, False).logits  # [V]
+                if grammar is not None:
+                    if grammar.dead_end:
+                        break
+                    scores = grammar.mask(scores)
+                token = choose_token(scores, settings, randomness.generator_for(scores.device))
+            tokens.append(token)
             if grammar is not None:
-                if grammar.dead_end:
-                    break
-                scores = grammar.mask(scores)
-            token = choose_token(scores, settings, randomness.generator_for(scores.device))
-        output.append(token)
-        unfed.append(token)
-        if grammar is not None:
-            grammar.consume(token)
-        text.push(token, is_last=token in eos_ids or len(output) == settings.max_new_tokens)
-        if token in eos_ids or text.stopped:
-            break
+                grammar.consume(token)
+            is_last = token in eos_ids or len(tokens) - len(prompt_ids) == settings.max_new_tokens
+            text.push(token, is_last=is_last)
+            if token in eos_ids or text.stopped:
+                break
+    finally:
+        slot.release()
+    output = tokens[len(prompt_ids):]
     return AloneResult(text=text.text, token_ids=tuple(output), seconds=time.perf_counter() - start)

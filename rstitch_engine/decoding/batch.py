@@ -25,7 +25,8 @@ back out (one read of the cache per step, like ``DynamicCache``'s own concatenat
 
 Requests keep their own ``DynamicCache``: a row's new keys and values are appended to it after the
 pass, so a request can leave or join between any two steps and runs alone with the same cache.
-Caches with sliding-window or other non-plain layers are run row by row instead.
+Caches with sliding-window or other non-plain layers, and static caches (``models.execution``: their
+passes are padded to buckets and may be compiled for one row), are run row by row instead.
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ from .slot import NextToken, Slot
 
 
 def batchable(slots: Sequence[Slot]) -> bool:
-    """Whether these slots' caches are plain per-layer key/value tensors (no sliding windows)."""
-    return all(type(layer) is DynamicLayer for slot in slots for layer in slot.cache.layers)
+    """Whether these slots' caches are plain growing per-layer key/value tensors (no sliding windows, not static)."""
+    return all(slot.cache is not None and all(type(layer) is DynamicLayer for layer in slot.cache.layers)
+               for slot in slots)
 
 
 @torch.inference_mode()

@@ -8,14 +8,18 @@ concurrent requests together, one batched pass per model and step (the default).
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Generator, Iterator, Mapping, Sequence, Union
 
+from tqdm.auto import tqdm
+
 from ..errors import EmptyPromptError, InvalidSettingError, PromptTooLongError
 from ..models.cost_model import shipped_cost_model
 from ..models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
+from ..models.execution import CacheKind, ExecutionConfig
 from ..models.loaded import ModelRole
 from ..models.loading import ModelSpec, load_pair
 from ..models.pair import ModelPair
@@ -132,9 +136,13 @@ class StitchEngine:
         self.settings = settings if settings is not None else GenerationSettings()
         self.max_batch_size = max_batch_size
         self._forward_lock = threading.Lock()
-        self._scheduler = BatchScheduler(max_batch_size, self._forward_lock)
+        self._retired: list[StitchRequest] = []
+        """Ended requests whose static caches go back to their pools before the next pass (``_retire``)."""
+        self._retired_lock = threading.Lock()
+        self._scheduler = BatchScheduler(max_batch_size, self._forward_lock, before_step=self._release_retired)
         self._grammar_tokenizer = GrammarTokenizer(pair.tokenizer, pair.vocab_size, pair.eos_token_ids)
         self._llm_history = LlmCostHistory(model=shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device, pair.llm.dtype))
+        warm_up_compiled(pair, self.router, self.settings)
 
     @classmethod
     def from_pretrained(
@@ -147,21 +155,30 @@ class StitchEngine:
         dtype: str = "auto",
         settings: GenerationSettings | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        cache: CacheKind | None = None,
+        compile: bool = False,
+        cache_tokens: int | None = None,
     ) -> "StitchEngine":
         """Load a pair (hub ids, folders, .gguf files or specs) with the entropy router at ``threshold``.
 
         With no SLM given and the default LLM, the SLM is the draft shipped for it (``DEFAULT_SLM``).
+        ``cache``, ``compile`` and ``cache_tokens`` choose how both models' passes run
+        (``ExecutionConfig``: 'dynamic' or 'static' caches, compiled steps); a spec with its own
+        ``execution`` keeps it.
         """
-        llm_spec = llm if isinstance(llm, ModelSpec) else ModelSpec(llm, device=device, dtype=dtype)  # type: ignore[arg-type]
+        execution = ExecutionConfig(cache=cache, compile=compile, cache_tokens=cache_tokens)
+        llm_spec = llm if isinstance(llm, ModelSpec) else ModelSpec(llm, device=device, dtype=dtype,  # type: ignore[arg-type]
+                                                                     execution=execution)
         if slm is None:
             if llm_spec.source != DEFAULT_LLM:
                 raise InvalidSettingError(
                     "give an SLM (a model sharing the LLM's tokenizer, or a draft made with `rstitch distill`): "
                     "only the default LLM has a built-in SLM"
                 )
-            slm_spec = ModelSpec(DEFAULT_SLM, device=device, dtype=dtype)  # type: ignore[arg-type]
+            slm_spec = ModelSpec(DEFAULT_SLM, device=device, dtype=dtype, execution=execution)  # type: ignore[arg-type]
         else:
-            slm_spec = slm if isinstance(slm, ModelSpec) else ModelSpec(slm, device=device, dtype=dtype)  # type: ignore[arg-type]
+            slm_spec = slm if isinstance(slm, ModelSpec) else ModelSpec(slm, device=device, dtype=dtype,  # type: ignore[arg-type]
+                                                                         execution=execution)
         return cls(load_pair(slm_spec, llm_spec), EntropyRouter(threshold), settings, max_batch_size)
 
     # ----------------------------------------------------------------- public entry points
@@ -198,7 +215,7 @@ class StitchEngine:
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
         grammar = self._grammar_state(settings)
-        request = StitchRequest.start(self.pair, prompt_ids)
+        request = StitchRequest.start(self.pair, prompt_ids, settings.max_new_tokens)
         decoder = RequestDecoder(self.pair, request, settings, router, self._llm_history, grammar)
         if self.max_batch_size == 1:
             return StitchStream(self._serial(decoder), request)
@@ -256,6 +273,7 @@ class StitchEngine:
         loaded = self.pair.slm if role == "slm" else self.pair.llm
         grammar = self._grammar_state(settings)
         with self._forward_lock:
+            self._release_retired()
             return decode_alone(loaded, prompt_ids, settings, self.pair.tokenizer, self.pair.eos_token_ids, grammar)
 
     # ----------------------------------------------------------------- the loop
@@ -264,6 +282,13 @@ class StitchEngine:
         """Algorithm 1 with this request's passes run one at a time on the engine. Yields each kept token."""
         request = decoder.request
         decoder.started = time.perf_counter()
+        try:
+            return (yield from self._serial_steps(decoder))
+        finally:
+            self._retire(request)
+
+    def _serial_steps(self, decoder: RequestDecoder) -> Generator[TokenEvent, None, StitchStats]:
+        request = decoder.request
         while not decoder.finished:
             event = decoder.forced()  # a position the grammar decides: no pass
             if event is None:
@@ -273,6 +298,7 @@ class StitchEngine:
                 waiting_since = time.perf_counter()
                 with self._forward_lock:
                     request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
+                    self._release_retired()
                     nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden)
                 event = decoder.advance(nxt)
             if event is None:  # the SLM token was discarded; the LLM decodes this same position next
@@ -288,12 +314,32 @@ class StitchEngine:
             yield from self._scheduler.events(ticket)
         finally:
             self._scheduler.leave(ticket)
+            self._retire(ticket.decoder.request)
         decoder = ticket.decoder
         wall = time.perf_counter() - decoder.started
         decoder.request.idle_seconds = idle_when_batched(decoder, wall)  # busy: the passes it took part in
         return decoder.stats(wall)
 
     # ----------------------------------------------------------------- helpers
+
+    def _retire(self, request: StitchRequest) -> None:
+        """Queue an ended request's caches for release. Not released here: this may run while a pass
+        (another consumer's step, or the garbage collector inside one) still uses them."""
+        if any(slot.loaded.static_steps is not None for slot in request.slots.values()):
+            with self._retired_lock:  # a dynamic cache needs no release: the collector takes it with the request
+                self._retired.append(request)
+            if self._forward_lock.acquire(blocking=False):  # no pass running: release now (else before the next)
+                try:
+                    self._release_retired()
+                finally:
+                    self._forward_lock.release()
+
+    def _release_retired(self) -> None:
+        """Give retired requests' static caches back to their pools; called with the forward lock held."""
+        with self._retired_lock:
+            retired, self._retired = self._retired, []
+        for request in retired:
+            request.release()
 
     def _grammar_state(self, settings: GenerationSettings) -> GrammarState | None:
         """A fresh state of the settings' grammar (compiled here, so a bad one raises before any pass)."""
@@ -310,6 +356,8 @@ class StitchEngine:
                     f"{f' ({loaded.name})' if loaded.name else ''}; shorten the prompt or lower max_new_tokens "
                     f"to at most {max(window - prompt_tokens, 0)}"
                 )
+            if loaded.static_steps is not None:
+                loaded.static_steps.capacity_for(needed)  # a fixed static cache too small raises here
 
     def _render_chat(self, messages: list[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] | None) -> list[int]:
         tokenizer = self.pair.tokenizer
@@ -319,6 +367,23 @@ class StitchEngine:
             messages, tools=list(tools) if tools else None, add_generation_prompt=True, tokenize=True, return_dict=True
         )
         return list(rendered["input_ids"])
+
+
+def warm_up_compiled(pair: ModelPair, router: Router, settings: GenerationSettings) -> None:
+    """Compile and record every bucket's step of each compiled model now, at load time, with a progress line."""
+    jobs = []
+    for loaded in (pair.slm, pair.llm):
+        steps = loaded.static_steps
+        if steps is not None and steps.config.compile and not steps.warmed_up:
+            hidden = (False, True) if loaded.role == "slm" and router.needs_hidden_state else (False,)
+            jobs.append((steps, hidden))
+    if not jobs:
+        return
+    total = sum(len(hidden) * len(steps.config.buckets) for steps, hidden in jobs)
+    with tqdm(total=total, desc="compiling stitched steps", unit="shape", file=sys.stderr, leave=False) as progress:
+        for steps, hidden in jobs:
+            progress.set_postfix_str(steps.loaded.role)
+            steps.warm_up(steps.capacity_for(1), hidden, progress)  # compiled: one fixed capacity
 
 
 def _result(events: tuple[TokenEvent, ...], stats: StitchStats) -> GenerationResult:

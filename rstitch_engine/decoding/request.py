@@ -34,7 +34,7 @@ from ..models.pair import ModelPair
 from .constraints import GrammarState
 from .detokenize import TextAssembler
 from .routing import Router, RouterState, hand_back_hook
-from .sampling import RequestRandomness, choose_token, normalised_entropy
+from .sampling import RequestRandomness, entropy_and_choice
 from .settings import GenerationSettings
 from .slot import NextToken, Slot
 from .speedup import LlmCostHistory
@@ -62,9 +62,15 @@ class StitchRequest:
     """Time not spent on this request: waiting for other requests' passes, or for the consumer."""
 
     @classmethod
-    def start(cls, pair: ModelPair, prompt_ids: list[int]) -> "StitchRequest":
+    def start(cls, pair: ModelPair, prompt_ids: list[int], max_new_tokens: int = 0) -> "StitchRequest":
+        needed = len(prompt_ids) + max_new_tokens
         return cls(tokens=list(prompt_ids), prompt_tokens=len(prompt_ids),
-                   slots={"slm": Slot(pair.slm), "llm": Slot(pair.llm)})
+                   slots={"slm": Slot(pair.slm, needed), "llm": Slot(pair.llm, needed)})
+
+    def release(self) -> None:
+        """The request is over: its static caches go back to their pools (dynamic ones to the collector)."""
+        for slot in self.slots.values():
+            slot.release()
 
     @property
     def output_tokens(self) -> int:
@@ -158,8 +164,8 @@ class RequestDecoder:
                 self.finish_reason = "no_allowed_token"
                 return None
             logits = self.grammar.mask(logits)
-        entropy = normalised_entropy(logits, self.grammar.allowed_count if self.grammar is not None else None)
-        token = choose_token(logits, settings, self._randomness.generator_for(logits.device))
+        support = self.grammar.allowed_count if self.grammar is not None else None
+        entropy, token = entropy_and_choice(logits, settings, self._randomness.generator_for(logits.device), support)
         state = RouterState(entropy, len(request.tokens), token, nxt.hidden)
         hands_back = _route(request, self.router, self._hand_back, state)
         if hands_back is None:  # the LLM decodes this same position next

@@ -32,8 +32,24 @@ def normalised_entropy(logits: torch.Tensor, support: int | None = None) -> floa
     if logits.device.type == "cpu":
         entropy = _entropy_numpy(logits.detach().numpy())
     else:
-        entropy = _entropy_torch(logits)
+        entropy = float(_entropy_torch(logits))
     return min(max(entropy / math.log(size), 0.0), 1.0)
+
+
+def entropy_and_choice(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None,
+                       support: int | None = None) -> tuple[float, int]:
+    """``normalised_entropy(logits, support)`` and ``choose_token(logits, ...)``, the same values.
+
+    On an accelerator both stay on the device until one transfer brings them to the host together:
+    the router needs the token id and H, so that is the step's one host sync.
+    """
+    if logits.device.type == "cpu":
+        return normalised_entropy(logits, support), choose_token(logits, settings, generator)
+    size = logits.shape[-1] if support is None else support
+    entropy = _entropy_torch(logits) / math.log(size) if size > 1 else logits.new_zeros((), dtype=torch.float32)
+    token = _choice_tensor(logits, settings, generator)
+    h, t = torch.stack([entropy.double(), token.double()]).tolist()  # exact for ids < 2**53
+    return min(max(h, 0.0), 1.0), int(t)
 
 
 def _entropy_numpy(logits: np.ndarray) -> float:
@@ -44,16 +60,23 @@ def _entropy_numpy(logits: np.ndarray) -> float:
     return float(math.log(s) - np.dot(e, z) / s)
 
 
-def _entropy_torch(logits: torch.Tensor) -> float:
+def _entropy_torch(logits: torch.Tensor) -> torch.Tensor:
+    """Unnormalised entropy as a 0-d float32 tensor on the logits' device."""
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # [V]
     log_probs = log_probs.clamp(min=torch.finfo(log_probs.dtype).min)  # -inf -> finite, so 0 * lp = 0
-    return float(-torch.dot(log_probs.exp(), log_probs))
+    return -torch.dot(log_probs.exp(), log_probs)
 
 
 def choose_token(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None) -> int:
     """Greedy argmax, or a sample after temperature, top-k and top-p. logits: [V]."""
+    return int(_choice_tensor(logits, settings, generator))
+
+
+def _choice_tensor(logits: torch.Tensor, settings: GenerationSettings, generator: torch.Generator | None
+                   ) -> torch.Tensor:
+    """The chosen token id as a 0-d tensor on the logits' device (no host sync)."""
     if settings.greedy:
-        return int(torch.argmax(logits))
+        return torch.argmax(logits)
     scores = logits.float() / settings.temperature  # [V]
     if settings.top_k > 0 and settings.top_k < scores.shape[-1]:
         kth_best = torch.topk(scores, settings.top_k).values[-1]
@@ -61,7 +84,7 @@ def choose_token(logits: torch.Tensor, settings: GenerationSettings, generator: 
     if settings.top_p < 1.0:
         scores = _nucleus(scores, settings.top_p)
     probs = torch.softmax(scores, dim=-1)
-    return int(torch.multinomial(probs, num_samples=1, generator=generator))
+    return torch.multinomial(probs, num_samples=1, generator=generator)[0]
 
 
 def _nucleus(scores: torch.Tensor, top_p: float) -> torch.Tensor:

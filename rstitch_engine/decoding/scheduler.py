@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .batch import catch_up_batch
 from .request import PassNeed, RequestDecoder
@@ -65,10 +65,13 @@ class Ticket:
 class BatchScheduler:
     """Runs the steps of every admitted request together (see the module docstring)."""
 
-    def __init__(self, max_batch_size: int, step_lock: threading.Lock) -> None:
+    def __init__(self, max_batch_size: int, step_lock: threading.Lock,
+                 before_step: Callable[[], None] | None = None) -> None:
         self.max_batch_size = max_batch_size
         self._step_lock = step_lock
         """Held for a whole step: one pass at a time on the models (shared with ``decode_alone``)."""
+        self._before_step = before_step
+        """Run first in every step, under the step lock (the engine gives ended requests' caches back)."""
         self._members_lock = threading.Lock()
         self._live: list[Ticket] = []
         """Admitted and not done, least recently served first."""
@@ -107,6 +110,8 @@ class BatchScheduler:
                     self._step()
 
     def _step(self) -> None:
+        if self._before_step is not None:
+            self._before_step()
         members = [ticket for ticket in self._take_members() if not _keep_forced(ticket)]
         needs = [(ticket, ticket.decoder.next_pass()) for ticket in members]
         for group in _groups(needs):

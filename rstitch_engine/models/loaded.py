@@ -15,6 +15,8 @@ from typing import Any, Literal
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
+from .execution import ExecutionConfig, StaticSteps
+
 ModelRole = Literal["slm", "llm"]
 ForwardKind = Literal["decode", "catchup"]
 
@@ -34,6 +36,8 @@ class LoadedModel:
     vocab_size: int
     """Size of the shared real vocabulary; logits are sliced to it before any use."""
     name: str = ""
+    execution: ExecutionConfig = ExecutionConfig()
+    """Cache backend and compiled steps (``models.execution``); the default is the eager dynamic-cache path."""
 
     @property
     def device(self) -> torch.device:
@@ -88,6 +92,15 @@ class LoadedModel:
             logits = output.logits[rows, torch.searchsorted(keep, last)]
         hidden = output.hidden_states[-1][rows, last] if want_hidden else None
         return logits[:, : self.vocab_size].float(), hidden
+
+    @functools.cached_property
+    def static_steps(self) -> StaticSteps | None:
+        """The static-cache pass runner (pool, buckets, compiled step); None with the dynamic cache."""
+        return StaticSteps(self, self.execution) if self.execution.static else None
+
+    @property
+    def cache_keyword(self) -> str:
+        return self._cache_keyword
 
     @functools.cached_property
     def _decoder_cache_keyword(self) -> str:

@@ -19,6 +19,7 @@ from transformers.utils import logging as transformers_logging
 from ..errors import InvalidSettingError, ModelLoadError
 from .defaults import resolve_alias
 from .draft import is_draft_folder, load_draft
+from .execution import ExecutionConfig
 from .hardware import auto_dtype
 from .pair import ModelPair
 
@@ -46,6 +47,8 @@ class ModelSpec:
     revision: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     """Further keyword arguments for ``from_pretrained``."""
+    execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    """How the model's passes run: cache backend ('dynamic' or 'static') and compiled steps."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
@@ -121,7 +124,7 @@ def load_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
     else:
         slm_tokenizer = llm_tokenizer if _same_files(slm, llm) else load_tokenizer(slm)
         slm_model = load_model(slm)
-    return ModelPair.from_models(
+    pair = ModelPair.from_models(
         slm=slm_model,
         llm=llm_model,
         tokenizer=llm_tokenizer,
@@ -129,6 +132,7 @@ def load_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
         slm_name=slm.label,
         llm_name=llm.label,
     )
+    return pair.with_execution(slm=slm.execution, llm=llm.execution)
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -9,6 +10,7 @@ from typing import Any, Iterable
 from transformers import PreTrainedModel
 
 from ..errors import TokenizerMismatchError
+from .execution import ExecutionConfig
 from .loaded import LoadedModel
 
 
@@ -33,6 +35,13 @@ class ModelPair:
                 ids.update(_as_id_set(getattr(config, "eos_token_id", None)))
         ids.update(_as_id_set(getattr(self.tokenizer, "eos_token_id", None)))
         return frozenset(i for i in ids if 0 <= i < self.vocab_size)
+
+    def with_execution(self, slm: ExecutionConfig | None = None, llm: ExecutionConfig | None = None) -> "ModelPair":
+        """The same models and tokenizer with other execution configs (None: keep that model's)."""
+        def renewed(loaded: LoadedModel, execution: ExecutionConfig | None) -> LoadedModel:
+            same = execution is None or execution == loaded.execution
+            return loaded if same else dataclasses.replace(loaded, execution=execution)  # fresh pool and steps
+        return dataclasses.replace(self, slm=renewed(self.slm, slm), llm=renewed(self.llm, llm))
 
     @classmethod
     def from_models(
