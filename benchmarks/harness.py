@@ -31,6 +31,7 @@ stdout, ``--json PATH``, ``--plot PATH`` (matplotlib), tqdm progress.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import random
@@ -44,9 +45,10 @@ from typing import Any, Sequence
 
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForCausalLM, DynamicCache, PreTrainedTokenizerFast, Qwen2Config
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from rstitch_engine import DEFAULT_LLM, DEFAULT_SLM, GenerationSettings, ModelPair, ModelSpec, StitchEngine
+from rstitch_engine.decoding.slot import Slot
 from rstitch_engine.measure.cost_calibration import measure_passes
 from rstitch_engine.measure.trace import (
     STEP_ROLE,
@@ -58,6 +60,7 @@ from rstitch_engine.measure.trace import (
 )
 from rstitch_engine.models.cost_model import PairCostModel, shipped_cost_model
 from rstitch_engine.models.defaults import SHIPPED_DRAFTS
+from rstitch_engine.models.execution import ExecutionConfig
 from rstitch_engine.models.hardware import auto_dtype, processor_name
 from rstitch_engine.models.loaded import LoadedModel, ModelRole
 
@@ -119,10 +122,14 @@ def shape_tokenizer(vocab: int) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=core)
 
 
-def shape_model(name: str, device: torch.device, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    """Random weights in the shape of ``name``, created directly on the device, no EOS id."""
+def shape_model(name: str, device: torch.device, dtype: torch.dtype, seed: int,
+                init_range: float | None = None) -> torch.nn.Module:
+    """Random weights in the shape of ``name``, created directly on the device, no EOS id.
+    ``init_range``: the weights' standard deviation (default: the config's 0.02; larger gives peaked
+    next-token distributions, whose greedy choices are far from ties)."""
+    extra = {} if init_range is None else {"initializer_range": init_range}
     config = Qwen2Config(**SHAPES[name], max_position_embeddings=32768, eos_token_id=None, bos_token_id=None,
-                         pad_token_id=None)
+                         pad_token_id=None, **extra)
     torch.manual_seed(seed)
     with torch.device(device):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
@@ -144,53 +151,51 @@ def pick_device(name: str) -> torch.device:
 
 
 class AloneLoop:
-    """One model decoding alone: the tightest cached greedy loop."""
+    """One model decoding alone: the tightest cached greedy loop, on the engine's own pass (``Slot``, so
+    the same cache backend and compiled step as the engine's)."""
 
-    def __init__(self, loaded: LoadedModel, prompt_ids: list[int]) -> None:
-        self.loaded, self.prompt_ids = loaded, prompt_ids
-        self.cache = DynamicCache(config=loaded.model.config)
-        self._next_input = prompt_ids
+    def __init__(self, loaded: LoadedModel, prompt_ids: list[int], needed_tokens: int) -> None:
+        self.slot = Slot(loaded, needed_tokens)
+        self.tokens = list(prompt_ids)
 
     @torch.inference_mode()
     def __next__(self) -> int:
-        loaded, n_cached = self.loaded, self.cache.get_seq_length()
-        ids = torch.tensor([self._next_input], device=loaded.device)  # [1, P] then [1, 1]
-        logits = loaded.forward(ids, self.cache, n_cached).logits
-        token = int(torch.argmax(logits[0, -1, : loaded.vocab_size]))
-        assert self.cache.get_seq_length() == n_cached + len(self._next_input)
-        self._next_input = [token]
+        kind = "decode" if self.slot.n_cached else "catchup"
+        token = int(torch.argmax(self.slot.catch_up(self.tokens, kind, False).logits))
+        self.tokens.append(token)
         return token
 
-    def caches(self) -> list[DynamicCache]:
-        return [self.cache]
+    def caches(self) -> list[Any]:
+        return [self.slot.cache]
+
+    def close(self) -> None:
+        self.slot.release()
 
 
 class IdealReplay:
-    """The trace's forward passes on bare model calls: what R-Stitch would cost with a free engine."""
+    """The trace's forward passes on bare ``Slot`` passes: what R-Stitch would cost with a free engine."""
 
-    def __init__(self, pair: ModelPair, trace: Trace, prompt_ids: list[int]) -> None:
-        self.models: dict[ModelRole, LoadedModel] = {"slm": pair.slm, "llm": pair.llm}
-        self.cache = {role: DynamicCache(config=m.model.config) for role, m in self.models.items()}
-        self.cached: dict[ModelRole, int] = {"slm": 0, "llm": 0}
+    def __init__(self, pair: ModelPair, trace: Trace, prompt_ids: list[int], needed_tokens: int) -> None:
+        self.slots: dict[ModelRole, Slot] = {"slm": Slot(pair.slm, needed_tokens), "llm": Slot(pair.llm, needed_tokens)}
         self.tokens = list(prompt_ids)
         self.steps = iter(trace.steps)
 
     @torch.inference_mode()
     def __next__(self) -> int:
         for code in self.steps:
-            role = STEP_ROLE[code]
-            loaded, start = self.models[role], self.cached[role]
-            ids = torch.tensor([self.tokens[start:]], device=loaded.device)
-            logits = loaded.forward(ids, self.cache[role], start).logits
-            token = int(torch.argmax(logits[0, -1, : loaded.vocab_size]))
-            self.cached[role] = len(self.tokens)
+            slot = self.slots[STEP_ROLE[code]]
+            token = int(torch.argmax(slot.catch_up(self.tokens, "catchup", False).logits))
             if code != "x":
                 self.tokens.append(token)
                 return token
         raise StopIteration
 
-    def caches(self) -> list[DynamicCache]:
-        return list(self.cache.values())
+    def caches(self) -> list[Any]:
+        return [slot.cache for slot in self.slots.values()]
+
+    def close(self) -> None:
+        for slot in self.slots.values():
+            slot.release()
 
 
 class EngineReplay:
@@ -202,18 +207,21 @@ class EngineReplay:
     def __next__(self) -> int:
         return next(self.stream).token_id
 
-    def caches(self) -> list[DynamicCache]:
+    def caches(self) -> list[Any]:
         return [slot.cache for slot in self.stream.request.slots.values()]
+
+    def close(self) -> None:
+        self.stream.close()
 
 
 def make_runner(method: str, engine: StitchEngine, trace: Trace, prompt_ids: list[int]) -> Any:
-    pair = engine.pair
+    pair, needed = engine.pair, len(prompt_ids) + trace.output_tokens
     if method == "llm_alone":
-        return AloneLoop(pair.llm, prompt_ids)
+        return AloneLoop(pair.llm, prompt_ids, needed)
     if method == "slm_alone":
-        return AloneLoop(pair.slm, prompt_ids)
+        return AloneLoop(pair.slm, prompt_ids, needed)
     if method == "ideal":
-        return IdealReplay(pair, trace, prompt_ids)
+        return IdealReplay(pair, trace, prompt_ids, needed)
     return EngineReplay(engine, trace, prompt_ids)
 
 
@@ -240,6 +248,8 @@ def lockstep_round(engine: StitchEngine, trace: Trace, prompt_ids: list[int], de
             result.seconds[method].append(time.perf_counter() - start)
             result.tokens[method].append(token)
     result.cache_bytes = {m: sum(cache_bytes(c) for c in r.caches()) for m, r in runners.items()}
+    for runner in runners.values():
+        runner.close()  # static caches back to their pools
     return result
 
 
@@ -266,9 +276,10 @@ def _sync(device: torch.device) -> None:
 # ---------------------------------------------------------------------------- memory
 
 
-def cache_bytes(cache: DynamicCache) -> int:
+def cache_bytes(cache: Any) -> int:
+    """Bytes a cache holds (a static one: its whole preallocated capacity; a released one: 0)."""
     total = 0
-    for layer in cache.layers:
+    for layer in getattr(cache, "layers", ()):
         for tensor in (getattr(layer, "keys", None), getattr(layer, "values", None)):
             if isinstance(tensor, torch.Tensor):
                 total += tensor.numel() * tensor.element_size()
@@ -301,6 +312,7 @@ def cuda_peaks(engine: StitchEngine, trace: Trace, prompt_ids: list[int], device
             runner = make_runner(method, engine, trace, prompt_ids)
             for _ in range(trace.output_tokens):
                 next(runner)
+            runner.close()
             del runner
         peaks[method] = torch.cuda.max_memory_allocated(device)
     return peaks
@@ -506,8 +518,17 @@ def build_engine(args: argparse.Namespace, device: torch.device) -> tuple[Stitch
             raise SystemExit("give both --slm-shape and --llm-shape")
         dtype = {"auto": auto_dtype(device), "float32": torch.float32,
                  "bfloat16": torch.bfloat16, "float16": torch.float16}[args.dtype]
-        return StitchEngine(shape_pair(args.slm_shape, args.llm_shape, device, dtype, args.seed)), False
-    return StitchEngine(pair_without_eos(real_engine(args, str(device)).pair)), True
+        pair = shape_pair(args.slm_shape, args.llm_shape, device, dtype, args.seed)
+        real = False
+    else:
+        pair, real = pair_without_eos(real_engine(args, str(device)).pair), True
+    execution = execution_config(args)
+    return StitchEngine(pair.with_execution(slm=execution, llm=execution)), real
+
+
+def execution_config(args: argparse.Namespace) -> ExecutionConfig:
+    """Both models' cache backend and compiled steps from ``--cache``, ``--compile``, ``--cache-tokens``."""
+    return ExecutionConfig(cache=args.cache, compile=args.compile, cache_tokens=args.cache_tokens)
 
 
 def real_engine(args: argparse.Namespace, device: str, **kwargs: Any) -> StitchEngine:
@@ -565,6 +586,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "benchmark": "harness",
         "command": " ".join(sys.argv),
         "pair": {"slm": pair.slm.name, "llm": pair.llm.name, "real_weights": real},
+        "execution": {role: dataclasses.asdict(loaded.execution) for role, loaded in (("slm", pair.slm), ("llm", pair.llm))},
         "device": processor_name(device),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
@@ -587,6 +609,10 @@ def parser() -> argparse.ArgumentParser:
     pair.add_argument("--slm-shape", choices=sorted(SHAPES), default=None, help="SLM as a config shape, random weights")
     pair.add_argument("--llm-shape", choices=sorted(SHAPES), default=None, help="LLM as a config shape, random weights")
     pair.add_argument("--device", default="auto")
+    pair.add_argument("--cache", choices=["dynamic", "static"], default=None,
+                      help="KV cache backend of both models (default: dynamic; static with --compile)")
+    pair.add_argument("--compile", action="store_true", help="compiled steps (CUDA graphs on CUDA); static cache")
+    pair.add_argument("--cache-tokens", type=int, default=None, help="capacity of every static cache")
     pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                       help="auto: bfloat16 where native (CUDA, AVX512-BF16/AMX CPUs), else float32")
     work = p.add_argument_group("traces")

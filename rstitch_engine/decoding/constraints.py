@@ -30,17 +30,27 @@ Rules, enforced by ``RequestDecoder`` (``decoding.request``) and by the LLM-alon
 
 from __future__ import annotations
 
+import importlib
 import json
 import threading
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
-import llguidance
-import llguidance.hf
 import numpy as np
 import torch
 
 from ..errors import InvalidSettingError
+
+if TYPE_CHECKING:
+    import llguidance
+
+
+def _llguidance() -> ModuleType:
+    """llguidance, imported at the first grammar: free-text decoding runs without it (a bare GPU image)."""
+    module = importlib.import_module("llguidance")
+    importlib.import_module("llguidance.hf")
+    return module
 
 GrammarKind = Literal["json_schema", "regex", "lark"]
 JSON_LAYOUT = {"whitespace_flexible": False, "item_separator": ", ", "key_separator": ": "}
@@ -108,23 +118,23 @@ class Grammar:
         trigger = open_tag if trigger is None else trigger
         if not open_tag.startswith(trigger) or not trigger:
             raise InvalidSettingError(f"the trigger {trigger!r} must be a non-empty prefix of the open tag {open_tag!r}")
-        tag = llguidance.StructTag(trigger=trigger, begin=open_tag, grammar=_with_layout(schema), end=close_tag)
-        return cls.lark(llguidance.StructTag.to_grammar([tag], assume_special=False))
+        tag = _llguidance().StructTag(trigger=trigger, begin=open_tag, grammar=_with_layout(schema), end=close_tag)
+        return cls.lark(_llguidance().StructTag.to_grammar([tag], assume_special=False))
 
     def compiled(self) -> str:
         """The grammar in llguidance's serialised form."""
         if self.kind == "json_schema":
             try:
-                return llguidance.LLMatcher.grammar_from_json_schema(self.source)
+                return _llguidance().LLMatcher.grammar_from_json_schema(self.source)
             except (ValueError, RuntimeError) as error:
                 raise InvalidSettingError(f"the JSON schema cannot be used as a grammar: {error}") from error
         if self.kind == "regex":
-            return llguidance.LLMatcher.grammar_from_regex(self.source)
-        return llguidance.LLMatcher.grammar_from_lark(self.source)
+            return _llguidance().LLMatcher.grammar_from_regex(self.source)
+        return _llguidance().LLMatcher.grammar_from_lark(self.source)
 
     def check(self) -> None:
         """Raise ``InvalidSettingError`` (with llguidance's message) if this grammar cannot be used."""
-        error = llguidance.LLMatcher.validate_grammar(self.compiled())
+        error = _llguidance().LLMatcher.validate_grammar(self.compiled())
         if error:
             raise InvalidSettingError(f"the {self.kind} grammar cannot be compiled: {error.strip()}")
 
@@ -145,7 +155,7 @@ class GrammarTokenizer:
                 eos = self._tokenizer.eos_token_id
                 if eos is None:
                     eos = min(self.eos_token_ids) if self.eos_token_ids else None
-                self._built = llguidance.hf.from_tokenizer(self._tokenizer, n_vocab=len(self._tokenizer), eos_token=eos)
+                self._built = _llguidance().hf.from_tokenizer(self._tokenizer, n_vocab=len(self._tokenizer), eos_token=eos)
             return self._built
 
     def start(self, grammar: Grammar) -> "GrammarState":
@@ -160,7 +170,7 @@ class GrammarState:
         self.grammar = grammar
         self._eos = np.fromiter(sorted(t for t in tokenizer.eos_token_ids if t < tokenizer.vocab_size), dtype=np.int64)
         self._vocab_size = tokenizer.vocab_size
-        self._matcher = llguidance.LLMatcher(tokenizer.get(), grammar.compiled())
+        self._matcher = _llguidance().LLMatcher(tokenizer.get(), grammar.compiled())
         if self._matcher.is_error():
             raise InvalidSettingError(f"the {grammar.kind} grammar cannot be compiled: {self._matcher.get_error()}")
         self._allowed: torch.Tensor | None = None

@@ -15,8 +15,8 @@ pass over n tokens at positions c .. c+n-1 is fed as b >= n tokens (b the smalle
 passes longer than the largest bucket go in chunks of it), the pads at positions c+n .. c+b-1.
 Pads change nothing a real token sees:
 
-* a static layer writes keys/values at its fill count; after the pass the count is set back to
-  c + n (``crop``), so the next pass overwrites the pads' entries before any query can read them;
+* a static layer writes keys/values at its fill count (``cumulative_length``); after the pass the
+  count is set back to c + n, so the next pass overwrites the pads' entries before any query can read them;
 * the causal mask lets a query at position p see keys at positions <= p only, and every one of
   those was written by this request's real tokens (a cache is filled in order from position 0);
 * the logits are read at the last real token (``logits_to_keep`` is its index), the pads' never.
@@ -189,8 +189,8 @@ class StaticSteps:
             torch.compiler.cudagraph_mark_step_begin()
         logits, hidden = self._step(ids.to(device), positions.to(device), last.to(device), cache, want_hidden)
         if width > real:
-            for layer in cache.layers:
-                layer.crop(real - width)  # fill count back to start + real: the pads' entries are free again
+            for layer in cache.layers:  # fill count back to start + real: the pads' entries are free again
+                layer.cumulative_length.sub_(width - real)  # in place (a compiled step holds its address)
         if self.config.compile:  # a graph's output buffers are overwritten by its next replay
             logits = logits.clone()
             hidden = hidden.clone() if hidden is not None else None
