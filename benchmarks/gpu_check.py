@@ -165,7 +165,7 @@ def decode_section(models: dict[ModelRole, torch.nn.Module], vocab: int, config:
     rows = {}
     for role, model in models.items():
         variants = {"eager_dynamic": LoadedModel(role, model, vocab, role),
-                    "eager_static": LoadedModel(role, model, vocab, role, ExecutionConfig(cache="static")),
+                    "eager_static": LoadedModel(role, model, vocab, role, ExecutionConfig(kv_cache="static")),
                     "compiled_static": compiled.slm if role == "slm" else compiled.llm}
         row: dict[str, Any] = {"shape": config[f"{role}_shape"], "parameters": sum(p.numel() for p in model.parameters()),
                                "decode_weight_bytes": decode_weight_bytes(model)}

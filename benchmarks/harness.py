@@ -527,8 +527,8 @@ def build_engine(args: argparse.Namespace, device: torch.device) -> tuple[Stitch
 
 
 def execution_config(args: argparse.Namespace) -> ExecutionConfig:
-    """Both models' cache backend and compiled steps from ``--cache``, ``--compile``, ``--cache-tokens``."""
-    return ExecutionConfig(cache=args.cache, compile=args.compile, cache_tokens=args.cache_tokens)
+    """Both models' cache backend and compiled steps from ``--kv-cache``, ``--compile``, ``--cache-tokens``."""
+    return ExecutionConfig(kv_cache=args.kv_cache, compile=args.compile, cache_tokens=args.cache_tokens)
 
 
 def real_engine(args: argparse.Namespace, device: str, **kwargs: Any) -> StitchEngine:
@@ -609,7 +609,7 @@ def parser() -> argparse.ArgumentParser:
     pair.add_argument("--slm-shape", choices=sorted(SHAPES), default=None, help="SLM as a config shape, random weights")
     pair.add_argument("--llm-shape", choices=sorted(SHAPES), default=None, help="LLM as a config shape, random weights")
     pair.add_argument("--device", default="auto")
-    pair.add_argument("--cache", choices=["dynamic", "static"], default=None,
+    pair.add_argument("--kv-cache", choices=["dynamic", "static"], default=None,
                       help="KV cache backend of both models (default: dynamic; static with --compile)")
     pair.add_argument("--compile", action="store_true", help="compiled steps (CUDA graphs on CUDA); static cache")
     pair.add_argument("--cache-tokens", type=int, default=None, help="capacity of every static cache")

@@ -22,6 +22,7 @@ from .errors import (
     TokenizerMismatchError,
 )
 from .models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
+from .models.execution import ExecutionConfig
 from .models.loading import ModelSpec, load_pair
 from .models.pair import ModelPair
 
@@ -33,6 +34,7 @@ __all__ = [
     "AlwaysSLMRouter",
     "EmptyPromptError",
     "EntropyRouter",
+    "ExecutionConfig",
     "GenerationResult",
     "Grammar",
     "GenerationSettings",

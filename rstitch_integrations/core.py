@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from rstitch_engine import (
     DEFAULT_LLM,
     DEFAULT_THRESHOLD,
+    ExecutionConfig,
     GenerationSettings,
     InvalidSettingError,
     Router,
@@ -34,6 +35,7 @@ from rstitch_engine import (
     StitchStream,
     TokenEvent,
     router_named,
+    shared_engine,
 )
 from rstitch_engine.decoding.settings import validate_threshold
 from rstitch_engine.models.facts import pair_facts
@@ -76,6 +78,13 @@ class StitchOptions(BaseModel):
     dtype: Dtype = Field(default="auto", description=(
         "Weight dtype; 'auto' is bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), "
         "else float32."))
+    kv_cache: Literal["dynamic", "static"] | None = Field(default=None, description=(
+        "KV cache backend of both models: 'dynamic' (default) or 'static' (preallocated, pooled); "
+        "None: static when compile is on."))
+    compile: bool = Field(default=False, description=(
+        "Compile the decode and catch-up steps (CUDA graphs on CUDA; compiled at load time). Needs the static cache."))
+    cache_tokens: int | None = Field(default=None, description=(
+        "Capacity of every static KV cache (prompt + max_tokens must fit); None: sized per call (4096 compiled)."))
     measure_speedup: bool = Field(default=False, description=(
         "Also time the LLM alone on each prompt (doubles the work): the speedup is measured, not estimated."))
     constrained: bool = Field(default=True, description=(
@@ -93,9 +102,15 @@ class StitchOptions(BaseModel):
     def _check_options(self) -> StitchOptions:
         self.request_settings({})  # GenerationSettings raises InvalidSettingError with the reason
         self.request_router({})
+        ExecutionConfig(kv_cache=self.kv_cache, compile=self.compile, cache_tokens=self.cache_tokens)  # raises if invalid
         if self.timeout is not None and not self.timeout > 0:
             raise InvalidSettingError(f"timeout must be > 0 seconds or None, got {self.timeout!r}")
         return self
+
+    def load_engine(self) -> StitchEngine:
+        """The shared engine of this pair, device, dtype and execution (loaded on first use)."""
+        return shared_engine(self.llm, self.slm, self.device, self.dtype, kv_cache=self.kv_cache,
+                             compile=self.compile, cache_tokens=self.cache_tokens)
 
     @property
     def model_name(self) -> str:

@@ -35,7 +35,7 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, TokenEvent, shared_engine
+from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, TokenEvent
 
 from .chat_format import THINK_OPEN, AnswerStep, InvalidToolCall, ParsedCall, ToolCall
 from .constrained import check_tool_choice, tool_choice_name
@@ -133,7 +133,7 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         if self.engine is not None:
             return self.engine
         if self._loaded is None:
-            self._loaded = shared_engine(self.llm, self.slm, self.device, self.dtype)
+            self._loaded = self.load_engine()
         return self._loaded
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> PreparedCall:

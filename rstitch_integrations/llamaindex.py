@@ -52,7 +52,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from rstitch_engine import StitchEngine, shared_engine
+from rstitch_engine import StitchEngine
 
 from .chat_format import AnswerParser, AnswerStep
 from .core import CALL_OPTIONS, CallStep, StitchOptions, decode_call, prepare_call
@@ -102,7 +102,7 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
     def engine(self) -> StitchEngine:
         """The loaded pair (loaded on first use, shared between instances naming the same pair)."""
         if self._engine is None:
-            self._engine = shared_engine(self.llm, self.slm, self.device, self.dtype)
+            self._engine = self.load_engine()
         return self._engine
 
     @property

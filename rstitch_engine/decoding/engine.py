@@ -155,18 +155,18 @@ class StitchEngine:
         dtype: str = "auto",
         settings: GenerationSettings | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
-        cache: CacheKind | None = None,
+        kv_cache: CacheKind | None = None,
         compile: bool = False,
         cache_tokens: int | None = None,
     ) -> "StitchEngine":
         """Load a pair (hub ids, folders, .gguf files or specs) with the entropy router at ``threshold``.
 
         With no SLM given and the default LLM, the SLM is the draft shipped for it (``DEFAULT_SLM``).
-        ``cache``, ``compile`` and ``cache_tokens`` choose how both models' passes run
-        (``ExecutionConfig``: 'dynamic' or 'static' caches, compiled steps); a spec with its own
-        ``execution`` keeps it.
+        ``kv_cache``, ``compile`` and ``cache_tokens`` choose how both models' passes run
+        (``ExecutionConfig``: 'dynamic' or 'static' KV caches, compiled steps; ``compile=True`` on
+        CUDA is the fast path); a spec given with its own ``execution`` keeps it.
         """
-        execution = ExecutionConfig(cache=cache, compile=compile, cache_tokens=cache_tokens)
+        execution = ExecutionConfig(kv_cache=kv_cache, compile=compile, cache_tokens=cache_tokens)
         llm_spec = llm if isinstance(llm, ModelSpec) else ModelSpec(llm, device=device, dtype=dtype,  # type: ignore[arg-type]
                                                                      execution=execution)
         if slm is None:

@@ -1,6 +1,6 @@
 """How one model's forward passes run: its KV cache backend and, optionally, compiled steps.
 
-Two cache backends (``ExecutionConfig.cache``):
+Two cache backends (``ExecutionConfig.kv_cache``):
 
 * ``"dynamic"`` (the default): transformers' ``DynamicCache``, grown by concatenation, one per
   request; passes are fed exactly their tokens; any architecture; batched passes share a step.
@@ -61,8 +61,8 @@ POOL_KEEP = 16
 class ExecutionConfig:
     """How a model's passes run (see the module docstring). ``ExecutionConfig()`` is today's eager path."""
 
-    cache: CacheKind | None = None
-    """'dynamic' or 'static'; None: 'static' when ``compile`` is on, else 'dynamic'."""
+    kv_cache: CacheKind | None = None
+    """KV cache backend, 'dynamic' or 'static'; None: 'static' when ``compile`` is on, else 'dynamic'."""
     cache_tokens: int | None = None
     """Capacity of every static cache; a request needing more (prompt + max_new_tokens) is refused.
     None: each request's cache is sized from its own prompt + max_new_tokens; compiled, it is
@@ -75,15 +75,15 @@ class ExecutionConfig:
     """torch.compile backend; 'eager' traces the step with dynamo but runs it eagerly (for tests)."""
 
     def __post_init__(self) -> None:
-        if self.cache is None:
-            object.__setattr__(self, "cache", "static" if self.compile else "dynamic")
+        if self.kv_cache is None:
+            object.__setattr__(self, "kv_cache", "static" if self.compile else "dynamic")
         object.__setattr__(self, "buckets", tuple(self.buckets))
-        if self.cache not in ("dynamic", "static"):
-            raise InvalidSettingError(f"cache must be 'dynamic' or 'static', got {self.cache!r}")
+        if self.kv_cache not in ("dynamic", "static"):
+            raise InvalidSettingError(f"kv_cache must be 'dynamic' or 'static', got {self.kv_cache!r}")
         if not isinstance(self.compile, bool):
             raise InvalidSettingError(f"compile must be True or False, got {self.compile!r}")
-        if self.compile and self.cache != "static":
-            raise InvalidSettingError("compile=True needs cache='static' (a compiled step needs fixed cache shapes)")
+        if self.compile and self.kv_cache != "static":
+            raise InvalidSettingError("compile=True needs kv_cache='static' (a compiled step needs fixed cache shapes)")
         tokens = self.cache_tokens
         if tokens is not None and (isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 2):
             raise InvalidSettingError(f"cache_tokens must be an integer >= 2 or None, got {tokens!r}")
@@ -94,7 +94,7 @@ class ExecutionConfig:
 
     @property
     def static(self) -> bool:
-        return self.cache == "static"
+        return self.kv_cache == "static"
 
     def capacity_for(self, needed_tokens: int, context_window: int | None) -> int:
         """Static cache capacity for a request of ``needed_tokens`` (prompt + max_new_tokens)."""
@@ -255,9 +255,9 @@ class StaticCachePool:
         cache = StaticCache(config=model.config, max_cache_len=capacity)
         if not all(type(layer) is StaticLayer and hasattr(layer, "cumulative_length") for layer in cache.layers):
             raise InvalidSettingError(
-                f"cache='static' supports full-attention models with a transformers StaticLayer that tracks its "
+                f"kv_cache='static' supports full-attention models with a transformers StaticLayer that tracks its "
                 f"fill count; {self.loaded.name or type(model).__name__} has other layers "
-                f"({sorted({type(layer).__name__ for layer in cache.layers})}): use cache='dynamic'"
+                f"({sorted({type(layer).__name__ for layer in cache.layers})}): use kv_cache='dynamic'"
             )
         _step_function(self.loaded)(torch.zeros((1, 1), dtype=torch.long, device=self.loaded.device),
                                     torch.zeros((1, 1), dtype=torch.long, device=self.loaded.device),

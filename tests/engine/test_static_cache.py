@@ -31,7 +31,7 @@ PROMPTS = ["The quick brown", "What is 3 + 4? It is", "Café 東京", "x",
            "lazy dog and the quick fox jumps over the small model; it writes the easy tokens."]
 TAUS = (0.6, 0.7, 0.8)
 SETTINGS = GenerationSettings(max_new_tokens=40)
-SMALL_BUCKETS = ExecutionConfig(cache="static", buckets=(1, 2, 4, 8))
+SMALL_BUCKETS = ExecutionConfig(kv_cache="static", buckets=(1, 2, 4, 8))
 """Small buckets: catch-ups of 3, 5-7 and 9+ tokens are padded, and prompts longer than 8 are chunked."""
 
 
@@ -157,7 +157,7 @@ def test_an_abandoned_or_failed_stream_gives_its_caches_back():
 
 
 def test_a_request_exactly_at_the_fixed_cache_size_runs_and_one_token_more_is_refused():
-    config = ExecutionConfig(cache="static", cache_tokens=24, buckets=(1, 4, 16))
+    config = ExecutionConfig(kv_cache="static", cache_tokens=24, buckets=(1, 4, 16))
     static = static_pair(tiny_pair(), config)
     engine = StitchEngine(static, EntropyRouter(0.7))
     prompt = engine.encode(PROMPTS[-1])[:10]
@@ -172,7 +172,7 @@ def test_a_request_exactly_at_the_fixed_cache_size_runs_and_one_token_more_is_re
 
 
 def test_a_per_request_static_cache_is_sized_from_prompt_and_max_new_tokens():
-    config = ExecutionConfig(cache="static")
+    config = ExecutionConfig(kv_cache="static")
     assert config.capacity_for(10, 512) == 256  # at least MIN_STATIC_TOKENS
     assert config.capacity_for(300, 2048) == 512  # the next power of two
     assert config.capacity_for(600, 700) == 700  # never past the context window
@@ -183,11 +183,11 @@ def test_a_per_request_static_cache_is_sized_from_prompt_and_max_new_tokens():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(cache="paged"), "cache must be"),
-    (dict(cache="dynamic", compile=True), "needs cache='static'"),
-    (dict(cache="static", cache_tokens=1), "cache_tokens"),
-    (dict(cache="static", buckets=(2, 4)), "starting at 1"),
-    (dict(cache="static", buckets=(1, 8, 4)), "ascending"),
+    (dict(kv_cache="paged"), "kv_cache must be"),
+    (dict(kv_cache="dynamic", compile=True), "needs kv_cache='static'"),
+    (dict(kv_cache="static", cache_tokens=1), "cache_tokens"),
+    (dict(kv_cache="static", buckets=(2, 4)), "starting at 1"),
+    (dict(kv_cache="static", buckets=(1, 8, 4)), "ascending"),
     (dict(compile="yes"), "compile must be"),
 ])
 def test_invalid_execution_configs_are_refused(kwargs, match):
@@ -196,7 +196,7 @@ def test_invalid_execution_configs_are_refused(kwargs, match):
 
 
 def test_compile_alone_implies_the_static_cache():
-    assert ExecutionConfig(compile=True).cache == "static" and ExecutionConfig().cache == "dynamic"
+    assert ExecutionConfig(compile=True).kv_cache == "static" and ExecutionConfig().kv_cache == "dynamic"
 
 
 def test_a_sliding_window_model_is_refused_with_a_clear_error_before_any_token():
@@ -205,9 +205,9 @@ def test_a_sliding_window_model_is_refused_with_a_clear_error_before_any_token()
                            num_attention_heads=4, num_key_value_heads=2, sliding_window=8, eos_token_id=0)
     model = MistralForCausalLM(config).to(torch.float64).eval()
     assert any(type(layer).__name__ != "StaticLayer" for layer in StaticCache(config=config, max_cache_len=16).layers)
-    pair = ModelPair.from_models(model, model, tokenizer).with_execution(slm=ExecutionConfig(cache="static"))
+    pair = ModelPair.from_models(model, model, tokenizer).with_execution(slm=ExecutionConfig(kv_cache="static"))
     engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS)
-    with pytest.raises(InvalidSettingError, match="cache='dynamic'"):
+    with pytest.raises(InvalidSettingError, match="kv_cache='dynamic'"):
         engine.generate(PROMPTS[0])
     assert StitchEngine(ModelPair.from_models(model, model, tokenizer)).generate(PROMPTS[0]).token_ids
 

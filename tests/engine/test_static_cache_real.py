@@ -18,7 +18,7 @@ from rstitch_engine.models.execution import ExecutionConfig
 pytestmark = pytest.mark.real_model
 
 SETTINGS = GenerationSettings(max_new_tokens=32)
-STATIC = ExecutionConfig(cache="static")
+STATIC = ExecutionConfig(kv_cache="static")
 
 
 def test_static_caches_give_the_real_pair_s_dynamic_cache_answers(real_engine_float32):
