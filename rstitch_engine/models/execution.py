@@ -27,9 +27,9 @@ sliding-window layer would let pads push real keys out of the window).
 
 Compiled steps (``compile=True``): the padded pass is one ``torch.compile``d function: with mode
 'reduce-overhead' on CUDA, i.e. CUDA graphs, where a decode step's many small kernels are launched
-as one graph. The decode shape [1, 1] gets a graph of its own (torch specialises sizes of 1);
-catch-up buckets share one with a dynamic length (torch's automatic dynamic shapes), each bucket's
-CUDA graph recorded once, at warm-up (``StaticSteps.warm_up``). Outputs are copied out of the graph's buffers before the next
+as one graph. The decode shape [1, 1] gets a graph of its own; catch-up buckets share one
+whose length is marked dynamic (so there are two compilations per model), and each bucket's CUDA
+graph is recorded once, at warm-up (``StaticSteps.warm_up``). Outputs are copied out of the graph's buffers before the next
 replay.
 """
 
@@ -185,9 +185,14 @@ class StaticSteps:
         ids[0, :real] = torch.tensor(tokens)
         positions = torch.arange(start, start + width).unsqueeze(0)  # [1, b]
         last = torch.tensor([real - 1])  # [1]: the last real token's column
-        if self.config.compile and device.type == "cuda":
-            torch.compiler.cudagraph_mark_step_begin()
-        logits, hidden = self._step(ids.to(device), positions.to(device), last.to(device), cache, want_hidden)
+        ids, positions, last = ids.to(device), positions.to(device), last.to(device)
+        if self.config.compile:
+            if width > 1:  # one catch-up graph of dynamic length for every bucket (no per-bucket recompile)
+                torch._dynamo.mark_dynamic(ids, 1)
+                torch._dynamo.mark_dynamic(positions, 1)
+            if device.type == "cuda":
+                torch.compiler.cudagraph_mark_step_begin()
+        logits, hidden = self._step(ids, positions, last, cache, want_hidden)
         if width > real:
             for layer in cache.layers:  # fill count back to start + real: the pads' entries are free again
                 layer.cumulative_length.sub_(width - real)  # in place (a compiled step holds its address)
