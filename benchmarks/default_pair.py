@@ -43,6 +43,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
+from rstitch_engine.measure.generalisation import generalisation_suite
 from rstitch_engine.measure.quality import QualityItem, quality_suite
 from rstitch_engine.models.defaults import DEFAULT_LLM
 from rstitch_engine.models.hardware import processor_name
@@ -232,6 +233,40 @@ def _item_records(item: QualityItem, prompt_ids: list[int], configs: Sequence[Co
     return records
 
 
+def suite_items(suite: str, part: str) -> Sequence[Any]:
+    """The items of one part of a suite (both kinds have messages(), is_correct, extract, id, skill)."""
+    if suite == "quality":
+        if part == "pool":
+            raise SystemExit("the quality suite has no pool part (use --suite generalisation)")
+        return quality_suite(part)  # type: ignore[arg-type]
+    if part == "all":
+        raise SystemExit("the generalisation suite is reported per part: pool, tuning or heldout")
+    return generalisation_suite(part)  # type: ignore[arg-type]
+
+
+def skill_rows(records: Sequence[dict[str, Any]], configs: Sequence[Config]) -> dict[str, dict[str, Any]]:
+    """Per skill and configuration: accuracy and speedup over the LLM alone (same items, side by side)."""
+    out: dict[str, dict[str, Any]] = {}
+    for skill in sorted({r["skill"] for r in records}):
+        out[skill] = {}
+        for config in configs:
+            mine = [r for r in records if r["skill"] == skill and r["config"] == config.name]
+            out[skill][config.name] = {"items": len(mine), "accuracy": sum(r["correct"] for r in mine) / len(mine),
+                                       "speedup": sum(r["llm_alone_seconds"] for r in mine) / sum(r["seconds"] for r in mine)}
+    return out
+
+
+def skill_table(per_skill: dict[str, dict[str, Any]]) -> str:
+    names = list(next(iter(per_skill.values())))
+    lines = ["| skill | items | " + " | ".join(f"{n}: acc / speedup" for n in names) + " |",
+             "|" + "---|" * (len(names) + 2)]
+    for skill, cells in per_skill.items():
+        first = next(iter(cells.values()))
+        lines.append(f"| {skill} | {first['items']} | " + " | ".join(
+            f"{100 * c['accuracy']:.1f}% / {c['speedup']:.2f}x" for c in cells.values()) + " |")
+    return "\n".join(lines)
+
+
 def summarise(records: Sequence[dict[str, Any]], configs: Sequence[Config]) -> list[dict[str, Any]]:
     """One row per configuration (in ``configs`` order)."""
     rows = []
@@ -379,7 +414,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slm", default=None, help="SLM: a draft folder, hub id or folder (default: the engine's default SLM)")
     parser.add_argument("--llm", default=DEFAULT_LLM, help="LLM (default: %(default)s)")
-    parser.add_argument("--part", default="heldout", choices=["heldout", "tuning", "all"], help="quality suite part")
+    parser.add_argument("--suite", default="quality", choices=["quality", "generalisation"],
+                        help="quality: the first suite (hash split); generalisation: forms and entities split "
+                             "(rstitch_engine.measure.generalisation; parts pool/tuning/heldout)")
+    parser.add_argument("--part", default="heldout", choices=["heldout", "tuning", "all", "pool"], help="suite part")
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of the part")
     parser.add_argument("--every", type=int, default=1,
                         help="only every N-th item of the part (the suite is ordered by skill, so all skills stay in)")
@@ -397,7 +435,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark ``engine``'s pair as ``args`` say; prints the table, writes the JSON and plot; returns the report."""
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
-    items = quality_suite(args.part)[:: args.every][: args.limit]
+    items = suite_items(args.suite, args.part)[:: args.every][: args.limit]
     configs = configs_for(taus)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
@@ -412,6 +450,8 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     print(f"\n{done} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, "
           f"pair {pair['slm']} + {pair['llm']}, {ran_on}\n")
     print(table)
+    per_skill = skill_rows(records, configs)
+    print("\n" + skill_table(per_skill))
     print("\n" + cost_table(rows))
     print("\nSLM/LLM cost: " + ", ".join(
         f"{name} {value:.3f}" for name, value in ratio.items() if value is not None))
@@ -419,8 +459,10 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     report = {
         "benchmark": "default_pair",
         "pair": pair,
+        "suite": args.suite,
         "part": args.part,
         "items": done,
+        "per_skill": per_skill,
         "items_planned": len(items),
         "every": args.every,
         "max_new_tokens": args.max_new_tokens,
