@@ -31,6 +31,7 @@ it measured; a section that raises is recorded with its error and the next one r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import re
@@ -134,7 +135,7 @@ def decode_loop(loaded: LoadedModel, prompt_tokens: int, steps: int, around: Cal
         tokens.append(int(torch.argmax(slot.catch_up(tokens, "catchup", False).logits)))
         context = around() if around is not None else None
         times = []
-        with context if context is not None else _Null():
+        with context if context is not None else contextlib.nullcontext():
             for _ in range(steps):
                 start = time.perf_counter()
                 tokens.append(int(torch.argmax(slot.catch_up(tokens, "decode", False).logits)))
@@ -382,14 +383,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(markdown(report))
     print(f"\nwrote {path}")
     return 0
-
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _sync(device: torch.device) -> None:
