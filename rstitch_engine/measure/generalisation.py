@@ -99,6 +99,9 @@ NEW_OPPOSITES = {"brave": ("cowardly", "scared", "afraid", "timid"), "cheap": ("
                  "above": ("below", "beneath", "under"), "before": ("after",), "male": ("female",),
                  "entrance": ("exit",), "victory": ("defeat", "loss"), "polite": ("rude", "impolite"),
                  "rare": ("common",), "safe": ("dangerous", "unsafe"), "wild": ("tame", "domestic")}
+WORD_LISTS = {"capital": (CAPITALS, NEW_CAPITALS), "plural": (PLURALS, NEW_PLURALS),
+              "opposite": (OPPOSITES, NEW_OPPOSITES)}
+"""Per word skill: (the first suite's list: pool and tuning entities, the new list: held-out entities)."""
 LEGS = {"ant": 6, "bee": 6, "beetle": 6, "butterfly": 6, "fly": 6, "cat": 4, "cow": 4, "dog": 4, "horse": 4,
         "elephant": 4, "lion": 4, "tiger": 4, "pig": 4, "sheep": 4, "goat": 4, "zebra": 4, "giraffe": 4,
         "rabbit": 4, "spider": 8, "scorpion": 8, "chicken": 2, "duck": 2, "eagle": 2, "owl": 2, "penguin": 2,
@@ -200,10 +203,8 @@ def _skill_items(skill: str, part: GenPart) -> list[GenItem]:
 
 def _entities(skill: str, part: GenPart) -> list[str]:
     """The entity keys of a skill in one part (see the module docstring)."""
-    known = {"capital": (CAPITALS, NEW_CAPITALS), "plural": (PLURALS, NEW_PLURALS),
-             "opposite": (OPPOSITES, NEW_OPPOSITES)}
-    if skill in known:
-        old, new = known[skill]
+    if skill in WORD_LISTS:
+        old, new = WORD_LISTS[skill]
         if part == "heldout":
             return sorted(new)
         return [k for k in sorted(old) if (entity_part(k) == "tuning") == (part == "tuning")]
@@ -231,9 +232,8 @@ def _item(skill: str, part: GenPart, template: str, entity: str, suffix: str, rn
         answer = {"sum": a + b, "difference": a - b, "product": a * b}[skill]
         turns, accepted = (("user", template.format(a=a, b=b) + suffix),), (str(answer),)
     elif skill in ("capital", "plural", "opposite"):
-        table = {"capital": {**CAPITALS, **NEW_CAPITALS}, "plural": {**PLURALS, **NEW_PLURALS},
-                 "opposite": {**OPPOSITES, **NEW_OPPOSITES}}[skill]
-        turns, accepted = (("user", template.format(x=entity) + suffix),), table[entity]
+        old, new = WORD_LISTS[skill]
+        turns, accepted = (("user", template.format(x=entity) + suffix),), {**old, **new}[entity]
     elif skill == "legs":
         turns, accepted = (("user", template.format(x=entity) + suffix),), (str(LEGS[entity]),)
     elif skill == "sound":
