@@ -79,10 +79,12 @@ class Answer:
     """Engine accounting of a stitched answer: decode and catch-up passes and seconds per model."""
 
 
-def configs_for(taus: Sequence[float]) -> list[Config]:
-    """SLM alone, LLM alone, assisted generation, then R-Stitch at each tau."""
+def configs_for(taus: Sequence[float], baselines: Sequence[str] = ("slm", "llm", "assisted")) -> list[Config]:
+    """The baselines (SLM alone, LLM alone, assisted generation; the LLM alone always, as the
+    reference), then R-Stitch at each tau."""
     fixed = [Config("SLM alone", "slm"), Config("LLM alone", "llm"), Config("assisted (HF)", "assisted")]
-    return fixed + [Config(f"R-Stitch tau={tau:g}", "stitch", tau) for tau in taus]
+    chosen = [c for c in fixed if c.kind in baselines or c.kind == "llm"]
+    return chosen + [Config(f"R-Stitch tau={tau:g}", "stitch", tau) for tau in taus]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -222,6 +224,7 @@ def _item_records(item: QualityItem, prompt_ids: list[int], configs: Sequence[Co
         answer = answers[config.name]
         records.append({
             "item": item.id, "skill": item.skill, "config": config.name, "kind": config.kind, "tau": config.tau,
+            "prompt_tokens": len(prompt_ids),
             "text": answer.text, "token_ids": list(answer.token_ids), "tokens": len(answer.token_ids),
             "seconds": answer.seconds, "slm_tokens": answer.slm_tokens, "switches": answer.switches,
             "llm_passes": answer.llm_passes, "correct": item.is_correct(answer.text),
@@ -245,15 +248,34 @@ def suite_items(suite: str, part: str) -> Sequence[Any]:
 
 
 def skill_rows(records: Sequence[dict[str, Any]], configs: Sequence[Config]) -> dict[str, dict[str, Any]]:
-    """Per skill and configuration: accuracy and speedup over the LLM alone (same items, side by side)."""
+    """Per skill and configuration: accuracy, speedup over the LLM alone (same items, side by side) and SLM
+    share; for R-Stitch also its switch rate and catch-up costs (``_stitch_costs``)."""
     out: dict[str, dict[str, Any]] = {}
     for skill in sorted({r["skill"] for r in records}):
         out[skill] = {}
         for config in configs:
             mine = [r for r in records if r["skill"] == skill and r["config"] == config.name]
-            out[skill][config.name] = {"items": len(mine), "accuracy": sum(r["correct"] for r in mine) / len(mine),
-                                       "speedup": sum(r["llm_alone_seconds"] for r in mine) / sum(r["seconds"] for r in mine)}
+            tokens = sum(r["tokens"] for r in mine)
+            cell = {"items": len(mine), "accuracy": sum(r["correct"] for r in mine) / len(mine),
+                    "speedup": sum(r["llm_alone_seconds"] for r in mine) / sum(r["seconds"] for r in mine),
+                    "slm_share": sum(r["slm_tokens"] for r in mine) / tokens if tokens else 0.0}
+            if config.kind == "stitch":
+                cell.update(_stitch_costs(mine), switches_per_100_tokens=100 * sum(r["switches"] for r in mine) / tokens
+                            if tokens else None, prompt_tokens=statistics.fmean(r["prompt_tokens"] for r in mine))
+            out[skill][config.name] = cell
     return out
+
+
+def repeats_table(per_run: Sequence[Sequence[dict[str, Any]]]) -> str:
+    """Accuracy and speedup of every configuration in each run, and their spread (max - min)."""
+    lines = ["| config | " + " | ".join(f"run {i + 1}: acc / speedup" for i in range(len(per_run)))
+             + " | spread: acc / speedup |", "|" + "---|" * (len(per_run) + 2)]
+    for same in zip(*per_run):
+        accuracies, speedups = [r["accuracy"] for r in same], [r["speedup"] for r in same]
+        cells = [f"{100 * r['accuracy']:.1f}% / {r['speedup']:.2f}x" for r in same]
+        spread = f"{100 * (max(accuracies) - min(accuracies)):.1f} pt / {max(speedups) - min(speedups):.2f}x"
+        lines.append(f"| {same[0]['config']} | " + " | ".join(cells) + f" | {spread} |")
+    return "\n".join(lines)
 
 
 def skill_table(per_skill: dict[str, dict[str, Any]]) -> str:
@@ -422,6 +444,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=1,
                         help="only every N-th item of the part (the suite is ordered by skill, so all skills stay in)")
     parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS), help="comma-separated thresholds")
+    parser.add_argument("--baselines", default="slm,llm,assisted",
+                        help="comma-separated baselines among slm, llm, assisted (the LLM alone always runs)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run everything this many times; the table pools the runs, a second table gives each run")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
@@ -436,11 +462,14 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark ``engine``'s pair as ``args`` say; prints the table, writes the JSON and plot; returns the report."""
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
     items = suite_items(args.suite, args.part)[:: args.every][: args.limit]
-    configs = configs_for(taus)
+    configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")])
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
-    records = benchmark(engine, items, configs, settings, progress=not args.no_progress)
-    done = len(records) // len(configs)
+    runs = []
+    for repeat in range(args.repeats):
+        runs.append([{**r, "run": repeat} for r in benchmark(engine, items, configs, settings, progress=not args.no_progress)])
+    records = [r for one in runs for r in one]
+    done = len(runs[0]) // len(configs)
     rows = summarise(records, configs)
     ratio = cost_ratio(rows, records)
     pair = {"slm": engine.pair.slm.name, "llm": engine.pair.llm.name}
@@ -453,6 +482,9 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     per_skill = skill_rows(records, configs)
     print("\n" + skill_table(per_skill))
     print("\n" + cost_table(rows))
+    per_run = [summarise(one, configs) for one in runs]
+    if len(runs) > 1:
+        print("\n" + repeats_table(per_run))
     print("\nSLM/LLM cost: " + ", ".join(
         f"{name} {value:.3f}" for name, value in ratio.items() if value is not None))
     assistant = engine.pair.slm.model.generation_config
@@ -462,6 +494,8 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         "suite": args.suite,
         "part": args.part,
         "items": done,
+        "repeats": len(runs),
+        "runs": [{"rows": one} for one in per_run],
         "per_skill": per_skill,
         "items_planned": len(items),
         "every": args.every,

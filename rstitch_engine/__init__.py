@@ -8,7 +8,16 @@ import anywhere in this package.
 from .decoding.constraints import Grammar
 from .decoding.engine import GenerationResult, StitchEngine, StitchRequest, StitchStream
 from .decoding.registry import shared_engine
-from .decoding.routers import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, RouterName, router_named
+from .decoding.routers import (
+    QUALITY_THRESHOLDS,
+    AlwaysLLMRouter,
+    AlwaysSLMRouter,
+    EntropyRouter,
+    Quality,
+    RouterName,
+    router_for_quality,
+    router_named,
+)
 from .decoding.routing import Router, RouterState
 from .decoding.sampling import normalised_entropy
 from .decoding.settings import GenerationSettings
@@ -46,6 +55,8 @@ __all__ = [
     "PromptTooLongError",
     "RStitchError",
     "Router",
+    "Quality",
+    "QUALITY_THRESHOLDS",
     "RouterName",
     "RouterState",
     "StitchEngine",
@@ -56,6 +67,7 @@ __all__ = [
     "TokenizerMismatchError",
     "load_pair",
     "normalised_entropy",
+    "router_for_quality",
     "router_named",
     "shared_engine",
 ]

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .decoding.engine import StitchEngine
-from .decoding.routers import router_named
+from .decoding.routers import router_for_quality, router_named
 from .decoding.settings import GenerationSettings
 from .decoding.stats import StitchStats, TokenEvent
 from .errors import InvalidSettingError, RStitchError
@@ -64,6 +64,9 @@ def _parser() -> argparse.ArgumentParser:
                                "router, or --router-path; it keeps its trained tau); slm/llm: one model alone "
                                "(default: %(default)s)")
     decoding.add_argument("--router-path", default=None, help="a learned router's folder (`rstitch train-router --out`)")
+    decoding.add_argument("--quality", default=None, choices=["exact", "balanced", "fast"],
+                          help="a preset instead of --router/--threshold: exact = the LLM alone, balanced = a "
+                               "stricter tau, fast = the default tau")
     decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens (default: %(default)s)")
     decoding.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
     decoding.add_argument("--top-p", type=float, default=1.0)
@@ -100,8 +103,11 @@ def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     distill.add_argument("--instructions", type=int, default=1000, help="template chat instructions in the pool (default: %(default)s)")
     distill.add_argument("--gsm8k", type=int, default=300, help="GSM8K questions in the pool (default: %(default)s)")
     distill.add_argument("--gsm8k-path", type=Path, default=_default_gsm8k(), help="GSM8K train.jsonl (default: %(default)s)")
-    distill.add_argument("--copies", type=int, default=4000,
+    distill.add_argument("--copies", type=int, default=2000,
                          help="questions about made-up names and random numbers, to learn copying (default: %(default)s)")
+    distill.add_argument("--generalisation", type=int, default=100,
+                         help="questions per skill in the generalisation suite's pool forms: varied phrasings, "
+                              "retrieved passages, multi-turn chats (default: %(default)s)")
     distill.add_argument("--include-quality-tuning", action="store_true",
                          help="add the quality suite's tuning part to the pool (off by default: thresholds and routers "
                               "are tuned on it, so the draft should not have seen it)")
@@ -143,13 +149,15 @@ def _distill(args: argparse.Namespace, console: Console) -> int:
     gsm8k_path = args.gsm8k_path if args.gsm8k and args.gsm8k_path.is_file() else None
     if args.gsm8k and gsm8k_path is None:
         console.print(f"[yellow]no GSM8K file at {args.gsm8k_path}; the pool has instructions only[/yellow]")
-    pool = prompt_pool(args.instructions, args.gsm8k, args.seed, gsm8k_path, args.include_quality_tuning,
-                       not args.no_families, args.copies)
+    pool_recipe = {"instructions": args.instructions, "gsm8k": args.gsm8k if gsm8k_path else 0, "seed": args.seed,
+                   "include_quality_tuning": args.include_quality_tuning, "include_families": not args.no_families,
+                   "copies": args.copies, "generalisation": args.generalisation}
+    pool = prompt_pool(gsm8k_path=gsm8k_path, **pool_recipe)
     torch.manual_seed(args.seed)
     with console.status(f"loading {spec.label}", spinner="dots"):
         llm, tokenizer = load_model(spec), load_tokenizer(spec)
     distill(llm, tokenizer, pool, args.out, settings, base_model=args.llm, work_dir=args.work_dir,
-            log=lambda line: console.print(line))
+            log=lambda line: console.print(line), pool_recipe=pool_recipe)
     return 0
 
 
@@ -158,12 +166,15 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
         max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, stop=tuple(args.stop),
     )
-    router = router_named(args.router, args.threshold, args.router_path)
+    if args.quality and (args.router != "entropy" or args.threshold != DEFAULT_THRESHOLD or args.router_path):
+        raise InvalidSettingError("give either --quality or --router/--threshold, not both")
+    router = (router_for_quality(args.quality) if args.quality
+              else router_named(args.router, args.threshold, args.router_path))
     engine = _load_engine(args, console)
     prompt = args.prompt if args.raw else _messages(args.system, args.prompt)
     stream = engine.stream(prompt, settings, router)
     console.print(Text("SLM", style=STYLES["slm"]) + Text(" / ") + Text("LLM", style=STYLES["llm"])
-                  + Text(f"  {args.router} router, tau={router.threshold:g}", style="dim"))
+                  + Text(f"  {args.quality or args.router} router, tau={router.threshold:g}", style="dim"))
     for event in stream:
         console.print(_styled(event), end="")
     console.print()

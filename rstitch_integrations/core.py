@@ -28,12 +28,14 @@ from rstitch_engine import (
     ExecutionConfig,
     GenerationSettings,
     InvalidSettingError,
+    Quality,
     Router,
     RouterName,
     StitchEngine,
     StitchStats,
     StitchStream,
     TokenEvent,
+    router_for_quality,
     router_named,
     shared_engine,
 )
@@ -43,8 +45,8 @@ from rstitch_engine.models.facts import pair_facts
 from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_tool_schema, to_template_prompt
 from .constrained import answer_shape, tool_choice_name, with_json_instruction
 
-CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "tools", "tool_choice",
-                "parallel_tool_calls", "response_format", "constrained")
+CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
+                "tool_choice", "parallel_tool_calls", "response_format", "constrained")
 """Keyword arguments one call may set (each overrides the option of the same name for that call)."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -67,6 +69,9 @@ class StitchOptions(BaseModel):
         "it keeps its trained tau), or 'slm' / 'llm' for one model alone (baselines)."))
     router_path: str | None = Field(default=None, description=(
         "Folder of a learned router (`rstitch train-router --out`), used with router='learned'."))
+    quality: Quality | None = Field(default=None, description=(
+        "A preset instead of router and threshold: 'exact' (the LLM alone: its own answer, no speedup), "
+        "'balanced' (a stricter tau) or 'fast' (the default tau). A call may set its own quality or threshold."))
     temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
     top_k: int = Field(default=0, description="Keep the k most likely tokens before sampling; 0 keeps all.")
@@ -100,6 +105,8 @@ class StitchOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_options(self) -> StitchOptions:
+        if self.quality is not None and ({"threshold", "router", "router_path"} & self.model_fields_set):
+            raise InvalidSettingError("give either quality or router/threshold, not both")
         self.request_settings({})  # GenerationSettings raises InvalidSettingError with the reason
         self.request_router({})
         ExecutionConfig(kv_cache=self.kv_cache, compile=self.compile, cache_tokens=self.cache_tokens)  # raises if invalid
@@ -130,8 +137,16 @@ class StitchOptions(BaseModel):
         )
 
     def request_router(self, options: Mapping[str, Any]) -> Router:
-        """This call's router (a call may set its own ``threshold``)."""
-        return router_named(self.router, options.get("threshold", self.threshold), self.router_path)
+        """This call's router: a call's ``threshold`` (entropy router), else a call's or the options'
+        ``quality`` preset, else the options' router and threshold."""
+        if "threshold" in options and "quality" in options:
+            raise InvalidSettingError("give a call either quality or threshold, not both")
+        if "threshold" in options:
+            return router_named("entropy" if self.quality else self.router, options["threshold"], self.router_path)
+        quality = options.get("quality", self.quality)
+        if quality is not None:
+            return router_for_quality(quality)
+        return router_named(self.router, self.threshold, self.router_path)
 
     def pair_window_and_template(self, engine: StitchEngine | None) -> tuple[int | None, str | None]:
         """The pair's context window and the LLM's chat template: from ``engine`` when one is loaded,

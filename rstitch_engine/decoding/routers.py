@@ -53,6 +53,22 @@ class AlwaysLLMRouter:
         return True
 
 
+Quality = Literal["exact", "balanced", "fast"]
+"""A quality preset: 'exact' keeps the LLM's own answer (the LLM alone, no speedup), 'balanced' a
+stricter tau, 'fast' the default tau (``QUALITY_THRESHOLDS``)."""
+QUALITY_THRESHOLDS: dict[str, float] = {"balanced": 0.05, "fast": DEFAULT_THRESHOLD}
+"""tau of the stitched presets, chosen on the generalisation suite's tuning part (README, "Quality presets")."""
+
+
+def router_for_quality(quality: Quality) -> Router:
+    """The router of a quality preset (see ``Quality``)."""
+    if quality == "exact":
+        return AlwaysLLMRouter()
+    if quality in QUALITY_THRESHOLDS:
+        return EntropyRouter(QUALITY_THRESHOLDS[quality])
+    raise InvalidSettingError(f"quality must be 'exact', 'balanced' or 'fast', got {quality!r}")
+
+
 RouterName = Literal["entropy", "learned", "slm", "llm"]
 """'entropy': R-Stitch at a threshold; 'learned': R-Stitch+ (a trained router, by default the one shipped
 for the default pair); 'slm' / 'llm': one model alone (baselines)."""

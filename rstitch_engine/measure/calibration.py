@@ -23,6 +23,7 @@ import torch
 from ..decoding.engine import StitchEngine
 from ..decoding.sampling import normalised_entropy
 from ..decoding.settings import GenerationSettings
+from ..models.loaded import LoadedModel
 
 
 @dataclass(frozen=True)
@@ -70,16 +71,27 @@ def expected_calibration_error(confidence: Sequence[float], correct: Sequence[bo
 @torch.inference_mode()
 def draft_positions(engine: StitchEngine, prompt: Any, max_new_tokens: int) -> list[PositionScores]:
     """The SLM's scores at every position of the LLM-alone greedy answer to ``prompt``."""
+    return drafts_positions(engine, prompt, max_new_tokens, [engine.pair.slm])[0]
+
+
+def drafts_positions(engine: StitchEngine, prompt: Any, max_new_tokens: int,
+                     slms: Sequence[LoadedModel]) -> list[list[PositionScores]]:
+    """Per SLM of ``slms`` (each sharing ``engine``'s tokenizer), its scores at every position of one
+    LLM-alone greedy answer to ``prompt``: drafts compared on the very same answers."""
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     answer = list(engine.decode_alone("llm", prompt, settings).token_ids)
     if not answer:
-        return []
-    logits, _ = engine.pair.slm.answer_logits(engine.encode(prompt), answer)  # [R, V]
-    scores = []
-    for row, token in zip(logits, answer):
-        probabilities = torch.softmax(row.double(), dim=-1)
-        scores.append(PositionScores(normalised_entropy(row), float(probabilities.max()), int(row.argmax()) != token))
-    return scores
+        return [[] for _ in slms]
+    prompt_ids = engine.encode(prompt)
+    per_slm = []
+    for slm in slms:
+        logits, _ = slm.answer_logits(prompt_ids, answer)  # [R, V]
+        scores = []
+        for row, token in zip(logits, answer):
+            top = float(torch.softmax(row.double(), dim=-1).max())
+            scores.append(PositionScores(normalised_entropy(row), top, int(row.argmax()) != token))
+        per_slm.append(scores)
+    return per_slm
 
 
 def summarise(positions: Sequence[PositionScores], taus: Sequence[float] = ()) -> dict[str, Any]:

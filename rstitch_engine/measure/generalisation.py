@@ -11,10 +11,13 @@ three parts with no overlap:
 
 Forms are assigned two per part, in a fixed order. Entities are split by a hash of their key (40%
 pool, 20% tuning, 40% held-out), except where the first suite's lists exist (capitals, plurals,
-opposites): those lists, which every shipped draft's pool saw, are split between pool and tuning,
-and the held-out part uses new lists (smaller countries, other nouns and adjectives), so the
-shipped draft has seen neither the forms nor the entities of a held-out item. Each form is asked
-plain and with an instruction ("Answer in one word." / "Reply with just the number." / "Be brief.").
+opposites): those lists are split between pool and tuning, and the held-out part uses new lists
+(smaller countries, other nouns and adjectives). Each form is asked plain and with an instruction
+("Answer in one word." / "Reply with just the number." / "Be brief.").
+
+A draft's training pool must not name a held-out entity in any form: ``heldout_mentions`` is the
+rule, and ``training.prompt_pool`` leaves out every prompt it flags. (Drafts up to round 2's first
+were trained on short questions about some of the new lists' countries, nouns and adjectives.)
 
 Skills: sums, differences and products of numbers; capitals; plurals; opposites; animal facts (legs);
 word relations (animal sounds); instruction following (a word in capital letters); ``rag`` (two to
@@ -24,6 +27,7 @@ included: the answer must be read, not remembered); ``multiturn`` (the answer is
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import re
@@ -192,13 +196,57 @@ def entity_part(key: str) -> GenPart:
     return "pool" if u < 0.4 else ("tuning" if u < 0.6 else "heldout")
 
 
-def _skill_items(skill: str, part: GenPart) -> list[GenItem]:
-    rng = random.Random(f"generalisation/{skill}/{part}")
+def _skill_items(skill: str, part: GenPart, count: int | None = None, seed: str = "") -> list[GenItem]:
+    """``count`` (default ``PER_SKILL[part]``) distinct form/entity/suffix draws; ``seed`` '' is the suite's own."""
+    rng = random.Random(f"generalisation/{skill}/{part}{seed}")
     entities = _entities(skill, part)
     suffixes = NUMBER_SUFFIXES if SKILL_CHECK[skill] == "number" else WORD_SUFFIXES
     combos = [(t, e, s) for t in templates_of(skill, part) for e in entities for s in suffixes]
-    chosen = rng.sample(combos, min(PER_SKILL[part], len(combos)))
+    chosen = rng.sample(combos, min(PER_SKILL[part] if count is None else count, len(combos)))
     return [_item(skill, part, template, entity, suffix, rng) for template, entity, suffix in chosen]
+
+
+def training_items(per_skill: int, seed: int) -> list[GenItem]:
+    """Items in the pool part's forms and entities for a draft's training pool: ``per_skill`` draws per
+    skill (at most every combination; rag passages and multi-turn fillers are drawn anew), seeded apart
+    from the suite's own pool items."""
+    return [item for skill in TEMPLATES for item in _skill_items(skill, "pool", per_skill, f"/training-{seed}")]
+
+
+def heldout_mentions(text: str) -> list[str]:
+    """The held-out entities that one message ``text`` names, as 'skill/entity' (empty: a clean training prompt).
+
+    The rule is what "a question about that entity" looks like in any phrasing:
+
+    * a number pair when both numbers stand in one expression (at most 15 other characters apart,
+      either order): "45 + 23", "add 45 to 23", not two numbers from different sentences;
+    * a capitalised name (country, made-up town) anywhere, as a whole word;
+    * any other word (plural, opposite, animal, favourite) as a whole word in a short message (at most
+      30 words: a question), since word problems and retrieved passages use words like "before" or
+      "horse" without asking about them; a favourite needs both its kind and its value.
+    """
+    lowered, short = text.lower(), len(text.split()) <= 30
+    words = set(re.findall(r"[a-z]+", lowered))
+    found = []
+    for skill, entity in _heldout_keys():
+        if skill in ("sum", "difference", "product"):
+            a, b = entity.split(",")
+            hit = re.search(rf"(?<![\d.]){a}\D{{1,15}}(?<![\d.]){b}(?![\d.])|(?<![\d.]){b}\D{{1,15}}(?<![\d.]){a}(?![\d.])",
+                            text.replace(",", "")) is not None
+        elif skill == "multiturn":
+            hit = short and set(entity.split(":")) <= words
+        elif entity[:1].isupper() or skill == "rag":
+            hit = re.search(rf"\b{re.escape(entity.lower())}\b", lowered) is not None
+        else:
+            hit = short and re.search(rf"\b{re.escape(entity.lower())}\b", lowered) is not None
+        if hit:
+            found.append(f"{skill}/{entity}")
+    return found
+
+
+@functools.cache
+def _heldout_keys() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({(item.skill, item.entity) for item in generalisation_suite("heldout")}))
 
 
 def _entities(skill: str, part: GenPart) -> list[str]:

@@ -74,6 +74,8 @@ class DistillSettings:
     steps: int = 2000
     batch_size: int = 16
     learning_rate: float = 5e-4
+    length_window: int = 32
+    """Batches sorted by length together (``_batch_order``); 1 keeps the plain shuffled order."""
     warmup_steps: int = 50
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -89,7 +91,7 @@ class DistillSettings:
 
     def __post_init__(self) -> None:
         for name in ("num_layers", "max_new_tokens", "generation_batch_size", "top_k", "steps", "batch_size",
-                     "checkpoint_every"):
+                     "checkpoint_every", "length_window"):
             if getattr(self, name) < 1:
                 raise InvalidSettingError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.learning_rate > 0:
@@ -143,8 +145,12 @@ def distill(
     work_dir: Path | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    pool_recipe: dict[str, Any] | None = None,
 ) -> PreTrainedModel:
-    """Distil a draft for ``llm`` and save it to ``out_dir``; returns the draft (equal to the saved one)."""
+    """Distil a draft for ``llm`` and save it to ``out_dir``; returns the draft (equal to the saved one).
+
+    ``pool_recipe`` (how ``prompts`` were made, e.g. ``prompt_pool``'s arguments) is saved with the
+    training record, so the pool can be rebuilt and checked later."""
     started = time.perf_counter()
     work_dir = work_dir if work_dir is not None else out_dir / "work"
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -171,6 +177,7 @@ def distill(
         training={
             "settings": {**settings.training_recipe(), "checkpoint_every": settings.checkpoint_every},
             "prompts": len(prompts),
+            **({"pool": pool_recipe} if pool_recipe is not None else {}),
             "answer_tokens": sum(len(s.topk_ids) for s in data),
             "final_loss": history[-1] if history else None,
             "validation_answers": len(held_out),
@@ -345,7 +352,7 @@ def train_draft(
     checkpoint = checkpoint_path(work_dir, settings)
     start_step, history = _resume(checkpoint, own, optimizer, schedule, log)
     train, validation = split_for_validation(len(data), settings)
-    batches = _batch_order(train, settings)
+    batches = _batch_order(train, settings, [len(sequence.ids) for sequence in data])
     device = next(draft.parameters()).device
     precision = _training_precision(device, settings.compute_dtype)
     draft.train()
@@ -452,15 +459,34 @@ def _loss_on(draft: PreTrainedModel, batch: list[TeacherSequence], vocab_size: i
     return distillation_loss(logits, topk_ids, topk_logprobs, greedy_tokens, greedy_weight)
 
 
-def _batch_order(indices: Sequence[int], settings: DistillSettings) -> list[list[int]]:
-    """Each step's batch: seeded shuffles of ``indices`` (the training answers), epoch after epoch."""
+def _batch_order(indices: Sequence[int], settings: DistillSettings,
+                 lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """Each step's batch: seeded shuffles of ``indices`` (the training answers), epoch after epoch.
+
+    With ``lengths`` (tokens per answer's sequence) and ``settings.length_window`` > 1, each run of
+    ``length_window`` batches of an epoch is sorted by length, cut into batches, and those batches
+    shuffled: a batch pads to similar lengths (one 1,000-token RAG prompt no longer pads 15 short
+    questions), while every answer still comes once per epoch in a seeded order.
+    """
     rng = random.Random(settings.seed)
+    size, window = settings.batch_size, settings.length_window
     order: list[int] = []
-    while len(order) < settings.steps * settings.batch_size:
+    while len(order) < settings.steps * size:
         epoch = list(indices)
         rng.shuffle(epoch)
+        if lengths is not None and window > 1:  # windows stay inside one epoch
+            epoch = [i for start in range(0, len(epoch), size * window)
+                     for i in _sorted_batches(epoch[start:start + size * window], size, lengths, rng)]
         order += epoch
-    return [order[i * settings.batch_size:(i + 1) * settings.batch_size] for i in range(settings.steps)]
+    return [order[i * size:(i + 1) * size] for i in range(settings.steps)]
+
+
+def _sorted_batches(window: list[int], size: int, lengths: Sequence[int], rng: random.Random) -> list[int]:
+    """``window`` sorted by length, cut into batches of ``size``, the batches shuffled, flattened."""
+    ordered = sorted(window, key=lambda i: lengths[i])
+    batches = [ordered[i:i + size] for i in range(0, len(ordered), size)]
+    rng.shuffle(batches)
+    return [i for batch in batches for i in batch]
 
 
 def _warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:

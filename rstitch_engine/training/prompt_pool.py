@@ -11,6 +11,7 @@ import json
 import random
 from pathlib import Path
 
+from ..measure.generalisation import heldout_mentions, training_items
 from ..measure.quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
 
 Messages = list[dict[str, str]]
@@ -200,6 +201,17 @@ def quality_tuning_prompts() -> list[Messages]:
     return [item.messages() for item in quality_suite("tuning")]
 
 
+def generalisation_prompts(per_skill: int, seed: int) -> list[Messages]:
+    """Questions in the generalisation suite's pool forms and entities (``training_items``): varied
+    phrasings and instructions, retrieved passages with distractors, and multi-turn chats."""
+    return [item.messages() for item in training_items(per_skill, seed)]
+
+
+def names_heldout(messages: Messages) -> bool:
+    """Whether any message names an entity of the generalisation suite's held-out part (``heldout_mentions``)."""
+    return any(heldout_mentions(message["content"]) for message in messages)
+
+
 def prompt_pool(
     instructions: int,
     gsm8k: int,
@@ -208,10 +220,13 @@ def prompt_pool(
     include_quality_tuning: bool = False,
     include_families: bool = True,
     copies: int = 0,
+    generalisation: int = 0,
 ) -> list[Messages]:
     """The distillation pool, shuffled: instructions + GSM8K questions + ``copies`` made-up-entity
-    questions (``copy_prompts``), and optionally the quality suite's tuning part and the short-answer
-    families (``family_prompts``)."""
+    questions (``copy_prompts``) + ``generalisation`` pool-form questions per skill
+    (``generalisation_prompts``), and optionally the quality suite's tuning part and the short-answer
+    families (``family_prompts``). Prompts that name a held-out entity of the generalisation suite are
+    left out, so its held-out part stays unseen in form and entity."""
     pool: list[Messages] = instruction_prompts(instructions, seed)
     if include_families:
         pool += family_prompts(seed)
@@ -220,6 +235,7 @@ def prompt_pool(
         pool += gsm8k_prompts(gsm8k_path, gsm8k, seed)
     if include_quality_tuning:
         pool += quality_tuning_prompts()
+    pool += generalisation_prompts(generalisation, seed) if generalisation else []
+    pool = [messages for messages in pool if not names_heldout(messages)]
     random.Random(seed).shuffle(pool)
     return pool
-

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from helpers import load_benchmark
@@ -79,6 +80,24 @@ def test_every_config_on_a_tiny_pair_with_exact_cross_checks(tiny_draft_engine, 
     assert len(table_lines) == 2 + len(names)
     assert all(line.count("|") == 12 for line in table_lines)
     assert table_lines[3].startswith("| LLM alone |") and "| 1.00x | 1.00x |" in table_lines[3]
+
+
+def test_repeats_pool_their_runs_and_report_each_with_the_spread(tiny_draft_engine, capsys):
+    args = bench.parse_args(["--limit", "2", "--taus", "-1", "--max-new-tokens", "4", "--no-progress",
+                             "--baselines", "assisted", "--repeats", "2"])
+    report = bench.run(tiny_draft_engine, args)
+    names = ["LLM alone", "assisted (HF)", "R-Stitch tau=-1"]  # the LLM alone runs whatever the baselines say
+    assert [row["config"] for row in report["rows"]] == names and report["repeats"] == 2
+    assert len(report["answers"]) == 2 * 2 * len(names) and report["items"] == 2
+    first, second = ([a for a in report["answers"] if a["run"] == run] for run in (0, 1))
+    assert [a["token_ids"] for a in first] == [a["token_ids"] for a in second]  # greedy: each run decodes alike
+    for run, rows in zip((first, second), report["runs"]):
+        assert [r["speedup"] for r in rows["rows"]] == [r["speedup"] for r in bench.summarise(run, bench.configs_for([-1.0], ["assisted"]))]
+    pooled = {row["config"]: row for row in report["rows"]}
+    assert pooled["R-Stitch tau=-1"]["accuracy"] == report["runs"][0]["rows"][2]["accuracy"]
+    printed = capsys.readouterr().out
+    assert "| run 1: acc / speedup | run 2: acc / speedup | spread: acc / speedup |" in printed
+    assert re.search(r"\| LLM alone \| ([\d.]+)% / 1\.00x \| \1% / 1\.00x \| 0\.0 pt / 0\.00x \|", printed)
 
 
 def test_ctrl_c_reports_the_items_finished(tiny_draft_engine, monkeypatch):

@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 from tiny import tiny_engine
 
-from rstitch_engine.measure.calibration import auroc, draft_positions, expected_calibration_error, summarise
+from rstitch_engine.measure.calibration import (
+    auroc,
+    draft_positions,
+    drafts_positions,
+    expected_calibration_error,
+    summarise,
+)
 
 
 def test_auroc_of_perfect_reversed_chance_and_tied_scores():
@@ -30,3 +36,11 @@ def test_draft_positions_follow_the_llm_s_greedy_answer_on_a_tiny_pair():
     summary = summarise(positions, taus=(0.5,))
     assert summary["positions"] == len(positions) and 0 <= summary["divergence_rate"] <= 1
     assert set(summary["missed_divergences"]) == {"0.5"}
+
+
+def test_drafts_are_scored_on_the_same_llm_answer_and_the_llm_never_diverges_from_itself():
+    engine = tiny_engine()
+    as_draft, as_llm = drafts_positions(engine, "The quick brown", 12, [engine.pair.slm, engine.pair.llm])
+    assert as_draft == draft_positions(engine, "The quick brown", 12)
+    assert len(as_llm) == len(as_draft) > 0
+    assert not any(p.diverges for p in as_llm)  # the LLM's greedy token is the answer's, position by position

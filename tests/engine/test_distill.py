@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import random
 
 import pytest
 import torch
@@ -231,7 +232,8 @@ def test_distilling_from_an_existing_draft_starts_from_its_weights(llm, tokenize
             log=lines.append)
     # The first step's loss is the starting draft's loss on the first batch: training began from its weights.
     data = teacher_data(llm, tokenizer, PROMPTS, FAST, len(tokenizer), tmp_path / "work", False)
-    first_batch = distill_module._batch_order(split_for_validation(len(data), settings)[0], settings)[0]
+    first_batch = distill_module._batch_order(split_for_validation(len(data), settings)[0], settings,
+                                              [len(s.ids) for s in data])[0]
     expected = distill_module._loss_on(load_draft(start, llm), [data[i] for i in first_batch], len(tokenizer),
                                        torch.device("cpu"), 1.0)
     recorded = torch.load(checkpoint_path(tmp_path / "work-tuned", settings), weights_only=True)["history"][0]
@@ -344,3 +346,17 @@ def test_bad_layers_and_settings_are_refused(llm):
         DistillSettings(validation_share=0.5)
     with pytest.raises(InvalidSettingError, match="greedy_weight"):
         DistillSettings(greedy_weight=1.5)
+
+
+def test_length_windows_keep_every_answer_once_per_epoch_and_batch_similar_lengths():
+    lengths = [random.Random(i).choice([20, 40, 1000]) for i in range(96)]
+    settings = DistillSettings(steps=12, batch_size=8, length_window=4)  # one epoch = 12 batches = 3 windows
+    grouped = distill_module._batch_order(range(96), settings, lengths)
+    assert sorted(i for batch in grouped for i in batch) == list(range(96))
+    window_of = {i: n // 4 for n, batch in enumerate(grouped) for i in batch}
+    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in grouped)
+    plain = distill_module._batch_order(range(96), DistillSettings(steps=12, batch_size=8, length_window=1), lengths)
+    assert spread < sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in plain) / 2
+    assert plain == distill_module._batch_order(range(96), DistillSettings(steps=12, batch_size=8))  # no lengths
+    shuffled = [i for batch in plain for i in batch]  # the same seeded shuffle, windows of 32 answers sorted
+    assert all(window_of[i] == position // 32 for position, i in enumerate(shuffled))

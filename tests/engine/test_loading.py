@@ -103,7 +103,12 @@ def test_cli_json_stats_and_clear_errors(real_engine, capsys):
     stats = json.loads(capsys.readouterr().out.split("\n", 2)[2])
     assert stats["output_tokens"] == 4 and stats["slm_tokens"] + stats["llm_tokens"] == 4
     assert main(["generate", "Hi", "--threshold", "nan"]) == 2
-    assert "threshold" in capsys.readouterr().err
+    assert "threshold (tau) must be a real number" in capsys.readouterr().err
+    assert main(["generate", "Hi", "--quality", "exact", "--threshold", "0.3"]) == 2  # a preset or a tau, not both
+    assert "give either --quality or --router/--threshold" in capsys.readouterr().err
+    assert main(["generate", "Hi", "--max-tokens", "4", "--quality", "exact", "--json"]) == 0
+    exact = json.loads(capsys.readouterr().out.split("\n", 2)[2])
+    assert exact["llm_tokens"] == exact["output_tokens"] == 4
 
 
 @pytest.mark.slow

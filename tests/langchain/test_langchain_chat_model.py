@@ -18,7 +18,7 @@ from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_cal
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from pydantic import ValidationError
 
-from rstitch_engine import InvalidSettingError, PromptTooLongError, StitchEngine
+from rstitch_engine import QUALITY_THRESHOLDS, InvalidSettingError, PromptTooLongError, StitchEngine
 from rstitch_integrations.accounting import ModelPrice
 from rstitch_integrations.callbacks import RStitchCallbackHandler, get_rstitch_callback
 from rstitch_integrations.langchain import ChatRStitch
@@ -120,6 +120,25 @@ def test_the_threshold_can_be_set_per_call(chat: ChatRStitch) -> None:
     assert slm_only.response_metadata["stitch"]["switches_to_llm"] == 0
     assert set(llm_only.response_metadata["token_sources"]) == {"llm"}
     assert llm_only.response_metadata["stitch"]["threshold"] == -1.0
+
+
+def test_quality_presets_pick_the_router_and_a_call_may_change_its_preset(real_engine: StitchEngine) -> None:
+    exact = ChatRStitch(max_tokens=6, quality="exact")
+    reply = exact.invoke(QUESTION)
+    llm_alone = ChatRStitch(max_tokens=6, router="llm").invoke(QUESTION)
+    assert set(reply.response_metadata["token_sources"]) == {"llm"} and reply.content == llm_alone.content
+    fast = exact.invoke(QUESTION, quality="fast")
+    assert fast.response_metadata["stitch"]["threshold"] == QUALITY_THRESHOLDS["fast"]
+    balanced = exact.invoke(QUESTION, quality="balanced")
+    assert balanced.response_metadata["stitch"]["threshold"] == QUALITY_THRESHOLDS["balanced"]
+    assert exact.invoke(QUESTION, threshold=1.0).response_metadata["stitch"]["switches_to_llm"] == 0
+    with pytest.raises(ValidationError, match="give either quality or router/threshold, not both"):
+        ChatRStitch(quality="exact", threshold=0.2)
+    with pytest.raises(InvalidSettingError, match="quality must be"):
+        exact.invoke(QUESTION, quality="best")
+    with pytest.raises(InvalidSettingError, match="either quality or threshold"):
+        exact.invoke(QUESTION, quality="fast", threshold=0.2)
+    assert exact.invoke(QUESTION).content == reply.content  # a refused call leaves the model as it was
 
 
 def test_a_measured_speedup(real_engine: StitchEngine) -> None:

@@ -47,3 +47,12 @@ def test_cost_tracking_example() -> None:
     out = run("langchain_cost_tracking.py", "--max-tokens", "8")
     assert out.count("Q: ") == 4
     assert "Stitched calls: 4" in out and "LangChain usage callback:" in out
+
+
+def test_retrieval_chain_example_streams_an_answer_from_retrieved_docs() -> None:
+    out = run("langchain_rag.py", "What does the router decide?", "--max-tokens", "12")
+    assert re.search(r"Indexed \d+ chunks", out) and "Answer (SLM / LLM): " in out
+    assert out.count("source: ") == 2 and ("source: README.md" in out or "source: langchain.md" in out)
+    found = re.search(r"answer (\d+) tokens: SLM (\d+), LLM (\d+)", out)
+    assert found and int(found[1]) == int(found[2]) + int(found[3]) > 0
+    assert re.search(r"prompt (\d{3,}) tokens", out)  # the retrieved context is in the prompt

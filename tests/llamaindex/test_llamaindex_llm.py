@@ -53,6 +53,8 @@ def test_construction_is_cheap_and_metadata_is_real(real_engine):
         ({"max_tokens": 0}, "max_new_tokens must be an integer >= 1"),
         ({"top_p": 0.0}, "top_p must be in (0, 1]"),
         ({"router": "random"}, "Input should be 'entropy', 'learned', 'slm' or 'llm'"),
+        ({"quality": "best"}, "Input should be 'exact', 'balanced' or 'fast'"),
+        ({"quality": "exact", "threshold": 0.2}, "give either quality or router/threshold, not both"),
     ],
 )
 def test_bad_fields_are_rejected_with_the_reason(fields, message):
@@ -117,6 +119,8 @@ def test_call_options_override_fields(rstitch_llm, expected):
     assert slm_only.additional_kwargs["token_sources"] == ["slm"] * 4
     llm_alone = RStitchLLM(router="llm", max_tokens=4).chat(user(QUESTION))
     assert llm_alone.additional_kwargs["token_sources"] == ["llm"] * 4
+    exact = rstitch_llm.chat(user(QUESTION), max_tokens=4, quality="exact")  # the preset for the LLM's own answer
+    assert exact.message.content == llm_alone.message.content and exact.additional_kwargs["token_sources"] == ["llm"] * 4
     measured = RStitchLLM(measure_speedup=True, max_tokens=4).chat(user(QUESTION)).additional_kwargs["stitch"]
     assert measured["speedup_basis"] == "measured" and measured["speedup"] > 0
     first_word = expected.text.split()[1]  # "capital" in "The capital of France ..."
