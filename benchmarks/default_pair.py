@@ -459,7 +459,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
-    """Benchmark ``engine``'s pair as ``args`` say; prints the table, writes the JSON and plot; returns the report."""
+    """Benchmark ``engine``'s pair as ``args`` say; prints the tables, writes the JSON and plot; returns the report."""
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
     items = suite_items(args.suite, args.part)[:: args.every][: args.limit]
     configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")])
@@ -468,60 +468,68 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     runs = []
     for repeat in range(args.repeats):
         runs.append([{**r, "run": repeat} for r in benchmark(engine, items, configs, settings, progress=not args.no_progress)])
+    report = make_report(engine, args, configs, runs, planned=len(items), seconds=time.perf_counter() - started)
+    print_report(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1) + "\n")
+    if args.plot:
+        plot(report["rows"], args.plot, f"{report['pair']['slm']} + {report['pair']['llm']}: {report['items']} "
+             f"{args.part} items\n{report['ran_on']}")
+    return report
+
+
+def make_report(engine: StitchEngine, args: argparse.Namespace, configs: Sequence[Config],
+                runs: Sequence[Sequence[dict[str, Any]]], planned: int, seconds: float) -> dict[str, Any]:
+    """The JSON report of ``runs`` (one list of records per repeat): summary rows pooled over the runs,
+    each run's rows, per-skill rows, cost ratios, and what ran where."""
     records = [r for one in runs for r in one]
-    done = len(runs[0]) // len(configs)
     rows = summarise(records, configs)
-    ratio = cost_ratio(rows, records)
-    pair = {"slm": engine.pair.slm.name, "llm": engine.pair.llm.name}
     processor = processor_name(engine.pair.llm.device)
-    ran_on = f"{str(engine.pair.llm.dtype).removeprefix('torch.')} on {processor}"
-    table = markdown_table(rows)
-    print(f"\n{done} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, "
-          f"pair {pair['slm']} + {pair['llm']}, {ran_on}\n")
-    print(table)
-    per_skill = skill_rows(records, configs)
-    print("\n" + skill_table(per_skill))
-    print("\n" + cost_table(rows))
-    per_run = [summarise(one, configs) for one in runs]
-    if len(runs) > 1:
-        print("\n" + repeats_table(per_run))
-    print("\nSLM/LLM cost: " + ", ".join(
-        f"{name} {value:.3f}" for name, value in ratio.items() if value is not None))
     assistant = engine.pair.slm.model.generation_config
-    report = {
+    return {
         "benchmark": "default_pair",
-        "pair": pair,
+        "pair": {"slm": engine.pair.slm.name, "llm": engine.pair.llm.name},
         "suite": args.suite,
         "part": args.part,
-        "items": done,
+        "items": len(runs[0]) // len(configs),
         "repeats": len(runs),
-        "runs": [{"rows": one} for one in per_run],
-        "per_skill": per_skill,
-        "items_planned": len(items),
+        "runs": [{"rows": summarise(one, configs)} for one in runs],
+        "per_skill": skill_rows(records, configs),
+        "items_planned": planned,
         "every": args.every,
         "max_new_tokens": args.max_new_tokens,
-        "taus": taus,
+        "taus": [c.tau for c in configs if c.kind == "stitch"],
         "configs": [asdict(c) for c in configs],
         "assistant": {key: getattr(assistant, key, None) for key in
                       ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")},
         "device": str(engine.pair.llm.device),
         "dtype": str(next(engine.pair.llm.model.parameters()).dtype),
+        "ran_on": f"{str(engine.pair.llm.dtype).removeprefix('torch.')} on {processor}",
         "machine": platform.platform(),
         "processor": processor,
         "torch_threads": torch.get_num_threads(),
-        "seconds": round(time.perf_counter() - started, 1),
-        "cost_ratio": ratio,
+        "seconds": round(seconds, 1),
+        "cost_ratio": cost_ratio(rows, records),
         "rows": rows,
-        "table": table,
+        "table": markdown_table(rows),
         "cost_table": cost_table(rows),
         "answers": records,
     }
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1) + "\n")
-    if args.plot:
-        plot(rows, args.plot, f"{pair['slm']} + {pair['llm']}: {done} {args.part} items\n{ran_on}")
-    return report
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """The summary, per-skill, cost and (with repeats) per-run tables of ``make_report``'s report."""
+    pair = report["pair"]
+    print(f"\n{report['items']} items of the {report['part']} part, max_new_tokens={report['max_new_tokens']}, "
+          f"pair {pair['slm']} + {pair['llm']}, {report['ran_on']}\n")
+    print(report["table"])
+    print("\n" + skill_table(report["per_skill"]))
+    print("\n" + report["cost_table"])
+    if report["repeats"] > 1:
+        print("\n" + repeats_table([one["rows"] for one in report["runs"]]))
+    print("\nSLM/LLM cost: " + ", ".join(
+        f"{name} {value:.3f}" for name, value in report["cost_ratio"].items() if value is not None))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
