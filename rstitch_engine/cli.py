@@ -108,6 +108,9 @@ def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]"
     distill.add_argument("--generalisation", type=int, default=100,
                          help="questions per skill in the generalisation suite's pool forms: varied phrasings, "
                               "retrieved passages, multi-turn chats (default: %(default)s)")
+    distill.add_argument("--retrieval", type=int, default=0,
+                         help="retrieved-passage prompts in LangChain/LlamaIndex-style wrappers, with free-form "
+                              "questions too (default: %(default)s)")
     distill.add_argument("--include-quality-tuning", action="store_true",
                          help="add the quality suite's tuning part to the pool (off by default: thresholds and routers "
                               "are tuned on it, so the draft should not have seen it)")
@@ -151,7 +154,8 @@ def _distill(args: argparse.Namespace, console: Console) -> int:
         console.print(f"[yellow]no GSM8K file at {args.gsm8k_path}; the pool has instructions only[/yellow]")
     pool_recipe = {"instructions": args.instructions, "gsm8k": args.gsm8k if gsm8k_path else 0, "seed": args.seed,
                    "include_quality_tuning": args.include_quality_tuning, "include_families": not args.no_families,
-                   "copies": args.copies, "generalisation": args.generalisation}
+                   "copies": args.copies, "generalisation": args.generalisation,
+                   "retrieval": args.retrieval}
     pool = prompt_pool(gsm8k_path=gsm8k_path, **pool_recipe)
     torch.manual_seed(args.seed)
     with console.status(f"loading {spec.label}", spinner="dots"):
@@ -279,8 +283,9 @@ def _add_train_router(commands: "argparse._SubParsersAction[argparse.ArgumentPar
     train.add_argument("--warm-start-epochs", type=int, default=defaults.warm_start_epochs,
                        help="before DAPO, fit the router to where the SLM errs along the LLM's own answers for this "
                             "many epochs (default: %(default)s, no warm start)")
-    train.add_argument("--tasks", choices=["quality", "gsm8k", "both"], default="quality",
-                       help="quality: the quality suite's tuning part; gsm8k: GSM8K train questions (default: %(default)s)")
+    train.add_argument("--tasks", choices=["quality", "generalisation", "gsm8k", "both"], default="quality",
+                       help="quality: the quality suite's tuning part; generalisation: the generalisation suite's tuning "
+                            "part; gsm8k: GSM8K train questions; both: quality and gsm8k (default: %(default)s)")
     train.add_argument("--gsm8k-limit", type=int, default=200)
     train.add_argument("--gsm8k-path", type=Path,
                        default=Path(__file__).resolve().parents[2] / "shared" / "data" / "gsm8k" / "train.jsonl")
@@ -294,7 +299,14 @@ def _train_router(args: argparse.Namespace, console: Console) -> int:
     import torch
 
     from .models.cost_model import PairCostModel, shipped_cost_model
-    from .training.train_router import TrainSettings, calibrate_cost_model, gsm8k_tasks, quality_tasks, train_router
+    from .training.train_router import (
+        TrainSettings,
+        calibrate_cost_model,
+        generalisation_tasks,
+        gsm8k_tasks,
+        quality_tasks,
+        train_router,
+    )
 
     settings = TrainSettings(
         lam=args.lam, threshold=args.tau, steps=args.steps, batch_size=args.batch_size, group_size=args.group_size,
@@ -304,6 +316,7 @@ def _train_router(args: argparse.Namespace, console: Console) -> int:
         warm_start_epochs=args.warm_start_epochs,
     )
     tasks = quality_tasks("tuning") if args.tasks in ("quality", "both") else []
+    tasks += generalisation_tasks() if args.tasks == "generalisation" else []
     if args.tasks in ("gsm8k", "both"):
         tasks += gsm8k_tasks(args.gsm8k_path, args.gsm8k_limit, args.seed)
     work_dir = args.work_dir or args.out / "work"

@@ -199,7 +199,7 @@ def entity_part(key: str) -> GenPart:
 def _skill_items(skill: str, part: GenPart, count: int | None = None, seed: str = "") -> list[GenItem]:
     """``count`` (default ``PER_SKILL[part]``) distinct form/entity/suffix draws; ``seed`` '' is the suite's own."""
     rng = random.Random(f"generalisation/{skill}/{part}{seed}")
-    entities = _entities(skill, part)
+    entities = entities_of(skill, part)
     suffixes = NUMBER_SUFFIXES if SKILL_CHECK[skill] == "number" else WORD_SUFFIXES
     combos = [(t, e, s) for t in templates_of(skill, part) for e in entities for s in suffixes]
     chosen = rng.sample(combos, min(PER_SKILL[part] if count is None else count, len(combos)))
@@ -249,7 +249,7 @@ def _heldout_keys() -> tuple[tuple[str, str], ...]:
     return tuple(sorted({(item.skill, item.entity) for item in generalisation_suite("heldout")}))
 
 
-def _entities(skill: str, part: GenPart) -> list[str]:
+def entities_of(skill: str, part: GenPart) -> list[str]:
     """The entity keys of a skill in one part (see the module docstring)."""
     if skill in WORD_LISTS:
         old, new = WORD_LISTS[skill]
@@ -298,8 +298,15 @@ def _item(skill: str, part: GenPart, template: str, entity: str, suffix: str, rn
 
 def _rag(template: str, town: str, suffix: str, rng: random.Random) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
     """2-5 passages on made-up towns (the asked one among distractors), each with its own numbers."""
-    towns = [town.capitalize()] + ["".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize()
-                                   for _ in range(rng.randint(1, 4))]
+    context, population = rag_context(town.capitalize(), rng)
+    question = template.format(x=town.capitalize()) + suffix
+    return (("user", f"Use these passages to answer.\n\n{context}\n\nQuestion: {question}"),), (str(population),)
+
+
+def rag_context(town: str, rng: random.Random) -> tuple[str, int]:
+    """(numbered passages, ``town``'s population): ``town`` and 1-4 made-up distractor towns in a random
+    order, each passage 4-8 filler sentences around its founding year, population and nearest neighbour."""
+    towns = [town] + ["".join(rng.choice(_SYLLABLES) for _ in range(3)).capitalize() for _ in range(rng.randint(1, 4))]
     populations = rng.sample(range(1200, 98000), len(towns))
     passages = []
     for name, population in zip(towns, populations):
@@ -309,9 +316,7 @@ def _rag(template: str, town: str, suffix: str, rng: random.Random) -> tuple[tup
                         f"{name} has a population of {population:,} people. Its nearest neighbour is "
                         f"{rng.randint(3, 40)} kilometres away.")
     order = rng.sample(range(len(passages)), len(passages))
-    context = "\n\n".join(f"Passage {i + 1}: {passages[j]}" for i, j in enumerate(order))
-    question = template.format(x=town.capitalize()) + suffix
-    return (("user", f"Use these passages to answer.\n\n{context}\n\nQuestion: {question}"),), (str(populations[0]),)
+    return "\n\n".join(f"Passage {i + 1}: {passages[j]}" for i, j in enumerate(order)), populations[0]
 
 
 def _multiturn(template: str, favourite: str, suffix: str, rng: random.Random

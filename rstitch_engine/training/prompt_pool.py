@@ -11,7 +11,7 @@ import json
 import random
 from pathlib import Path
 
-from ..measure.generalisation import heldout_mentions, training_items
+from ..measure.generalisation import entities_of, heldout_mentions, rag_context, templates_of, training_items
 from ..measure.quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
 
 Messages = list[dict[str, str]]
@@ -207,6 +207,43 @@ def generalisation_prompts(per_skill: int, seed: int) -> list[Messages]:
     return [item.messages() for item in training_items(per_skill, seed)]
 
 
+# How retrieval frameworks and their users wrap retrieved text: (system message or None, user message).
+# The generalisation suite asks in one wrapper ("Use these passages to answer."); a draft that only
+# ever saw that one would meet LangChain's and LlamaIndex's prompts, and free-form questions about
+# the passages, for the first time in use.
+RETRIEVAL_WRAPPERS: tuple[tuple[str | None, str], ...] = (
+    ("Answer the question from the context only, in one or two sentences.",
+     "Context:\n{context}\n\nQuestion: {question}"),
+    (None, "Context information is below.\n---------------------\n{context}\n---------------------\n"
+           "Given the context information and not prior knowledge, answer the query.\nQuery: {question}\nAnswer: "),
+    ("You are a helpful assistant. Use the retrieved documents to answer.", "Documents:\n{context}\n\n{question}"),
+    (None, "{context}\n\nBased on the text above, {question_lower}"),
+)
+FREE_FORM_RETRIEVAL_QUESTIONS = (
+    "What do the passages say about {x}?", "Summarise what the text tells us about {x}.",
+    "When was {x} founded?", "How far is {x} from its nearest neighbour?", "Describe {x} in two sentences.",
+    "What is special about {x}?",
+)
+
+
+def retrieval_prompts(count: int, seed: int) -> list[Messages]:
+    """``count`` prompts with retrieved passages (``rag_context``) about the generalisation suite's *pool*
+    towns, in the wrappers of ``RETRIEVAL_WRAPPERS``, asking the pool's population forms or a free-form
+    question (``FREE_FORM_RETRIEVAL_QUESTIONS``): reading from context in the shapes real chains send."""
+    rng = random.Random(f"retrieval-{seed}")
+    towns = entities_of("rag", "pool")
+    questions = templates_of("rag", "pool") + FREE_FORM_RETRIEVAL_QUESTIONS
+    prompts = []
+    for _ in range(count):
+        town = rng.choice(towns).capitalize()
+        context, _ = rag_context(town, rng)
+        question = rng.choice(questions).format(x=town)
+        system, user = rng.choice(RETRIEVAL_WRAPPERS)
+        text = user.format(context=context, question=question, question_lower=question[0].lower() + question[1:])
+        prompts.append(([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}])
+    return prompts
+
+
 def names_heldout(messages: Messages) -> bool:
     """Whether any message names an entity of the generalisation suite's held-out part (``heldout_mentions``)."""
     return any(heldout_mentions(message["content"]) for message in messages)
@@ -221,10 +258,12 @@ def prompt_pool(
     include_families: bool = True,
     copies: int = 0,
     generalisation: int = 0,
+    retrieval: int = 0,
 ) -> list[Messages]:
     """The distillation pool, shuffled: instructions + GSM8K questions + ``copies`` made-up-entity
     questions (``copy_prompts``) + ``generalisation`` pool-form questions per skill
-    (``generalisation_prompts``), and optionally the quality suite's tuning part and the short-answer
+    (``generalisation_prompts``) + ``retrieval`` passages in framework wrappers (``retrieval_prompts``),
+    and optionally the quality suite's tuning part and the short-answer
     families (``family_prompts``). Prompts that name a held-out entity of the generalisation suite are
     left out, so its held-out part stays unseen in form and entity."""
     pool: list[Messages] = instruction_prompts(instructions, seed)
@@ -236,6 +275,7 @@ def prompt_pool(
     if include_quality_tuning:
         pool += quality_tuning_prompts()
     pool += generalisation_prompts(generalisation, seed) if generalisation else []
+    pool += retrieval_prompts(retrieval, seed)
     pool = [messages for messages in pool if not names_heldout(messages)]
     random.Random(seed).shuffle(pool)
     return pool

@@ -63,6 +63,13 @@ def quality_tasks(part: Literal["tuning", "heldout", "all"] = "tuning") -> list[
     return [RolloutTask(item.id, item.messages(), item.is_correct) for item in quality_suite(part)]
 
 
+def generalisation_tasks() -> list[RolloutTask]:
+    """The generalisation suite's tuning part as tasks (its held-out part is for reporting only)."""
+    from ..measure.generalisation import generalisation_suite
+
+    return [RolloutTask(item.id, item.messages(), item.is_correct) for item in generalisation_suite("tuning")]
+
+
 def gsm8k_tasks(path: Path, limit: int, seed: int = 0) -> list[RolloutTask]:
     """``limit`` GSM8K questions (JSONL with 'question' and 'answer' ending in '#### N'), checked on the last number."""
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

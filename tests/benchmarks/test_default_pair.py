@@ -150,3 +150,23 @@ def test_plot_labels_of_coinciding_points_are_merged_and_distant_ones_kept():
     groups = bench.label_groups(rows)
     assert [labels for _, labels in groups] == [["LLM alone", "tau=0.001", "tau=0.01"], ["tau=0.3"], ["SLM alone"]]
     assert groups[0][0] == (1.0, 67.0)
+
+
+def test_choose_tau_on_the_generalisation_tuning_part_takes_the_fastest_tau_within_the_margin(
+        tiny_draft_engine, monkeypatch, tmp_path, capsys):
+    from rstitch_engine.measure.generalisation import TEMPLATES, generalisation_suite
+
+    choose_tau = load_benchmark("choose_tau")
+    monkeypatch.setattr(choose_tau, "load_engine", lambda *args: tiny_draft_engine)
+    out = tmp_path / "tau.json"
+    assert choose_tau.main(["--suite", "generalisation", "--every", "60", "--taus", "2,-1", "--max-new-tokens", "4",
+                            "--margin", "100", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    tuning = generalisation_suite("tuning")[::60]
+    assert report["suite"] == "generalisation" and report["items"] == len(tuning)
+    assert [a["item"] for a in report["answers"] if a["config"] == "LLM alone"] == [item.id for item in tuning]
+    stitched = [row for row in report["rows"] if row["kind"] == "stitch"]
+    assert report["chosen"]["config"] == max(stitched, key=lambda row: row["speedup"])["config"]  # all within 100 pt
+    assert choose_tau.choose(report["rows"], margin_points=-100) is None  # none beats the LLM by 100 points
+    assert set(report["per_skill"]) == {item.skill for item in tuning} and set(report["per_skill"]) <= set(TEMPLATES)
+    assert "| skill | items |" in capsys.readouterr().out

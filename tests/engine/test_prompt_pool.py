@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
 
 from rstitch_engine.measure.generalisation import (
     TEMPLATES,
+    entities_of,
     generalisation_suite,
     heldout_mentions,
     templates_of,
     training_items,
 )
 from rstitch_engine.measure.quality import CAPITALS, OPPOSITES, PLURALS, quality_suite
-from rstitch_engine.training.prompt_pool import copy_prompts, family_prompts, made_up_word, names_heldout, prompt_pool
+from rstitch_engine.training.prompt_pool import (
+    RETRIEVAL_WRAPPERS,
+    copy_prompts,
+    family_prompts,
+    made_up_word,
+    names_heldout,
+    prompt_pool,
+    retrieval_prompts,
+)
 
 GSM8K = Path(__file__).resolve().parents[3] / "shared" / "data" / "gsm8k" / "train.jsonl"
 
@@ -82,3 +92,23 @@ def test_no_pool_prompt_names_a_held_out_entity_and_the_old_families_did():
     items = training_items(20, seed=0)
     assert {i.template for i in items} <= pool_forms and {i.part for i in items} == {"pool"}
     assert {i.skill for i in items} == set(TEMPLATES) and len(items) == len({i.turns for i in items})
+
+
+def test_retrieval_prompts_ask_about_pool_towns_in_every_wrapper_and_never_in_other_parts_forms():
+    prompts = retrieval_prompts(160, seed=0)
+    assert prompts == retrieval_prompts(160, seed=0) and prompts != retrieval_prompts(160, seed=1)
+    users = [p[-1]["content"] for p in prompts]
+    for system, user in RETRIEVAL_WRAPPERS:  # every wrapper is used, with its system message where it has one
+        shape = re.compile(re.sub(r"\\\{\w+\\\}", ".+", re.escape(user)), re.DOTALL)
+        used = [p for p, text in zip(prompts, users) if shape.fullmatch(text)]
+        assert used and all((p[0]["content"] == system) if system else len(p) == 1 for p in used)
+    pool_towns = {t.capitalize() for t in entities_of("rag", "pool")}
+    other_forms = [t for part in ("tuning", "heldout") for t in templates_of("rag", part)]
+    for text in users:
+        asked = [t for t in pool_towns if f"{t} " in text or f"{t}?" in text or f"{t}'" in text]
+        assert asked, text[-120:]  # the asked town (and the passage about it) is a pool town
+        assert not any(form.split("{x}")[0].lower() in text.lower() for form in other_forms)
+    assert sum("population" in u or "live in" in u for u in users) > 20  # the pool's own forms ...
+    assert sum("founded?" in u or "Summarise" in u for u in users) > 10  # ... and free-form questions
+    pool = prompt_pool(0, 0, seed=0, include_families=False, retrieval=40)
+    assert 36 <= len(pool) <= 40 and not any(names_heldout(p) for p in pool)
