@@ -6,14 +6,17 @@ fixed set of short held-out questions of the quality suite are answered, side by
 * **one-by-one stitched**: an engine with ``max_batch_size=1``, the requests one after another
   (what a LangChain ``batch()`` got before batching);
 * **batched stitched**: the same pair with ``max_batch_size=16``, ``generate_batch`` on all c
-  (what ``batch()``, ``abatch()``, concurrent threads and async query engines get now);
+  (what ``batch()``, ``abatch()``, concurrent threads and async query engines get now: LLM rows
+  wait up to ``DEFAULT_LLM_WAIT_STEPS`` steps for company, see ``decoding.scheduler``);
+* **batched, LLM every step**: the same with ``llm_wait_steps=0`` (the LLM's pass runs in every
+  step that has an LLM row), to show what gathering LLM rows adds;
 * **LLM alone, batched**: transformers' ``generate`` on the LLM with left padding, greedy, the
   whole batch in one call.
 
 Each configuration is timed on the same prompts and ``max_new_tokens``; tokens/s counts each
 request's own tokens up to its EOS. ``speedup_vs_sequential`` is tokens/s over one-by-one stitched
 at the same concurrency. The order of the three configurations is rotated per concurrency so that
-the shared machine's load drifts over all of them. After the sweep, ``--memory-requests`` short
+the shared machine's load drifts over all of them (four configurations, rotated). After the sweep, ``--memory-requests`` short
 requests are run batched and the process's resident memory is read before and after (with the
 engine's live-request count) to show that memory returns to its idle level.
 
@@ -39,7 +42,7 @@ from rstitch_engine import GenerationSettings, StitchEngine
 from rstitch_engine.measure.quality import quality_suite
 from rstitch_engine.models.hardware import processor_name
 
-CONFIGS = ("one_by_one_stitched", "batched_stitched", "llm_alone_batched")
+CONFIGS = ("one_by_one_stitched", "batched_stitched", "batched_llm_every_step", "llm_alone_batched")
 
 
 def prompts(count: int) -> list[list[dict[str, str]]]:
@@ -117,23 +120,27 @@ def memory_check(engine: StitchEngine, requests: int) -> dict[str, Any]:
             "live_requests_after": engine._scheduler.live_requests}
 
 
-def sweep(batched: StitchEngine, serial: StitchEngine, levels: list[int], settings: GenerationSettings
-          ) -> list[dict[str, Any]]:
+def sweep(batched: StitchEngine, levels: list[int], settings: GenerationSettings) -> list[dict[str, Any]]:
+    serial = StitchEngine(batched.pair, batched.router, batched.settings, max_batch_size=1)
+    every_step = StitchEngine(batched.pair, batched.router, batched.settings, batched.max_batch_size, llm_wait_steps=0)
     runners = {"one_by_one_stitched": lambda b: run_one_by_one(serial, b, settings),
                "batched_stitched": lambda b: run_batched(batched, b, settings),
+               "batched_llm_every_step": lambda b: run_batched(every_step, b, settings),
                "llm_alone_batched": lambda b: run_llm_alone(batched, b, settings)}
     rows = []
     for turn, level in enumerate(levels):
         batch = prompts(level)
-        order = CONFIGS[turn % 3:] + CONFIGS[: turn % 3]
-        measured = {name: runners[name](batch) for name in order}
+        shift = turn % len(CONFIGS)
+        measured = {name: runners[name](batch) for name in CONFIGS[shift:] + CONFIGS[:shift]}
         sequential = measured["one_by_one_stitched"]["tokens_per_second"]
-        same = sum(a == b for a, b in zip(measured["batched_stitched"].pop("token_ids"),
-                                          measured["one_by_one_stitched"].pop("token_ids")))
+        lone_ids = measured["one_by_one_stitched"].pop("token_ids")
+        same = sum(a == b for a, b in zip(measured["batched_stitched"].pop("token_ids"), lone_ids))
+        same_every_step = sum(a == b for a, b in zip(measured["batched_llm_every_step"].pop("token_ids"), lone_ids))
         rows.append({"concurrency": level, "configs": measured,
                      "tokens_per_second": {n: m["tokens_per_second"] for n, m in measured.items()},
                      "speedup_vs_sequential": {n: m["tokens_per_second"] / sequential for n, m in measured.items()},
-                     "identical_answers_batched_vs_one_by_one": same})
+                     "identical_answers_batched_vs_one_by_one": same,
+                     "identical_answers_llm_every_step_vs_one_by_one": same_every_step})
         print(f"c={level}: " + ", ".join(f"{n} {m['tokens_per_second']:.1f} tok/s" for n, m in measured.items()),
               file=sys.stderr)
     return rows
@@ -141,13 +148,14 @@ def sweep(batched: StitchEngine, serial: StitchEngine, levels: list[int], settin
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
-    for column in ("concurrent", "one-by-one stitched", "batched stitched", "LLM alone batched",
-                   "batched vs one-by-one", "batched vs LLM batched", "same answers"):
+    for column in ("concurrent", "one-by-one stitched", "batched stitched", "batched, LLM every step",
+                   "LLM alone batched", "batched vs one-by-one", "batched vs LLM batched", "same answers"):
         table.add_column(column, justify="right")
     for row in rows:
         tps = row["tokens_per_second"]
         table.add_row(str(row["concurrency"]), f"{tps['one_by_one_stitched']:.1f} tok/s",
-                      f"{tps['batched_stitched']:.1f} tok/s", f"{tps['llm_alone_batched']:.1f} tok/s",
+                      f"{tps['batched_stitched']:.1f} tok/s", f"{tps['batched_llm_every_step']:.1f} tok/s",
+                      f"{tps['llm_alone_batched']:.1f} tok/s",
                       f"{row['speedup_vs_sequential']['batched_stitched']:.2f}x",
                       f"{tps['batched_stitched'] / tps['llm_alone_batched']:.2f}x",
                       f"{row['identical_answers_batched_vs_one_by_one']}/{row['concurrency']}")
@@ -167,17 +175,21 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def load_engine(pretrained: dict[str, str], device: str, dtype: str) -> StitchEngine:
+    """The batched engine (``max_batch_size=16``, default ``llm_wait_steps``); the other configs share its pair."""
+    return StitchEngine.from_pretrained(**pretrained, device=device, dtype=dtype, max_batch_size=16)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = argument_parser().parse_args(argv)
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     pretrained = {} if args.llm is None else {"llm": args.llm, "slm": args.slm}
-    batched = StitchEngine.from_pretrained(**pretrained, device=args.device, dtype=args.dtype, max_batch_size=16)
-    serial = StitchEngine(batched.pair, batched.router, batched.settings, max_batch_size=1)
+    batched = load_engine(pretrained, args.device, args.dtype)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     run_batched(batched, prompts(2), GenerationSettings(max_new_tokens=4))  # warm-up
     run_llm_alone(batched, prompts(2), GenerationSettings(max_new_tokens=4))
     started = time.perf_counter()
-    rows = sweep(batched, serial, levels, settings)
+    rows = sweep(batched, levels, settings)
     memory = memory_check(batched, args.memory_requests) if args.memory_requests else None
     processor = processor_name(batched.pair.llm.device)
     dtype = str(batched.pair.llm.dtype).removeprefix("torch.")
@@ -191,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "benchmark": "batched_throughput", "command": " ".join(sys.argv), "pair": f"{batched.pair.slm.name}+"
             f"{batched.pair.llm.name}", "dtype": dtype, "threshold": batched.router.threshold,
-            "max_new_tokens": args.max_new_tokens, "machine": platform.platform(), "processor": processor,
+            "max_new_tokens": args.max_new_tokens, "llm_wait_steps": batched.llm_wait_steps, "machine": platform.platform(), "processor": processor,
             "hardware": {"processor_name": processor}, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,
             "rows": rows, "memory": memory}, indent=2) + "\n")

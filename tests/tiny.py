@@ -94,3 +94,20 @@ def tiny_pair(slm_arch: str = "llama", llm_arch: str = "qwen2", same_model: bool
 
 def tiny_engine(threshold: float = 0.5, **pair_kwargs: object) -> StitchEngine:
     return StitchEngine(tiny_pair(**pair_kwargs), EntropyRouter(threshold))  # type: ignore[arg-type]
+
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<bos>assistant: {% endif %}"
+)
+
+
+def tiny_chat_draft_pair() -> ModelPair:
+    """A tiny LLM and a draft cut from it (its layers 0 and 2), over a tokenizer with a chat template."""
+    from rstitch_engine.models.draft import build_draft
+
+    base = byte_level_tokenizer()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, eos_token="<eos>",
+                                        bos_token="<bos>", pad_token="<pad>", chat_template=CHAT_TEMPLATE)
+    llm = tiny_model("qwen2", len(tokenizer), seed=2, layers=3, hidden=48)
+    return ModelPair.from_models(build_draft(llm, [0, 2]), llm, tokenizer, slm_name="tiny-draft", llm_name="tiny-qwen2")

@@ -7,32 +7,19 @@ import re
 
 import pytest
 from helpers import load_benchmark
-from tiny import byte_level_tokenizer, tiny_model
-from transformers import PreTrainedTokenizerFast
+from tiny import tiny_chat_draft_pair
 
-from rstitch_engine import ModelPair, StitchEngine
-from rstitch_engine.models.draft import build_draft
+from rstitch_engine import StitchEngine
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<bos>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    "{% if add_generation_prompt %}<bos>assistant: {% endif %}"
-)
-
 
 bench = load_benchmark("default_pair")
 
 
 @pytest.fixture(scope="module")
 def tiny_draft_engine():
-    """A tiny LLM and a draft cut from it (its layers 0 and 2), over a tokenizer with a chat template."""
-    base = byte_level_tokenizer()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=base.backend_tokenizer, eos_token="<eos>",
-                                        bos_token="<bos>", pad_token="<pad>", chat_template=CHAT_TEMPLATE)
-    llm = tiny_model("qwen2", len(tokenizer), seed=2, layers=3, hidden=48)
-    draft = build_draft(llm, [0, 2])
-    return StitchEngine(ModelPair.from_models(draft, llm, tokenizer, slm_name="tiny-draft", llm_name="tiny-qwen2"))
+    """A tiny LLM and a draft cut from it, over a tokenizer with a chat template."""
+    return StitchEngine(tiny_chat_draft_pair())
 
 
 def test_every_config_on_a_tiny_pair_with_exact_cross_checks(tiny_draft_engine, tmp_path, capsys):

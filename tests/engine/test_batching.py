@@ -13,6 +13,7 @@ import gc
 import threading
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
 
 import pytest
 from tiny import tiny_pair
@@ -126,6 +127,46 @@ def test_max_batch_size_is_validated(pair):
     for bad in (0, -1, 1.5, True, "8"):
         with pytest.raises(InvalidSettingError, match="max_batch_size"):
             StitchEngine(pair, max_batch_size=bad)  # type: ignore[arg-type]
+    for bad in (-1, 2.0, True, "4"):
+        with pytest.raises(InvalidSettingError, match="llm_wait_steps"):
+            StitchEngine(pair, llm_wait_steps=bad)  # type: ignore[arg-type]
+
+
+MIXED_TAUS = (0.95, 0.7, 0.95, 0.0, 0.95, 0.7, 0.95, 0.0)
+"""Mostly on the SLM, switching, and always on the LLM (tau 0): LLM rows are a minority of most steps."""
+
+
+@pytest.mark.parametrize("wait", [1, 4])
+def test_llm_rows_waiting_for_company_change_no_token_and_share_fewer_llm_passes(pair, wait):
+    lone_engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=1)
+    lone = [signature(lone_engine.generate(p, SETTINGS, EntropyRouter(t))) for p, t in zip(PROMPTS, MIXED_TAUS)]
+    eager_results, eager_passes, eager_waits = _run_recorded(StitchEngine(pair, EntropyRouter(0.7), SETTINGS, 8, 0))
+    results, passes, waits = _run_recorded(StitchEngine(pair, EntropyRouter(0.7), SETTINGS, 8, wait))
+    assert [signature(r) for r in eager_results] == lone
+    assert [signature(r) for r in results] == lone
+    assert eager_waits == [0]
+    assert max(waits) == wait  # LLM rows waited for company, never longer than allowed
+    assert passes < eager_passes  # so the batch ran fewer LLM passes, each with more rows
+
+
+def _run_recorded(engine):
+    """Results of PROMPTS at MIXED_TAUS read in turn, the batched LLM passes run, each step's longest LLM wait."""
+    scheduler = engine._scheduler
+    waits: list[int] = []
+    gather = scheduler._gather_llm_rows
+
+    def recording_gather(needs):
+        kept = gather(needs)
+        waits.append(max((t.steps_waited_for_llm for t, need in needs if need.role == "llm"), default=0))
+        return kept
+
+    scheduler._gather_llm_rows = recording_gather
+    streams = [engine.stream(p, SETTINGS, EntropyRouter(t)) for p, t in zip(PROMPTS, MIXED_TAUS)]
+    results = [SimpleNamespace(token_ids=tuple(e.token_id for e in events), events=events, stats=stats)
+               for events, stats in _read_in_turn(streams)]
+    # a pass shared by b rows is in each of its b requests' records
+    llm_passes = sum(1 / r.batch_size for s in streams for r in s.request.records() if r.role == "llm")
+    return results, llm_passes, sorted(set(waits))
 
 
 # ------------------------------------------------------------------------------------------- faults
