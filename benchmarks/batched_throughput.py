@@ -15,8 +15,8 @@ fixed set of short held-out questions of the quality suite are answered, side by
 
 Each configuration is timed on the same prompts and ``max_new_tokens``; tokens/s counts each
 request's own tokens up to its EOS. ``speedup_vs_sequential`` is tokens/s over one-by-one stitched
-at the same concurrency. The order of the three configurations is rotated per concurrency so that
-the shared machine's load drifts over all of them (four configurations, rotated). After the sweep, ``--memory-requests`` short
+at the same concurrency. The order of the four configurations is rotated per concurrency so that
+the shared machine's load drifts over all of them. After the sweep, ``--memory-requests`` short
 requests are run batched and the process's resident memory is read before and after (with the
 engine's live-request count) to show that memory returns to its idle level.
 
@@ -203,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "benchmark": "batched_throughput", "command": " ".join(sys.argv), "pair": f"{batched.pair.slm.name}+"
             f"{batched.pair.llm.name}", "dtype": dtype, "threshold": batched.router.threshold,
-            "max_new_tokens": args.max_new_tokens, "llm_wait_steps": batched.llm_wait_steps, "machine": platform.platform(), "processor": processor,
+            "max_new_tokens": args.max_new_tokens, "llm_wait_steps": batched.llm_wait_steps,
+            "machine": platform.platform(), "processor": processor,
             "hardware": {"processor_name": processor}, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,
             "rows": rows, "memory": memory}, indent=2) + "\n")
