@@ -11,6 +11,12 @@ class InvalidSettingError(RStitchError, ValueError):
     """A threshold, sampling setting or limit is out of its valid range."""
 
 
+def require_int_at_least(name: str, value: object, minimum: int) -> None:
+    """Raise ``InvalidSettingError`` unless ``value`` is an int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidSettingError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
 class TokenizerMismatchError(RStitchError, ValueError):
     """The two models of a pair do not share one tokenizer."""
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Generator, Iterator, Mapping, Sequence, Union
 
 from tqdm.auto import tqdm
 
-from ..errors import EmptyPromptError, InvalidSettingError, PromptTooLongError
+from ..errors import EmptyPromptError, InvalidSettingError, PromptTooLongError, require_int_at_least
 from ..models.cost_model import shipped_cost_model
 from ..models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
 from ..models.execution import CacheKind, ExecutionConfig
@@ -135,10 +135,8 @@ class StitchEngine:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         llm_wait_steps: int = DEFAULT_LLM_WAIT_STEPS,
     ) -> None:
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise InvalidSettingError(f"max_batch_size must be an integer >= 1, got {max_batch_size!r}")
-        if isinstance(llm_wait_steps, bool) or not isinstance(llm_wait_steps, int) or llm_wait_steps < 0:
-            raise InvalidSettingError(f"llm_wait_steps must be an integer >= 0, got {llm_wait_steps!r}")
+        require_int_at_least("max_batch_size", max_batch_size, 1)
+        require_int_at_least("llm_wait_steps", llm_wait_steps, 0)
         self.pair = pair
         self.router: Router = router if router is not None else EntropyRouter()
         self.settings = settings if settings is not None else GenerationSettings()
