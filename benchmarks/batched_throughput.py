@@ -15,8 +15,18 @@ fixed set of short held-out questions of the quality suite are answered, side by
 
 Each configuration is timed on the same prompts and ``max_new_tokens``; tokens/s counts each
 request's own tokens up to its EOS. ``speedup_vs_sequential`` is tokens/s over one-by-one stitched
-at the same concurrency. The order of the four configurations is rotated per concurrency so that
-the shared machine's load drifts over all of them. After the sweep, ``--memory-requests`` short
+at the same concurrency. The order of the four configurations is rotated per concurrency (and per
+repeat, with ``--repeats``: the table then shows each configuration's median) so that the shared
+machine's load drifts over all of them.
+
+What limits the batched speedup is reported with it: the LLM's passes in the batched run (each
+counted once, from the requests' ``pass_share``) and their rows per pass; the share of the slowest
+request's wall time spent in passes it took part in (the rest it waited for the other model's
+pass or for LLM rows to gather); and the **critical-path bound**, one-by-one seconds over the
+slowest request's own one-by-one seconds: batching does not change any request's sequence of
+passes, and a batched pass costs at least its lone pass, so no schedule of these requests beats it.
+
+After the sweep, ``--memory-requests`` short
 requests are run batched and the process's resident memory is read before and after (with the
 engine's live-request count) to show that memory returns to its idle level.
 
@@ -29,6 +39,7 @@ import argparse
 import gc
 import json
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -71,11 +82,23 @@ def run_batched(engine: StitchEngine, batch: list, settings: GenerationSettings)
 
 
 def _summary(results: list, seconds: float) -> dict[str, Any]:
-    tokens = sum(r.stats.output_tokens for r in results)
+    """Throughput and the batch's shape: passes per model (each counted once however many rows it
+    had), rows per pass, and how the slowest request spent its wall time."""
+    stats = [r.stats for r in results]
+    tokens = sum(s.output_tokens for s in stats)
+    slowest = max(stats, key=lambda s: s.wall_seconds)
+    passes = {role: sum(getattr(s, role).pass_share for s in stats) for role in ("slm", "llm")}
+    rows = {role: sum(getattr(s, role).forward_passes for s in stats) for role in ("slm", "llm")}
     return {"tokens": tokens, "seconds": seconds, "tokens_per_second": tokens / seconds,
-            "slm_share": sum(r.stats.slm_tokens for r in results) / max(tokens, 1),
-            "switches_per_100_tokens": 100 * sum(r.stats.switches_to_llm for r in results) / max(tokens, 1),
-            "largest_batch": max(r.stats.largest_batch for r in results),
+            "slm_share": sum(s.slm_tokens for s in stats) / max(tokens, 1),
+            "switches_per_100_tokens": 100 * sum(s.switches_to_llm for s in stats) / max(tokens, 1),
+            "largest_batch": max(s.largest_batch for s in stats),
+            "slm_passes": round(passes["slm"], 6), "llm_passes": round(passes["llm"], 6),
+            "llm_rows_per_pass": rows["llm"] / passes["llm"] if passes["llm"] else 0.0,
+            "slowest_request_seconds": slowest.wall_seconds,
+            "slowest_request_tokens": {"slm": slowest.slm_tokens, "llm": slowest.llm_tokens},
+            "slowest_request_llm_passes": slowest.llm.forward_passes,
+            "slowest_request_busy_share": slowest.busy_seconds / slowest.wall_seconds if slowest.wall_seconds else 0.0,
             "token_ids": [list(r.token_ids) for r in results]}
 
 
@@ -120,7 +143,7 @@ def memory_check(engine: StitchEngine, requests: int) -> dict[str, Any]:
             "live_requests_after": engine._scheduler.live_requests}
 
 
-def sweep(batched: StitchEngine, levels: list[int], settings: GenerationSettings) -> list[dict[str, Any]]:
+def sweep(batched: StitchEngine, levels: list[int], settings: GenerationSettings, repeats: int = 1) -> list[dict[str, Any]]:
     serial = StitchEngine(batched.pair, batched.router, batched.settings, max_batch_size=1)
     every_step = StitchEngine(batched.pair, batched.router, batched.settings, batched.max_batch_size, llm_wait_steps=0)
     runners = {"one_by_one_stitched": lambda b: run_one_by_one(serial, b, settings),
@@ -130,42 +153,62 @@ def sweep(batched: StitchEngine, levels: list[int], settings: GenerationSettings
     rows = []
     for turn, level in enumerate(levels):
         batch = prompts(level)
-        shift = turn % len(CONFIGS)
-        measured = {name: runners[name](batch) for name in CONFIGS[shift:] + CONFIGS[:shift]}
-        sequential = measured["one_by_one_stitched"]["tokens_per_second"]
-        lone_ids = measured["one_by_one_stitched"].pop("token_ids")
-        same = sum(a == b for a, b in zip(measured["batched_stitched"].pop("token_ids"), lone_ids))
-        same_every_step = sum(a == b for a, b in zip(measured["batched_llm_every_step"].pop("token_ids"), lone_ids))
-        rows.append({"concurrency": level, "configs": measured,
-                     "tokens_per_second": {n: m["tokens_per_second"] for n, m in measured.items()},
-                     "speedup_vs_sequential": {n: m["tokens_per_second"] / sequential for n, m in measured.items()},
-                     "identical_answers_batched_vs_one_by_one": same,
-                     "identical_answers_llm_every_step_vs_one_by_one": same_every_step})
-        print(f"c={level}: " + ", ".join(f"{n} {m['tokens_per_second']:.1f} tok/s" for n, m in measured.items()),
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in CONFIGS}
+        for repeat in range(repeats):
+            shift = (turn + repeat) % len(CONFIGS)
+            for name in CONFIGS[shift:] + CONFIGS[:shift]:
+                runs[name].append(runners[name](batch))
+        rows.append(_row(level, runs))
+        print(f"c={level}: " + ", ".join(f"{n} {tps:.1f} tok/s" for n, tps in rows[-1]["tokens_per_second"].items()),
               file=sys.stderr)
     return rows
+
+
+def _row(level: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """One concurrency level: the first run of each configuration, and the median tokens/s of its runs."""
+    tokens_per_second = {n: statistics.median(r["tokens_per_second"] for r in measured) for n, measured in runs.items()}
+    lone_ids = runs["one_by_one_stitched"][0]["token_ids"]
+    same = {n: sum(a == b for a, b in zip(runs[n][0]["token_ids"], lone_ids))
+            for n in ("batched_stitched", "batched_llm_every_step")}
+    configs = {n: {**{k: v for k, v in measured[0].items() if k != "token_ids"},
+                   "tokens_per_second_runs": [r["tokens_per_second"] for r in measured]} for n, measured in runs.items()}
+    one_by_one = configs["one_by_one_stitched"]
+    return {"concurrency": level, "configs": configs, "tokens_per_second": tokens_per_second,
+            "speedup_vs_sequential": {n: tps / tokens_per_second["one_by_one_stitched"]
+                                      for n, tps in tokens_per_second.items()},
+            # no schedule finishes these requests before the slowest of them would finish alone
+            "critical_path_speedup_bound": one_by_one["seconds"] / one_by_one["slowest_request_seconds"],
+            "identical_answers_batched_vs_one_by_one": same["batched_stitched"],
+            "identical_answers_llm_every_step_vs_one_by_one": same["batched_llm_every_step"]}
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
     for column in ("concurrent", "one-by-one stitched", "batched stitched", "batched, LLM every step",
-                   "LLM alone batched", "batched vs one-by-one", "batched vs LLM batched", "same answers"):
+                   "LLM alone batched", "batched vs one-by-one", "critical-path bound", "batched vs LLM batched",
+                   "LLM passes (rows/pass)", "slowest request busy", "same answers"):
         table.add_column(column, justify="right")
     for row in rows:
         tps = row["tokens_per_second"]
+        batched = row["configs"]["batched_stitched"]
         table.add_row(str(row["concurrency"]), f"{tps['one_by_one_stitched']:.1f} tok/s",
                       f"{tps['batched_stitched']:.1f} tok/s", f"{tps['batched_llm_every_step']:.1f} tok/s",
                       f"{tps['llm_alone_batched']:.1f} tok/s",
                       f"{row['speedup_vs_sequential']['batched_stitched']:.2f}x",
+                      f"{row['critical_path_speedup_bound']:.2f}x",
                       f"{tps['batched_stitched'] / tps['llm_alone_batched']:.2f}x",
+                      f"{batched['llm_passes']:.0f} ({batched['llm_rows_per_pass']:.1f})",
+                      f"{batched['slowest_request_busy_share']:.0%}",
                       f"{row['identical_answers_batched_vs_one_by_one']}/{row['concurrency']}")
-    Console().print(table)
+    Console(width=200).print(table)  # wide enough for every column when piped
 
 
 def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--concurrency", default="1,2,4,8,16", help="comma-separated request counts")
     parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="run each configuration this many times per concurrency (rotating order); tables show the median")
     parser.add_argument("--memory-requests", type=int, default=200)
     parser.add_argument("--llm", default=None, help="default: the default pair's LLM")
     parser.add_argument("--slm", default=None)
@@ -189,12 +232,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_batched(batched, prompts(2), GenerationSettings(max_new_tokens=4))  # warm-up
     run_llm_alone(batched, prompts(2), GenerationSettings(max_new_tokens=4))
     started = time.perf_counter()
-    rows = sweep(batched, levels, settings)
+    rows = sweep(batched, levels, settings, args.repeats)
     memory = memory_check(batched, args.memory_requests) if args.memory_requests else None
     processor = processor_name(batched.pair.llm.device)
     dtype = str(batched.pair.llm.dtype).removeprefix("torch.")
     print_table(rows, f"{batched.pair.slm.name} + {batched.pair.llm.name}, {dtype} on {processor}, "
-                      f"{args.max_new_tokens} new tokens, tau {batched.router.threshold}")
+                      f"{args.max_new_tokens} new tokens, tau {batched.router.threshold}"
+                      + (f", median of {args.repeats} runs" if args.repeats > 1 else ""))
     if memory:
         print(f"memory: {memory['rss_mib_before']:.0f} MiB resident before {memory['requests']} batched requests, "
               f"{memory['rss_mib_after']:.0f} MiB after; {memory['live_requests_after']} live requests left")
@@ -203,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps({
             "benchmark": "batched_throughput", "command": " ".join(sys.argv), "pair": f"{batched.pair.slm.name}+"
             f"{batched.pair.llm.name}", "dtype": dtype, "threshold": batched.router.threshold,
-            "max_new_tokens": args.max_new_tokens, "llm_wait_steps": batched.llm_wait_steps,
+            "max_new_tokens": args.max_new_tokens, "llm_wait_steps": batched.llm_wait_steps, "repeats": args.repeats,
             "machine": platform.platform(), "processor": processor,
             "hardware": {"processor_name": processor}, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,

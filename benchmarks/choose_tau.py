@@ -33,6 +33,7 @@ from default_pair import (  # noqa: E402
     markdown_table,
     skill_rows,
     skill_table,
+    stitched_configs,
     suite_items,
     summarise,
 )
@@ -59,6 +60,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=3, help="use every N-th tuning item (default: %(default)s)")
     parser.add_argument("--margin", type=float, default=1.0, help="accuracy points allowed below the LLM alone")
     parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS))
+    parser.add_argument("--hand-back", default="",
+                        help="comma-separated hand-back thresholds: each tau also runs with the LLM handing back "
+                             "once its entropy is <= each one above tau (EntropyRouter's hand_back_threshold)")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto", help="auto: bfloat16 where native (CUDA, AVX512-BF16/AMX CPUs)")
@@ -68,7 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     engine = load_engine(args.llm, args.slm, args.device, args.dtype)
     items = suite_items(args.suite, "tuning")[:: args.every]
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
-    configs = [Config("LLM alone", "llm")] + [Config(f"R-Stitch tau={tau:g}", "stitch", tau) for tau in taus]
+    hand_backs = [float(h) for h in args.hand_back.split(",") if h.strip()]
+    configs = [Config("LLM alone", "llm")] + stitched_configs(taus, hand_backs)
     records = benchmark(engine, items, configs, GenerationSettings(max_new_tokens=args.max_new_tokens))
     rows = summarise(records, configs)
     chosen = choose(rows, args.margin)

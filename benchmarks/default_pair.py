@@ -5,7 +5,9 @@ Configurations, all greedy with the same ``max_new_tokens`` and the chat templat
 * ``SLM alone`` / ``LLM alone``: the engine's plain cached decode loop (``engine.decode_alone``);
 * ``assisted``: Hugging Face assisted generation (speculative decoding) with the SLM as
   ``assistant_model`` of the LLM (transformers' defaults for the assistant);
-* ``R-Stitch tau=...``: the engine with ``EntropyRouter(tau)`` for each tau.
+* ``R-Stitch tau=...``: the engine with ``EntropyRouter(tau)`` for each tau; with ``--hand-back``,
+  also ``R-Stitch tau=... back=...``: ``EntropyRouter(tau, hand_back_threshold=back)`` for each
+  hand-back threshold above tau (the LLM returns control once its own entropy is <= back).
 
 Fairness on a shared, noisy machine: for each item every configuration runs back to back, in an
 order rotated by one per item, so load drifts hit all of them alike. Each answer is timed with
@@ -61,6 +63,8 @@ class Config:
     name: str
     kind: Kind
     tau: float | None = None
+    hand_back: float | None = None
+    """Stitched configs: ``EntropyRouter``'s ``hand_back_threshold`` (None: tau, Algorithm 1)."""
 
 
 @dataclass(frozen=True)
@@ -79,12 +83,20 @@ class Answer:
     """Engine accounting of a stitched answer: decode and catch-up passes and seconds per model."""
 
 
-def configs_for(taus: Sequence[float], baselines: Sequence[str] = ("slm", "llm", "assisted")) -> list[Config]:
+def configs_for(taus: Sequence[float], baselines: Sequence[str] = ("slm", "llm", "assisted"),
+                hand_backs: Sequence[float] = ()) -> list[Config]:
     """The baselines (SLM alone, LLM alone, assisted generation; the LLM alone always, as the
-    reference), then R-Stitch at each tau."""
+    reference), then R-Stitch at each tau (``stitched_configs``)."""
     fixed = [Config("SLM alone", "slm"), Config("LLM alone", "llm"), Config("assisted (HF)", "assisted")]
     chosen = [c for c in fixed if c.kind in baselines or c.kind == "llm"]
-    return chosen + [Config(f"R-Stitch tau={tau:g}", "stitch", tau) for tau in taus]
+    return chosen + stitched_configs(taus, hand_backs)
+
+
+def stitched_configs(taus: Sequence[float], hand_backs: Sequence[float] = ()) -> list[Config]:
+    """R-Stitch at each tau, each followed by its variants with the LLM handing back at each looser threshold."""
+    return [config for tau in taus for config in
+            [Config(f"R-Stitch tau={tau:g}", "stitch", tau)]
+            + [Config(f"R-Stitch tau={tau:g} back={back:g}", "stitch", tau, back) for back in hand_backs if back > tau]]
 
 
 # ----------------------------------------------------------------------------- loading
@@ -109,7 +121,7 @@ def run_config(engine: StitchEngine, config: Config, prompt_ids: list[int], sett
     if config.kind == "assisted":
         return _assisted(engine, prompt_ids, settings)
     start = time.perf_counter()
-    result = engine.generate(prompt_ids, settings, EntropyRouter(config.tau))
+    result = engine.generate(prompt_ids, settings, EntropyRouter(config.tau, hand_back_threshold=config.hand_back))
     seconds = time.perf_counter() - start
     stats = result.stats
     detail = {
@@ -299,7 +311,7 @@ def summarise(records: Sequence[dict[str, Any]], configs: Sequence[Config]) -> l
         llm_seconds = sum(r["llm_alone_seconds"] for r in mine)
         tokens = sum(r["tokens"] for r in mine)
         row: dict[str, Any] = {
-            "config": config.name, "kind": config.kind, "tau": config.tau, "items": n,
+            "config": config.name, "kind": config.kind, "tau": config.tau, "hand_back": config.hand_back, "items": n,
             "accuracy": sum(r["correct"] for r in mine) / n,
             "agree_text": sum(r["same_text_as_llm"] for r in mine) / n,
             "agree_answer": sum(r["same_answer_as_llm"] for r in mine) / n,
@@ -444,6 +456,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--every", type=int, default=1,
                         help="only every N-th item of the part (the suite is ordered by skill, so all skills stay in)")
     parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS), help="comma-separated thresholds")
+    parser.add_argument("--hand-back", default="",
+                        help="comma-separated hand-back thresholds: each tau also runs with the LLM handing back "
+                             "once its entropy is <= each one above tau")
     parser.add_argument("--baselines", default="slm,llm,assisted",
                         help="comma-separated baselines among slm, llm, assisted (the LLM alone always runs)")
     parser.add_argument("--repeats", type=int, default=1,
@@ -462,7 +477,8 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark ``engine``'s pair as ``args`` say; prints the tables, writes the JSON and plot; returns the report."""
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
     items = suite_items(args.suite, args.part)[:: args.every][: args.limit]
-    configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")])
+    hand_backs = [float(h) for h in args.hand_back.split(",") if h.strip()]
+    configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")], hand_backs)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
     runs = []
@@ -499,7 +515,8 @@ def make_report(engine: StitchEngine, args: argparse.Namespace, configs: Sequenc
         "items_planned": planned,
         "every": args.every,
         "max_new_tokens": args.max_new_tokens,
-        "taus": [c.tau for c in configs if c.kind == "stitch"],
+        "taus": list(dict.fromkeys(c.tau for c in configs if c.kind == "stitch")),
+        "hand_backs": sorted({c.hand_back for c in configs if c.hand_back is not None}),
         "configs": [asdict(c) for c in configs],
         "assistant": {key: getattr(assistant, key, None) for key in
                       ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")},

@@ -1,6 +1,7 @@
 """What entropy routing can give a pair at best: Algorithm 1 replayed along the LLM's own greedy answers.
 
-For every item of a quality-suite part, the LLM's greedy answer A is decoded once; one
+For every item of a part of the quality suite (or, with ``--suite generalisation``, of the suite
+split by question form and entity), the LLM's greedy answer A is decoded once; one
 teacher-forced pass of each model over prompt + A then gives, at every answer position, each
 model's greedy token and normalised entropy. Algorithm 1 is replayed exactly along A for each tau:
 the SLM's token is kept where its entropy is <= tau, else the LLM decodes that position (catching
@@ -19,6 +20,8 @@ of machine noise. Two SLMs are replayed:
   tokens, the SLM catching up in turn), not by the draft.
 
     python benchmarks/entropy_ceiling.py --json results/entropy_ceiling.json
+    python benchmarks/entropy_ceiling.py --suite generalisation --part tuning --taus 0.05,0.1 \
+        --hand-back 0.15,0.2,0.3,0.5,1 --json benchmarks/results/entropy_ceiling_generalisation_tuning.json
 """
 
 from __future__ import annotations
@@ -38,8 +41,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from default_pair import suite_items
+
 from rstitch_engine import GenerationSettings, StitchEngine
-from rstitch_engine.measure.quality import quality_suite
 from rstitch_engine.models.cost_model import PairCostModel, shipped_cost_model
 from rstitch_engine.models.defaults import DEFAULT_LLM
 from rstitch_engine.models.hardware import processor_name
@@ -98,8 +104,14 @@ def forced_answer(engine: StitchEngine, prompt: list[int], answer: Sequence[int]
     )
 
 
-def replay(forced: ForcedAnswer, tau: float, cost: PairCostModel, oracle: bool = False) -> Replay:
-    """Algorithm 1 (entropy router) along the LLM's answer, as the engine runs it (``engine._stitch``)."""
+def replay(forced: ForcedAnswer, tau: float, cost: PairCostModel, oracle: bool = False,
+           hand_back: float | None = None) -> Replay:
+    """Algorithm 1 (entropy router) along the LLM's answer, as the engine runs it (``engine._stitch``).
+
+    ``hand_back``: the LLM returns control once its own entropy is <= this (``EntropyRouter``'s
+    ``hand_back_threshold``); None: at tau, as in Algorithm 1.
+    """
+    back = tau if hand_back is None else hand_back
     slm_token = forced.answer if oracle else forced.slm_token
     slm_entropy = forced.llm_entropy if oracle else forced.slm_entropy
     cached: dict[ModelRole, int] = {"slm": 0, "llm": 0}  # each cache covers tokens[:cached[role]]
@@ -116,14 +128,16 @@ def replay(forced: ForcedAnswer, tau: float, cost: PairCostModel, oracle: bool =
             if slm_token[j] != forced.answer[j]:
                 return Replay(False, seconds, slm_tokens, switches)
             slm_tokens += 1
-        elif forced.llm_entropy[j] <= tau:  # the LLM's confident token is kept, then the SLM resumes
+        elif forced.llm_entropy[j] <= back:  # the LLM's confident token is kept, then the SLM resumes
             active = "slm"
         j += 1
     return Replay(True, seconds, slm_tokens, switches)
 
 
-def summarise(answers: Sequence[ForcedAnswer], taus: Sequence[float], cost: PairCostModel) -> list[dict[str, Any]]:
-    """One row per tau: the real SLM's and the oracle SLM's replays over all answers."""
+def summarise(answers: Sequence[ForcedAnswer], taus: Sequence[float], cost: PairCostModel,
+              hand_backs: Sequence[float] = ()) -> list[dict[str, Any]]:
+    """One row per tau: the real SLM's and the oracle SLM's replays over all answers, and the real
+    SLM's with the LLM handing control back at each of ``hand_backs`` (those >= tau)."""
     alone = [cost.alone_seconds("llm", a.prompt_tokens, len(a.answer)) for a in answers]
     rows = []
     for tau in taus:
@@ -136,17 +150,24 @@ def summarise(answers: Sequence[ForcedAnswer], taus: Sequence[float], cost: Pair
         row["kept_token_differs"] = float(differs[kept].mean()) if kept.any() else math.nan
         row["kept_token_rare_for_llm"] = float(rare[kept].mean()) if kept.any() else math.nan
         for name, oracle in (("real", False), ("oracle", True)):
-            replays = [replay(a, tau, cost, oracle) for a in answers]
-            same = [(r, a, s) for r, a, s in zip(replays, answers, alone) if r.reproduced]
-            tokens = sum(len(a.answer) for _, a, _ in same)
-            row[name] = {
-                "reproduced": len(same) / len(answers),
-                "slm_share": sum(r.slm_tokens for r, _, _ in same) / tokens if tokens else math.nan,
-                "switches": float(np.mean([r.switches for r, _, _ in same])) if same else math.nan,
-                "predicted_speedup": sum(s for _, _, s in same) / sum(r.seconds for r, _, _ in same) if same else math.nan,
-            }
+            row[name] = _replayed([replay(a, tau, cost, oracle) for a in answers], answers, alone)
+        row["hand_back"] = [{"at": back, **_replayed([replay(a, tau, cost, hand_back=back) for a in answers],
+                                                     answers, alone)}
+                            for back in hand_backs if back >= tau]
         rows.append(row)
     return rows
+
+
+def _replayed(replays: Sequence[Replay], answers: Sequence[ForcedAnswer], alone: Sequence[float]) -> dict[str, float]:
+    """Share of answers reproduced, and over those: SLM share, switches per answer, predicted speedup."""
+    same = [(r, a, s) for r, a, s in zip(replays, answers, alone) if r.reproduced]
+    tokens = sum(len(a.answer) for _, a, _ in same)
+    return {
+        "reproduced": len(same) / len(answers),
+        "slm_share": sum(r.slm_tokens for r, _, _ in same) / tokens if tokens else math.nan,
+        "switches": float(np.mean([r.switches for r, _, _ in same])) if same else math.nan,
+        "predicted_speedup": sum(s for _, _, s in same) / sum(r.seconds for r, _, _ in same) if same else math.nan,
+    }
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -166,13 +187,31 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def hand_back_table(rows: Sequence[dict[str, Any]]) -> str:
+    """The real SLM with the LLM handing back at a looser threshold than tau (Algorithm 1's row first)."""
+    header = ("| tau | LLM hands back at | real: answers reproduced | real: SLM share | real: switches "
+              "| real: predicted speedup |")
+    lines = [header, "|" + "---|" * 6]
+    for row in rows:
+        for back, replayed in [(row["tau"], row["real"])] + [(h["at"], h) for h in row["hand_back"] if h["at"] > row["tau"]]:
+            lines.append(f"| {row['tau']:g} | {back:g} | {replayed['reproduced']:.1%} | {replayed['slm_share']:.1%} "
+                         f"| {replayed['switches']:.2f} | {replayed['predicted_speedup']:.2f}x |")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--slm", default=None, help="SLM or draft folder (default: the default pair's)")
     parser.add_argument("--llm", default=DEFAULT_LLM)
-    parser.add_argument("--part", default="heldout", choices=["heldout", "tuning", "all"])
+    parser.add_argument("--suite", default="quality", choices=["quality", "generalisation"],
+                        help="generalisation: the suite split by question form and entity")
+    parser.add_argument("--part", default="heldout", choices=["heldout", "tuning", "all", "pool"])
+    parser.add_argument("--every", type=int, default=1, help="only every N-th item of the part")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS))
+    parser.add_argument("--hand-back", default="",
+                        help="comma-separated thresholds at which the LLM hands control back (>= tau; "
+                             "EntropyRouter's hand_back_threshold): the real SLM's replay with each")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--cost-model", type=Path, default=None,
                         help="PairCostModel JSON (default: the pair's shipped model for this device)")
@@ -189,23 +228,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("no cost model for this pair, device and dtype: calibrate one with benchmarks/cost_model.py "
                      "and pass it with --cost-model")
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
-    items = quality_suite(args.part)[: args.limit]
+    items = suite_items(args.suite, args.part)[:: args.every][: args.limit]
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
     answers = []
     for item in tqdm(items, desc="items", file=sys.stderr):
         prompt = engine.encode(item.messages())
         answers.append(forced_answer(engine, prompt, engine.decode_alone("llm", prompt, settings).token_ids))
-    rows = summarise(answers, taus, cost)
+    hand_backs = [float(h) for h in args.hand_back.split(",") if h.strip()]
+    rows = summarise(answers, taus, cost, hand_backs)
     table = markdown_table(rows)
-    print(f"\n{len(items)} items of the {args.part} part, max_new_tokens={args.max_new_tokens}, pair "
+    print(f"\n{len(items)} items of the {args.suite} suite's {args.part} part, max_new_tokens={args.max_new_tokens}, pair "
           f"{pair.slm.name} + {pair.llm.name}, cost model {cost.pair or '?'} on {cost.device or '?'}\n")
     print(table)
+    if hand_backs:
+        table += "\n\n" + hand_back_table(rows)
+        print("\n" + hand_back_table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "benchmark": "entropy_ceiling", "command": " ".join(sys.argv), "pair": {"slm": pair.slm.name,
-            "llm": pair.llm.name}, "part": args.part, "items": len(items), "max_new_tokens": args.max_new_tokens,
+            "llm": pair.llm.name}, "suite": args.suite, "part": args.part, "items": len(items), "max_new_tokens": args.max_new_tokens,
             "cost_model": {"pair": cost.pair, "device": cost.device}, "machine": platform.platform(),
             "processor": processor_name(pair.llm.device),
             "seconds": round(time.perf_counter() - started, 1), "rows": rows, "table": table,

@@ -39,7 +39,9 @@ from rstitch_engine import (
     router_named,
     shared_engine,
 )
+from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE
 from rstitch_engine.decoding.settings import validate_threshold
+from rstitch_engine.errors import require_int_at_least
 from rstitch_engine.models.facts import pair_facts
 
 from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_tool_schema, to_template_prompt
@@ -90,6 +92,12 @@ class StitchOptions(BaseModel):
         "Compile the decode and catch-up steps (CUDA graphs on CUDA; compiled at load time). Needs the static cache."))
     cache_tokens: int | None = Field(default=None, description=(
         "Capacity of every static KV cache (prompt + max_tokens must fit); None: sized per call (4096 compiled)."))
+    max_batch_size: int = Field(default=DEFAULT_MAX_BATCH_SIZE, description=(
+        "Most concurrent requests (batch(), abatch(), threads, async queries) that share one forward pass; "
+        "1 runs them one by one."))
+    llm_wait_steps: int = Field(default=DEFAULT_LLM_WAIT_STEPS, description=(
+        "Most steps a request that needs the LLM waits for other requests to join the LLM's pass while "
+        "others decode on the SLM (same tokens; 0: the LLM's pass runs at once)."))
     measure_speedup: bool = Field(default=False, description=(
         "Also time the LLM alone on each prompt (doubles the work): the speedup is measured, not estimated."))
     constrained: bool = Field(default=True, description=(
@@ -110,14 +118,18 @@ class StitchOptions(BaseModel):
         self.request_settings({})  # GenerationSettings raises InvalidSettingError with the reason
         self.request_router({})
         ExecutionConfig(kv_cache=self.kv_cache, compile=self.compile, cache_tokens=self.cache_tokens)  # raises if invalid
+        require_int_at_least("max_batch_size", self.max_batch_size, 1)
+        require_int_at_least("llm_wait_steps", self.llm_wait_steps, 0)
         if self.timeout is not None and not self.timeout > 0:
             raise InvalidSettingError(f"timeout must be > 0 seconds or None, got {self.timeout!r}")
         return self
 
     def load_engine(self) -> StitchEngine:
-        """The shared engine of this pair, device, dtype and execution (loaded on first use)."""
+        """The shared engine of this pair, device, dtype, execution and batching (loaded on first use;
+        engines that differ only in batching share the loaded pair)."""
         return shared_engine(self.llm, self.slm, self.device, self.dtype, kv_cache=self.kv_cache,
-                             compile=self.compile, cache_tokens=self.cache_tokens)
+                             compile=self.compile, cache_tokens=self.cache_tokens,
+                             max_batch_size=self.max_batch_size, llm_wait_steps=self.llm_wait_steps)
 
     @property
     def model_name(self) -> str:

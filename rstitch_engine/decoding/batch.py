@@ -98,9 +98,11 @@ def _padded_cache(loaded: LoadedModel, slots: Sequence[Slot]) -> tuple[DynamicCa
 
 
 def _append_new_entries(slots: Sequence[Slot], batch_cache: DynamicCache, past: int, new_counts: list[int]) -> None:
-    """Append row r's new keys/values (padded positions [P, P + n_r)) to its own cache."""
+    """Append row r's new keys/values (padded positions [P, P + n_r)) to its own cache.
+
+    The slices are views of the batch's tensors; ``DynamicLayer.update`` concatenates them into a
+    new tensor, so the row's cache never aliases the batch (which is freed after the pass).
+    """
     for index, layer in enumerate(batch_cache.layers):
         for row, (slot, n) in enumerate(zip(slots, new_counts)):
-            keys = layer.keys[row:row + 1, :, past:past + n].clone()
-            values = layer.values[row:row + 1, :, past:past + n].clone()
-            slot.cache.update(keys, values, index)
+            slot.cache.update(layer.keys[row:row + 1, :, past:past + n], layer.values[row:row + 1, :, past:past + n], index)

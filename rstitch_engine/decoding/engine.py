@@ -125,6 +125,8 @@ class StitchEngine:
     ``llm_wait_steps`` > 0 lets the LLM's rows of a batch wait up to that many steps for company
     while other requests decode on the SLM (fewer, fuller LLM passes: more throughput where a pass
     costs about the same for one row as for several; same tokens, later LLM tokens).
+    Several engines may share one pair (other batching settings, routers or settings): they take
+    turns, one forward pass at a time on its models (``ModelPair.pass_lock``).
     """
 
     def __init__(
@@ -141,7 +143,8 @@ class StitchEngine:
         self.router: Router = router if router is not None else EntropyRouter()
         self.settings = settings if settings is not None else GenerationSettings()
         self.max_batch_size = max_batch_size
-        self._forward_lock = threading.Lock()
+        self._forward_lock = pair.pass_lock
+        """One pass at a time on the pair's models, shared with every engine built on the same pair."""
         self._retired: list[StitchRequest] = []
         """Ended requests whose static caches go back to their pools before the next pass (``_retire``)."""
         self._retired_lock = threading.Lock()

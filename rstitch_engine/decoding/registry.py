@@ -5,28 +5,41 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from ..errors import require_int_at_least
 from ..models.defaults import DEFAULT_LLM
 from ..models.execution import CacheKind, ExecutionConfig
-from .engine import StitchEngine
+from .engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE, StitchEngine
 
 _engines: dict[tuple[Any, ...], StitchEngine] = {}
+"""Keyed by (pair key, max_batch_size, llm_wait_steps); the pair key is (llm, slm, device, dtype, execution)."""
 _lock = threading.Lock()
 
 
 def shared_engine(
     llm: str = DEFAULT_LLM, slm: str | None = None, device: str = "auto", dtype: str = "auto",
     kv_cache: CacheKind | None = None, compile: bool = False, cache_tokens: int | None = None,
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, llm_wait_steps: int = DEFAULT_LLM_WAIT_STEPS,
 ) -> StitchEngine:
     """The engine for this pair, loading it on first request (thread-safe; loads once).
 
     ``kv_cache``, ``compile``, ``cache_tokens``: how both models' passes run (``ExecutionConfig``).
+    ``max_batch_size``, ``llm_wait_steps``: how concurrent requests are batched (``StitchEngine``);
+    engines that differ only in these share one loaded pair and take turns on it.
     The engine's own router and settings are defaults only: callers pass theirs per request
     (``engine.stream(prompt, settings, router)``), so instances with different thresholds share weights.
     """
     execution = ExecutionConfig(kv_cache=kv_cache, compile=compile, cache_tokens=cache_tokens)  # validated
-    key = (llm, slm, device, dtype, execution)
+    require_int_at_least("max_batch_size", max_batch_size, 1)
+    require_int_at_least("llm_wait_steps", llm_wait_steps, 0)
+    pair_key = (llm, slm, device, dtype, execution)
+    key = (pair_key, max_batch_size, llm_wait_steps)
     with _lock:
         if key not in _engines:
-            _engines[key] = StitchEngine.from_pretrained(llm, slm, device=device, dtype=dtype, kv_cache=kv_cache,
-                                                         compile=compile, cache_tokens=cache_tokens)
+            loaded = next((engine for (other, *_), engine in _engines.items() if other == pair_key), None)
+            _engines[key] = (
+                StitchEngine(loaded.pair, max_batch_size=max_batch_size, llm_wait_steps=llm_wait_steps)
+                if loaded is not None else
+                StitchEngine.from_pretrained(llm, slm, device=device, dtype=dtype, kv_cache=kv_cache, compile=compile,
+                                             cache_tokens=cache_tokens, max_batch_size=max_batch_size,
+                                             llm_wait_steps=llm_wait_steps))
         return _engines[key]

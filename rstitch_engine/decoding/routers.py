@@ -19,16 +19,30 @@ from .settings import validate_threshold
 
 @dataclass(frozen=True)
 class EntropyRouter:
-    """R-Stitch: every SLM token above the threshold goes to the LLM."""
+    """R-Stitch: every SLM token above the threshold goes to the LLM.
+
+    ``hand_back_threshold``: the LLM returns control to the SLM after a token whose entropy is <=
+    this (None: <= ``threshold``, Algorithm 1 exactly). A looser one (above tau) hands back sooner,
+    while the LLM is still somewhat unsure; the SLM's next token is then kept only if the SLM itself
+    is confident (entropy <= tau), as always.
+    """
 
     threshold: float = DEFAULT_THRESHOLD
     needs_hidden_state: bool = False
+    hand_back_threshold: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", validate_threshold(self.threshold))
+        if self.hand_back_threshold is not None:
+            object.__setattr__(self, "hand_back_threshold", validate_threshold(self.hand_back_threshold))
 
     def wants_llm(self, state: RouterState) -> bool:
         return True
+
+    def hands_back(self, state: RouterState) -> bool:
+        """After each kept LLM token (``state.entropy`` is the LLM's): whether the SLM resumes."""
+        back = self.threshold if self.hand_back_threshold is None else self.hand_back_threshold
+        return state.entropy <= back
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ A learned router (R-Stitch+) implements the same protocol with ``needs_hidden_st
 
 Optional hand-back hook: a router with a ``hands_back(state)`` method (``HandBackRouter``) decides
 instead of the first rule when the LLM returns control, after every LLM token (trace replay uses
-it). Without one the rules above hold bit for bit.
+it). Without one the rules above hold bit for bit. ``EntropyRouter`` has one: with no
+``hand_back_threshold`` it is the first rule itself (tested equal to a router without a hook).
 """
 
 from __future__ import annotations

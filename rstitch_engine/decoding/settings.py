@@ -7,7 +7,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, require_int_at_least
 from .constraints import Grammar
 
 
@@ -39,17 +39,12 @@ class GenerationSettings:
             object.__setattr__(self, "stop", (self.stop,))
         else:
             object.__setattr__(self, "stop", tuple(self.stop))
-        _require(
-            isinstance(self.max_new_tokens, int) and not isinstance(self.max_new_tokens, bool)
-            and self.max_new_tokens >= 1,
-            f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}",
-        )
+        require_int_at_least("max_new_tokens", self.max_new_tokens, 1)
         _require(_is_finite_number(self.temperature) and self.temperature >= 0,
                  f"temperature must be a finite number >= 0, got {self.temperature!r}")
         _require(_is_finite_number(self.top_p) and 0 < self.top_p <= 1,
                  f"top_p must be in (0, 1], got {self.top_p!r}")
-        _require(isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0,
-                 f"top_k must be an integer >= 0, got {self.top_k!r}")
+        require_int_at_least("top_k", self.top_k, 0)
         _require(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
                  f"seed must be an integer or None, got {self.seed!r}")
         _require(all(isinstance(s, str) and s for s in self.stop),

@@ -48,6 +48,9 @@ class ModelUsage:
     """Forward passes over tokens the model had not seen (prompt prefill included)."""
     catchup_tokens: int
     catchup_seconds: float
+    pass_share: float = 0.0
+    """Sum of 1/batch_size over this model's passes: 1 for each pass the request ran alone, 1/B for
+    each pass it shared with B - 1 others. Summed over the requests of a batch: the passes the model ran."""
 
     @property
     def seconds(self) -> float:
@@ -66,6 +69,7 @@ class ModelUsage:
             catchup_passes=len(catchups),
             catchup_tokens=sum(r.new_tokens for r in catchups),
             catchup_seconds=sum(r.seconds for r in catchups),
+            pass_share=sum(1 / r.batch_size for r in mine),
         )
 
 

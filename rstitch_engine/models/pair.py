@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from transformers import PreTrainedModel
@@ -21,6 +22,9 @@ class ModelPair:
     slm: LoadedModel
     llm: LoadedModel
     tokenizer: Any
+    pass_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
+    """Held for every forward pass on these models, by every engine built on them (a pair with
+    other execution configs, from ``with_execution``, keeps it): their passes never overlap."""
 
     @property
     def vocab_size(self) -> int:

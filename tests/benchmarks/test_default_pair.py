@@ -24,10 +24,11 @@ def tiny_draft_engine():
 
 def test_every_config_on_a_tiny_pair_with_exact_cross_checks(tiny_draft_engine, tmp_path, capsys):
     # tau = 2 never switches (the SLM alone); tau = -1 always does (the LLM alone).
-    args = bench.parse_args(["--limit", "2", "--taus", "2,-1", "--max-new-tokens", "6", "--no-progress",
-                             "--json", str(tmp_path / "out.json"), "--plot", str(tmp_path / "out.png")])
+    # A hand-back threshold of 0.5 runs only with tau -1 (below it): the LLM still writes every token.
+    args = bench.parse_args(["--limit", "2", "--taus", "2,-1", "--hand-back", "0.5", "--max-new-tokens", "6",
+                             "--no-progress", "--json", str(tmp_path / "out.json"), "--plot", str(tmp_path / "out.png")])
     report = bench.run(tiny_draft_engine, args)
-    names = ["SLM alone", "LLM alone", "assisted (HF)", "R-Stitch tau=2", "R-Stitch tau=-1"]
+    names = ["SLM alone", "LLM alone", "assisted (HF)", "R-Stitch tau=2", "R-Stitch tau=-1", "R-Stitch tau=-1 back=0.5"]
     assert [row["config"] for row in report["rows"]] == names
     answers = report["answers"]
     assert len(answers) == 2 * len(names) and report["items"] == 2
@@ -37,6 +38,7 @@ def test_every_config_on_a_tiny_pair_with_exact_cross_checks(tiny_draft_engine, 
         assert by[item, "R-Stitch tau=2"]["token_ids"] == slm["token_ids"]
         assert by[item, "R-Stitch tau=2"]["switches"] == 0
         assert by[item, "R-Stitch tau=-1"]["token_ids"] == llm["token_ids"]
+        assert by[item, "R-Stitch tau=-1 back=0.5"]["token_ids"] == llm["token_ids"]
         assert by[item, "assisted (HF)"]["token_ids"] == llm["token_ids"]  # greedy speculative decoding is lossless
         assert by[item, "assisted (HF)"]["llm_passes"] >= 1
         for config in names:  # one NLL per distinct output
@@ -50,6 +52,7 @@ def test_every_config_on_a_tiny_pair_with_exact_cross_checks(tiny_draft_engine, 
     assert rows["SLM alone"]["slm_share"] == rows["R-Stitch tau=2"]["slm_share"] == 1.0
     assert rows["LLM alone"]["slm_share"] == rows["R-Stitch tau=-1"]["slm_share"] == 0.0
     assert rows["R-Stitch tau=-1"]["switches"] >= 1 and rows["SLM alone"]["switches"] is None
+    assert rows["R-Stitch tau=-1 back=0.5"]["hand_back"] == 0.5 and rows["R-Stitch tau=-1"]["hand_back"] is None
     for row in report["rows"]:
         mine = [a for a in answers if a["config"] == row["config"]]
         assert row["accuracy"] == sum(a["correct"] for a in mine) / 2

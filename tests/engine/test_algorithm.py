@@ -11,7 +11,14 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from tiny import tiny_engine, tiny_pair
 
-from rstitch_engine import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, GenerationSettings, StitchEngine
+from rstitch_engine import (
+    AlwaysLLMRouter,
+    AlwaysSLMRouter,
+    EntropyRouter,
+    GenerationSettings,
+    InvalidSettingError,
+    StitchEngine,
+)
 
 PROMPTS = ["The quick brown", "What is 3 + 4?", "def add(a, b):", "Café 東京"]
 ARCH_PAIRS = [("llama", "qwen2"), ("qwen2", "llama"), ("llama", "llama")]
@@ -219,3 +226,33 @@ def _same_model_engine() -> StitchEngine:
 
 def _two_model_engine() -> StitchEngine:
     return _ENGINES.setdefault("two", StitchEngine(tiny_pair()))
+
+
+def test_a_looser_hand_back_returns_control_sooner_and_keeps_the_exactness_properties():
+    engine, same = tiny_engine(), tiny_engine(same_model=True)
+    settings = GenerationSettings(max_new_tokens=24)
+
+    def routed(on, prompt, tau, back):
+        stream = on.stream(on.encode(prompt), settings, EntropyRouter(tau, hand_back_threshold=back))
+        events = [(e.token_id, e.source, e.entropy, e.hands_back) for e in stream]
+        stats = stream.stats
+        return events, (stats.switches_to_llm, stats.switches_to_slm, stats.discarded_slm_tokens,
+                        stats.slm.forward_passes, stats.llm.forward_passes)
+
+    sooner = 0
+    for prompt in PROMPTS:
+        assert routed(engine, prompt, 0.7, 0.7) == routed(engine, prompt, 0.7, None)  # back = tau: Algorithm 1
+        events, stats = routed(engine, prompt, 0.7, 0.95)
+        assert all(back == (entropy <= 0.95) for _, source, entropy, back in events if source == "llm")
+        sooner += stats[1] > routed(engine, prompt, 0.7, None)[1][1]  # more switches back to the SLM
+        llm_alone = [token for token, *_ in routed(engine, prompt, -0.01, None)[0]]
+        assert [token for token, *_ in routed(engine, prompt, -0.01, 0.95)[0]] == llm_alone  # tau < 0: the LLM alone
+        ids = same.encode(prompt)
+        expected = hf_greedy(same.pair.llm.model, ids, 24, same.pair.eos_token_ids)
+        assert [token for token, *_ in routed(same, prompt, 0.7, 0.95)[0]] == expected  # same model: its greedy output
+    assert sooner > 0  # the looser hand-back did return control sooner somewhere
+
+
+def test_hand_back_threshold_is_validated():
+    with pytest.raises(InvalidSettingError, match="threshold"):
+        EntropyRouter(0.1, hand_back_threshold=float("nan"))

@@ -19,6 +19,7 @@ import pytest
 from tiny import tiny_pair
 
 from rstitch_engine import EmptyPromptError, EntropyRouter, GenerationSettings, InvalidSettingError, StitchEngine
+from rstitch_engine.decoding import scheduler as scheduler_module
 from rstitch_engine.decoding.engine import read_in_turn
 from rstitch_engine.decoding.scheduler import MAX_EVENTS_AHEAD
 from rstitch_engine.decoding.slot import Slot
@@ -147,6 +148,26 @@ def test_llm_rows_waiting_for_company_change_no_token_and_share_fewer_llm_passes
     assert eager_waits == [0]
     assert max(waits) == wait  # LLM rows waited for company, never longer than allowed
     assert passes < eager_passes  # so the batch ran fewer LLM passes, each with more rows
+
+
+def test_pass_shares_add_up_to_the_passes_each_model_ran(pair, monkeypatch):
+    ran = {"slm": 0, "llm": 0}
+    run_group = scheduler_module._run_group
+
+    def counting_run_group(group):
+        ran[group[0][1].role] += 1
+        return run_group(group)
+
+    monkeypatch.setattr(scheduler_module, "_run_group", counting_run_group)
+    engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, 8, 4)
+    stats = [s for _, s in _read_in_turn([engine.stream(p, SETTINGS, EntropyRouter(t))
+                                          for p, t in zip(PROMPTS, MIXED_TAUS)])]
+    for role in ("slm", "llm"):
+        usage = [getattr(s, role) for s in stats]
+        assert sum(u.pass_share for u in usage) == pytest.approx(ran[role], abs=1e-9)
+        assert ran[role] < sum(u.forward_passes for u in usage)  # passes were shared
+    lone = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=1).generate(PROMPTS[3], SETTINGS).stats
+    assert (lone.slm.pass_share, lone.llm.pass_share) == (lone.slm.forward_passes, lone.llm.forward_passes)
 
 
 def _run_recorded(engine):

@@ -119,3 +119,33 @@ def test_stream_abandoned_in_another_thread_does_not_block_others(engine):
     assert not worker.is_alive() and result == [expected]
     with pytest.raises(RuntimeError, match="stats are available once"):
         kept[0].stats
+
+
+def test_engines_on_one_pair_never_run_passes_at_the_same_time(engine, monkeypatch):
+    """Two engines with other batching settings over the same loaded models take turns on them."""
+    inside = {"now": 0, "most": 0}
+    guard = threading.Lock()
+
+    def counted(forward):
+        def wrapped(*args, **kwargs):
+            with guard:
+                inside["now"] += 1
+                inside["most"] = max(inside["most"], inside["now"])
+            try:
+                time.sleep(0.001)  # release the GIL mid-pass: an unguarded pass from another thread would start now
+                return forward(*args, **kwargs)
+            finally:
+                with guard:
+                    inside["now"] -= 1
+        return wrapped
+
+    for loaded in (engine.pair.slm, engine.pair.llm):
+        decoder = loaded.model.get_decoder()
+        monkeypatch.setattr(decoder, "forward", counted(decoder.forward))
+    engines = [engine, StitchEngine(engine.pair, EntropyRouter(0.7), max_batch_size=1),
+               StitchEngine(engine.pair, EntropyRouter(0.7), max_batch_size=4, llm_wait_steps=0)]
+    expected = [run_one(engine, r) for r in requests_for(0)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda k: [run_one(engines[k % 3], r) for r in requests_for(0)], range(6)))
+    assert results == [expected] * 6
+    assert inside["most"] == 1

@@ -44,3 +44,16 @@ def test_abatch_and_concurrent_astream_share_passes(chat):
     assert [m.content for m in batched] == expected
     assert streamed == expected
     assert max(m.response_metadata["stitch"]["largest_batch"] for m in batched) > 1
+
+
+def test_batching_options_share_the_loaded_pair_and_change_no_answer(chat):
+    one_by_one = ChatRStitch(max_tokens=12, dtype="float32", max_batch_size=1)
+    eager_llm = ChatRStitch(max_tokens=12, dtype="float32", llm_wait_steps=0)
+    engines = [chat.load_engine(), one_by_one.load_engine(), eager_llm.load_engine()]
+    assert len({id(e) for e in engines}) == 3 and all(e.pair is engines[0].pair for e in engines)
+    assert (engines[1].max_batch_size, engines[2].llm_wait_steps) == (1, 0)
+    serial = one_by_one.batch(QUESTIONS)
+    assert all(m.response_metadata["stitch"]["largest_batch"] == 1 for m in serial)
+    batched = eager_llm.batch(QUESTIONS)
+    assert max(m.response_metadata["stitch"]["largest_batch"] for m in batched) > 1
+    assert [m.content for m in batched] == [m.content for m in serial]

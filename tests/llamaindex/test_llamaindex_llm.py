@@ -55,6 +55,8 @@ def test_construction_is_cheap_and_metadata_is_real(real_engine):
         ({"router": "random"}, "Input should be 'entropy', 'learned', 'slm' or 'llm'"),
         ({"quality": "best"}, "Input should be 'exact', 'balanced' or 'fast'"),
         ({"quality": "exact", "threshold": 0.2}, "give either quality or router/threshold, not both"),
+        ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1"),
+        ({"llm_wait_steps": -1}, "llm_wait_steps must be an integer >= 0"),
     ],
 )
 def test_bad_fields_are_rejected_with_the_reason(fields, message):
