@@ -29,6 +29,7 @@ from default_pair import (  # noqa: E402
     DEFAULT_TAUS,
     Config,
     benchmark,
+    comma_floats,
     load_engine,
     markdown_table,
     skill_rows,
@@ -71,9 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     engine = load_engine(args.llm, args.slm, args.device, args.dtype)
     items = suite_items(args.suite, "tuning")[:: args.every]
-    taus = [float(t) for t in args.taus.split(",") if t.strip()]
-    hand_backs = [float(h) for h in args.hand_back.split(",") if h.strip()]
-    configs = [Config("LLM alone", "llm")] + stitched_configs(taus, hand_backs)
+    configs = [Config("LLM alone", "llm")] + stitched_configs(comma_floats(args.taus), comma_floats(args.hand_back))
     records = benchmark(engine, items, configs, GenerationSettings(max_new_tokens=args.max_new_tokens))
     rows = summarise(records, configs)
     chosen = choose(rows, args.margin)

@@ -83,6 +83,11 @@ class Answer:
     """Engine accounting of a stitched answer: decode and catch-up passes and seconds per model."""
 
 
+def comma_floats(text: str) -> list[float]:
+    """The numbers of a comma-separated command-line list ('' gives none)."""
+    return [float(part) for part in text.split(",") if part.strip()]
+
+
 def configs_for(taus: Sequence[float], baselines: Sequence[str] = ("slm", "llm", "assisted"),
                 hand_backs: Sequence[float] = ()) -> list[Config]:
     """The baselines (SLM alone, LLM alone, assisted generation; the LLM alone always, as the
@@ -475,10 +480,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark ``engine``'s pair as ``args`` say; prints the tables, writes the JSON and plot; returns the report."""
-    taus = [float(t) for t in args.taus.split(",") if t.strip()]
+    taus = comma_floats(args.taus)
     items = suite_items(args.suite, args.part)[:: args.every][: args.limit]
-    hand_backs = [float(h) for h in args.hand_back.split(",") if h.strip()]
-    configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")], hand_backs)
+    configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")], comma_floats(args.hand_back))
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
     runs = []

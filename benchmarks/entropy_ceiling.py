@@ -43,7 +43,7 @@ from tqdm.auto import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from default_pair import suite_items
+from default_pair import comma_floats, suite_items
 
 from rstitch_engine import GenerationSettings, StitchEngine
 from rstitch_engine.models.cost_model import PairCostModel, shipped_cost_model
@@ -137,7 +137,7 @@ def replay(forced: ForcedAnswer, tau: float, cost: PairCostModel, oracle: bool =
 def summarise(answers: Sequence[ForcedAnswer], taus: Sequence[float], cost: PairCostModel,
               hand_backs: Sequence[float] = ()) -> list[dict[str, Any]]:
     """One row per tau: the real SLM's and the oracle SLM's replays over all answers, and the real
-    SLM's with the LLM handing control back at each of ``hand_backs`` (those >= tau)."""
+    SLM's with the LLM handing control back at each of ``hand_backs`` looser than tau (> tau)."""
     alone = [cost.alone_seconds("llm", a.prompt_tokens, len(a.answer)) for a in answers]
     rows = []
     for tau in taus:
@@ -153,7 +153,7 @@ def summarise(answers: Sequence[ForcedAnswer], taus: Sequence[float], cost: Pair
             row[name] = _replayed([replay(a, tau, cost, oracle) for a in answers], answers, alone)
         row["hand_back"] = [{"at": back, **_replayed([replay(a, tau, cost, hand_back=back) for a in answers],
                                                      answers, alone)}
-                            for back in hand_backs if back >= tau]
+                            for back in hand_backs if back > tau]
         rows.append(row)
     return rows
 
@@ -193,7 +193,7 @@ def hand_back_table(rows: Sequence[dict[str, Any]]) -> str:
               "| real: predicted speedup |")
     lines = [header, "|" + "---|" * 6]
     for row in rows:
-        for back, replayed in [(row["tau"], row["real"])] + [(h["at"], h) for h in row["hand_back"] if h["at"] > row["tau"]]:
+        for back, replayed in [(row["tau"], row["real"])] + [(h["at"], h) for h in row["hand_back"]]:
             lines.append(f"| {row['tau']:g} | {back:g} | {replayed['reproduced']:.1%} | {replayed['slm_share']:.1%} "
                          f"| {replayed['switches']:.2f} | {replayed['predicted_speedup']:.2f}x |")
     return "\n".join(lines)
@@ -210,7 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS))
     parser.add_argument("--hand-back", default="",
-                        help="comma-separated thresholds at which the LLM hands control back (>= tau; "
+                        help="comma-separated thresholds at which the LLM hands control back (those > tau; "
                              "EntropyRouter's hand_back_threshold): the real SLM's replay with each")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--cost-model", type=Path, default=None,
@@ -227,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if cost is None:
         parser.error("no cost model for this pair, device and dtype: calibrate one with benchmarks/cost_model.py "
                      "and pass it with --cost-model")
-    taus = [float(t) for t in args.taus.split(",") if t.strip()]
+    taus = comma_floats(args.taus)
     items = suite_items(args.suite, args.part)[:: args.every][: args.limit]
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
     started = time.perf_counter()
@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for item in tqdm(items, desc="items", file=sys.stderr):
         prompt = engine.encode(item.messages())
         answers.append(forced_answer(engine, prompt, engine.decode_alone("llm", prompt, settings).token_ids))
-    hand_backs = [float(h) for h in args.hand_back.split(",") if h.strip()]
+    hand_backs = comma_floats(args.hand_back)
     rows = summarise(answers, taus, cost, hand_backs)
     table = markdown_table(rows)
     print(f"\n{len(items)} items of the {args.suite} suite's {args.part} part, max_new_tokens={args.max_new_tokens}, pair "

@@ -39,9 +39,8 @@ from rstitch_engine import (
     router_named,
     shared_engine,
 )
-from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE
+from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE, validate_batching
 from rstitch_engine.decoding.settings import validate_threshold
-from rstitch_engine.errors import require_int_at_least
 from rstitch_engine.models.facts import pair_facts
 
 from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_tool_schema, to_template_prompt
@@ -118,8 +117,7 @@ class StitchOptions(BaseModel):
         self.request_settings({})  # GenerationSettings raises InvalidSettingError with the reason
         self.request_router({})
         ExecutionConfig(kv_cache=self.kv_cache, compile=self.compile, cache_tokens=self.cache_tokens)  # raises if invalid
-        require_int_at_least("max_batch_size", self.max_batch_size, 1)
-        require_int_at_least("llm_wait_steps", self.llm_wait_steps, 0)
+        validate_batching(self.max_batch_size, self.llm_wait_steps)
         if self.timeout is not None and not self.timeout > 0:
             raise InvalidSettingError(f"timeout must be > 0 seconds or None, got {self.timeout!r}")
         return self

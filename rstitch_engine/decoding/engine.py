@@ -114,6 +114,12 @@ class StitchStream(Iterator[TokenEvent]):
         return self._stats
 
 
+def validate_batching(max_batch_size: object, llm_wait_steps: object) -> None:
+    """Raise ``InvalidSettingError`` unless ``max_batch_size`` >= 1 and ``llm_wait_steps`` >= 0 are integers."""
+    require_int_at_least("max_batch_size", max_batch_size, 1)
+    require_int_at_least("llm_wait_steps", llm_wait_steps, 0)
+
+
 class StitchEngine:
     """An SLM and an LLM decoding one answer together, token by token.
 
@@ -137,8 +143,7 @@ class StitchEngine:
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         llm_wait_steps: int = DEFAULT_LLM_WAIT_STEPS,
     ) -> None:
-        require_int_at_least("max_batch_size", max_batch_size, 1)
-        require_int_at_least("llm_wait_steps", llm_wait_steps, 0)
+        validate_batching(max_batch_size, llm_wait_steps)
         self.pair = pair
         self.router: Router = router if router is not None else EntropyRouter()
         self.settings = settings if settings is not None else GenerationSettings()

@@ -5,10 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from ..errors import require_int_at_least
 from ..models.defaults import DEFAULT_LLM
 from ..models.execution import CacheKind, ExecutionConfig
-from .engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE, StitchEngine
+from .engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE, StitchEngine, validate_batching
 
 _engines: dict[tuple[Any, ...], StitchEngine] = {}
 """Keyed by (pair key, max_batch_size, llm_wait_steps); the pair key is (llm, slm, device, dtype, execution)."""
@@ -29,8 +28,7 @@ def shared_engine(
     (``engine.stream(prompt, settings, router)``), so instances with different thresholds share weights.
     """
     execution = ExecutionConfig(kv_cache=kv_cache, compile=compile, cache_tokens=cache_tokens)  # validated
-    require_int_at_least("max_batch_size", max_batch_size, 1)
-    require_int_at_least("llm_wait_steps", llm_wait_steps, 0)
+    validate_batching(max_batch_size, llm_wait_steps)  # before any weights load
     pair_key = (llm, slm, device, dtype, execution)
     key = (pair_key, max_batch_size, llm_wait_steps)
     with _lock:

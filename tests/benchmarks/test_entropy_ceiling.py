@@ -50,6 +50,6 @@ def test_the_oracle_always_reproduces_and_the_table_has_a_row_per_tau():
     assert rows[1]["oracle"]["slm_share"] == 1.0 and rows[1]["oracle"]["switches"] == 0  # tau >= 1: the SLM alone
     table = ceiling.markdown_table(rows).splitlines()
     assert len(table) == 4 and table[2].startswith("| 0.6 |")
-    assert [h["at"] for h in rows[0]["hand_back"]] == [0.8] and rows[1]["hand_back"] == []  # only hand-backs >= tau
+    assert [h["at"] for h in rows[0]["hand_back"]] == [0.8] and rows[1]["hand_back"] == []  # only hand-backs looser than tau
     hand_back_lines = ceiling.hand_back_table(rows).splitlines()[2:]  # Algorithm 1's row, then each looser hand-back
     assert [line.split(" | ")[:2] for line in hand_back_lines] == [["| 0.6", "0.6"], ["| 0.6", "0.8"], ["| 1", "1"]]
