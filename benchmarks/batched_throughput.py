@@ -10,12 +10,15 @@ fixed set of short held-out questions of the quality suite are answered, side by
   wait up to ``DEFAULT_LLM_WAIT_STEPS`` steps for company, see ``decoding.scheduler``);
 * **batched, LLM every step**: the same with ``llm_wait_steps=0`` (the LLM's pass runs in every
   step that has an LLM row), to show what gathering LLM rows adds;
+* **batched from threads**: the batched engine, c threads each calling ``generate`` on one prompt
+  (what LangChain's ``batch()`` thread pool and ``asyncio.to_thread`` callers do: each thread's
+  reads drive the shared steps in turn, see ``models.openmp`` for why that needs care on CPU);
 * **LLM alone, batched**: transformers' ``generate`` on the LLM with left padding, greedy, the
   whole batch in one call.
 
 Each configuration is timed on the same prompts and ``max_new_tokens``; tokens/s counts each
 request's own tokens up to its EOS. ``speedup_vs_sequential`` is tokens/s over one-by-one stitched
-at the same concurrency. The order of the four configurations is rotated per concurrency (and per
+at the same concurrency. The order of the five configurations is rotated per concurrency (and per
 repeat, with ``--repeats``: the table then shows each configuration's median) so that the shared
 machine's load drifts over all of them.
 
@@ -25,6 +28,10 @@ request's wall time spent in passes it took part in (the rest it waited for the 
 pass or for LLM rows to gather); and the **critical-path bound**, one-by-one seconds over the
 slowest request's own one-by-one seconds: batching does not change any request's sequence of
 passes, and a batched pass costs at least its lone pass, so no schedule of these requests beats it.
+
+``--keep-openmp-teams`` turns off the engine's release of each calling thread's OpenMP team after
+its torch work (``rstitch_engine.models.openmp``), to show what it is for: threads driving the
+steps in turn each keep a team, and on CPU every pass of the process runs throttled.
 
 After the sweep, ``--memory-requests`` short
 requests are run batched and the process's resident memory is read before and after (with the
@@ -41,6 +48,7 @@ import json
 import platform
 import statistics
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -51,9 +59,10 @@ from rich.table import Table
 
 from rstitch_engine import GenerationSettings, StitchEngine
 from rstitch_engine.measure.quality import quality_suite
+from rstitch_engine.models import openmp
 from rstitch_engine.models.hardware import processor_name
 
-CONFIGS = ("one_by_one_stitched", "batched_stitched", "batched_llm_every_step", "llm_alone_batched")
+CONFIGS = ("one_by_one_stitched", "batched_stitched", "batched_llm_every_step", "batched_threads", "llm_alone_batched")
 
 
 def prompts(count: int) -> list[list[dict[str, str]]]:
@@ -100,6 +109,29 @@ def _summary(results: list, seconds: float) -> dict[str, Any]:
             "slowest_request_llm_passes": slowest.llm.forward_passes,
             "slowest_request_busy_share": slowest.busy_seconds / slowest.wall_seconds if slowest.wall_seconds else 0.0,
             "token_ids": [list(r.token_ids) for r in results]}
+
+
+def run_threads(engine: StitchEngine, batch: list, settings: GenerationSettings) -> dict[str, Any]:
+    """One thread per prompt, each calling ``engine.generate`` (results in prompt order)."""
+    results: list[Any] = [None] * len(batch)
+    errors: list[BaseException] = []
+
+    def answer(index: int) -> None:
+        try:
+            results[index] = engine.generate(batch[index], settings)
+        except BaseException as error:  # noqa: BLE001 - re-raised below, on the benchmark's thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=answer, args=(index,)) for index in range(len(batch))]
+    start = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return _summary(results, seconds)
 
 
 @torch.inference_mode()
@@ -149,6 +181,7 @@ def sweep(batched: StitchEngine, levels: list[int], settings: GenerationSettings
     runners = {"one_by_one_stitched": lambda b: run_one_by_one(serial, b, settings),
                "batched_stitched": lambda b: run_batched(batched, b, settings),
                "batched_llm_every_step": lambda b: run_batched(every_step, b, settings),
+               "batched_threads": lambda b: run_threads(batched, b, settings),
                "llm_alone_batched": lambda b: run_llm_alone(batched, b, settings)}
     rows = []
     for turn, level in enumerate(levels):
@@ -169,7 +202,7 @@ def _row(level: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     tokens_per_second = {n: statistics.median(r["tokens_per_second"] for r in measured) for n, measured in runs.items()}
     lone_ids = runs["one_by_one_stitched"][0]["token_ids"]
     same = {n: sum(a == b for a, b in zip(runs[n][0]["token_ids"], lone_ids))
-            for n in ("batched_stitched", "batched_llm_every_step")}
+            for n in ("batched_stitched", "batched_llm_every_step", "batched_threads")}
     configs = {n: {**{k: v for k, v in measured[0].items() if k != "token_ids"},
                    "tokens_per_second_runs": [r["tokens_per_second"] for r in measured]} for n, measured in runs.items()}
     one_by_one = configs["one_by_one_stitched"]
@@ -179,13 +212,14 @@ def _row(level: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             # no schedule finishes these requests before the slowest of them would finish alone
             "critical_path_speedup_bound": one_by_one["seconds"] / one_by_one["slowest_request_seconds"],
             "identical_answers_batched_vs_one_by_one": same["batched_stitched"],
-            "identical_answers_llm_every_step_vs_one_by_one": same["batched_llm_every_step"]}
+            "identical_answers_llm_every_step_vs_one_by_one": same["batched_llm_every_step"],
+            "identical_answers_threads_vs_one_by_one": same["batched_threads"]}
 
 
 def print_table(rows: list[dict[str, Any]], title: str) -> None:
     table = Table(title=title)
     for column in ("concurrent", "one-by-one stitched", "batched stitched", "batched, LLM every step",
-                   "LLM alone batched", "batched vs one-by-one", "critical-path bound", "batched vs LLM batched",
+                   "batched from threads", "LLM alone batched", "batched vs one-by-one", "critical-path bound", "batched vs LLM batched",
                    "LLM passes (rows/pass)", "slowest request busy", "same answers"):
         table.add_column(column, justify="right")
     for row in rows:
@@ -193,6 +227,7 @@ def print_table(rows: list[dict[str, Any]], title: str) -> None:
         batched = row["configs"]["batched_stitched"]
         table.add_row(str(row["concurrency"]), f"{tps['one_by_one_stitched']:.1f} tok/s",
                       f"{tps['batched_stitched']:.1f} tok/s", f"{tps['batched_llm_every_step']:.1f} tok/s",
+                      f"{tps['batched_threads']:.1f} tok/s",
                       f"{tps['llm_alone_batched']:.1f} tok/s",
                       f"{row['speedup_vs_sequential']['batched_stitched']:.2f}x",
                       f"{row['critical_path_speedup_bound']:.2f}x",
@@ -214,6 +249,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--slm", default=None)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--keep-openmp-teams", action="store_true",
+                        help="ablation: skip the engine's release of each thread's OpenMP team (rstitch_engine.models.openmp)")
     parser.add_argument("--json", type=Path, default=None)
     return parser
 
@@ -225,6 +262,8 @@ def load_engine(pretrained: dict[str, str], device: str, dtype: str) -> StitchEn
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = argument_parser().parse_args(argv)
+    if args.keep_openmp_teams:
+        openmp._pause_all = lambda: None  # release_openmp_team then does nothing
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     pretrained = {} if args.llm is None else {"llm": args.llm, "slm": args.slm}
     batched = load_engine(pretrained, args.device, args.dtype)
@@ -248,6 +287,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "benchmark": "batched_throughput", "command": " ".join(sys.argv), "pair": f"{batched.pair.slm.name}+"
             f"{batched.pair.llm.name}", "dtype": dtype, "threshold": batched.router.threshold,
             "max_new_tokens": args.max_new_tokens, "llm_wait_steps": batched.llm_wait_steps, "repeats": args.repeats,
+            "openmp_teams_released": not args.keep_openmp_teams,
             "machine": platform.platform(), "processor": processor,
             "hardware": {"processor_name": processor}, "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "seconds": time.perf_counter() - started,

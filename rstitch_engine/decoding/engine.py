@@ -22,6 +22,7 @@ from ..models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
 from ..models.execution import CacheKind, ExecutionConfig
 from ..models.loaded import ModelRole
 from ..models.loading import ModelSpec, load_pair
+from ..models.openmp import releasing_openmp_team
 from ..models.pair import ModelPair
 from .alone import AloneResult, decode_alone
 from .constraints import GrammarState, GrammarTokenizer
@@ -280,6 +281,7 @@ class StitchEngine:
             stats = stats.with_measured_llm_alone(alone)
         return _result(events, stats)
 
+    @releasing_openmp_team  # see ``models.openmp``
     def decode_alone(
         self, role: ModelRole, prompt: PromptLike, settings: GenerationSettings | None = None
     ) -> AloneResult:
@@ -311,19 +313,24 @@ class StitchEngine:
             if event is None:
                 if decoder.finished:
                     break
-                need = decoder.next_pass()
-                waiting_since = time.perf_counter()
-                with self._forward_lock:
-                    request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
-                    self._release_retired()
-                    nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden)
-                event = decoder.advance(nxt)
+                event = self._serial_step(decoder)
             if event is None:  # the SLM token was discarded; the LLM decodes this same position next
                 continue
             suspended_since = time.perf_counter()
             yield event
             request.idle_seconds += time.perf_counter() - suspended_since  # the consumer's time
         return decoder.stats()
+
+    @releasing_openmp_team  # the next step may run on another caller's thread (``models.openmp``)
+    def _serial_step(self, decoder: RequestDecoder) -> TokenEvent | None:
+        """One pass of the request's active model and its routing; None if the SLM's token was discarded."""
+        need = decoder.next_pass()
+        waiting_since = time.perf_counter()
+        with self._forward_lock:
+            decoder.request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
+            self._release_retired()
+            nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden)
+        return decoder.advance(nxt)
 
     def _scheduled(self, ticket: Ticket) -> Generator[TokenEvent, None, StitchStats]:
         """The request's events as the scheduler's steps decide them (this consumer may drive steps)."""
@@ -386,6 +393,7 @@ class StitchEngine:
         return list(rendered["input_ids"])
 
 
+@releasing_openmp_team
 def warm_up_compiled(pair: ModelPair, router: Router, settings: GenerationSettings) -> None:
     """Compile and record every bucket's step of each compiled model now, at load time, with a progress line."""
     jobs = []

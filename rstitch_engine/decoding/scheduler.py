@@ -9,9 +9,11 @@ applies its own routing to its own row, exactly as it would alone. Requests join
 leave (``leave``: finished, closed, abandoned) between steps.
 
 There is no scheduler thread. A consumer that wants its request's next event and finds none
-decided yet takes the step lock and runs a step for everyone (or, if another consumer's step
-produced its event meanwhile, takes that). Whoever reads drives, so the step runs on the caller's
-threads, asyncio's worker threads included, and one request alone decodes exactly as before.
+decided yet runs a step for everyone if no other consumer is running one; otherwise it waits for
+that step to end and takes its event from it (waiting on a condition, not on the step lock, so
+that a driver that goes straight on to the next step never keeps the others from reading). Whoever
+reads drives, so the step runs on the caller's threads, asyncio's worker threads included, and one
+request alone decodes exactly as before.
 
 Faults stay with their request:
 
@@ -44,6 +46,7 @@ import threading
 from collections import deque
 from typing import Callable, Iterator
 
+from ..models.openmp import releasing_openmp_team
 from .batch import catch_up_batch
 from .request import PassNeed, RequestDecoder
 from .slot import NextToken
@@ -90,6 +93,9 @@ class BatchScheduler:
         self._before_step = before_step
         """Run first in every step, under the step lock (the engine gives ended requests' caches back)."""
         self._members_lock = threading.Lock()
+        self._turns = threading.Condition()
+        self._driving = False
+        """A consumer is running a step (under ``_turns``); the others wait on ``_turns`` (``_take_the_drive``)."""
         self._live: list[Ticket] = []
         """Admitted and not done, least recently served first."""
 
@@ -109,6 +115,8 @@ class BatchScheduler:
         with self._members_lock:
             if ticket in self._live:
                 self._live.remove(ticket)
+        with self._turns:
+            self._turns.notify_all()  # a consumer waiting for a turn on this ticket finds it done
 
     def events(self, ticket: Ticket) -> Iterator[TokenEvent]:
         """The ticket's events in order, running steps while none is decided; ends with the request."""
@@ -122,9 +130,36 @@ class BatchScheduler:
                 raise error
             if ticket.done:
                 return
-            with self._step_lock:
-                if not ticket.events and not ticket.done:
-                    self._step()
+            if self._take_the_drive(ticket):
+                try:
+                    self._locked_step()
+                finally:
+                    self._hand_over_the_drive()
+
+    def _take_the_drive(self, ticket: Ticket) -> bool:
+        """Wait until this ticket has something to read (False) or no consumer is driving (True: drive now).
+
+        Consumers with events to read never queue behind the step lock: a driver that takes the next step
+        at once would otherwise starve them (a lock is not fair), their requests would fill
+        ``MAX_EVENTS_AHEAD`` and sit out, and concurrent threads would batch no better than one by one.
+        """
+        with self._turns:
+            while self._driving and not ticket.events and not ticket.done:
+                self._turns.wait()
+            if ticket.events or ticket.done:
+                return False
+            self._driving = True
+            return True
+
+    def _hand_over_the_drive(self) -> None:
+        with self._turns:
+            self._driving = False
+            self._turns.notify_all()  # readers of this step's events, and the next driver
+
+    @releasing_openmp_team  # the next step may run on another consumer's thread (``models.openmp``)
+    def _locked_step(self) -> None:
+        with self._step_lock:
+            self._step()
 
     def _step(self) -> None:
         if self._before_step is not None:

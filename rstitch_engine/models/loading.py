@@ -21,6 +21,7 @@ from .defaults import resolve_alias
 from .draft import is_draft_folder, load_draft
 from .execution import ExecutionConfig
 from .hardware import auto_dtype
+from .openmp import releasing_openmp_team
 from .pair import ModelPair
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
@@ -110,6 +111,7 @@ def load_model(spec: ModelSpec) -> PreTrainedModel:
     return model.eval()
 
 
+@releasing_openmp_team  # loading runs parallel regions on the caller's thread: free its team after
 def load_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
     """Load both models and their tokenizers; refuse a pair whose tokenizers differ.
 

@@ -38,6 +38,7 @@ def test_every_configuration_runs_side_by_side_and_batched_answers_equal_one_by_
         # float64: batching changes no answer, with or without LLM rows waiting for company
         assert row["identical_answers_batched_vs_one_by_one"] == row["concurrency"]
         assert row["identical_answers_llm_every_step_vs_one_by_one"] == row["concurrency"]
+        assert row["identical_answers_threads_vs_one_by_one"] == row["concurrency"]
     four = report["rows"][1]["configs"]
     assert four["batched_stitched"]["largest_batch"] == four["batched_llm_every_step"]["largest_batch"] == 4
     assert four["one_by_one_stitched"]["largest_batch"] == 1
