@@ -33,6 +33,7 @@ from .errors import (
 from .models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
 from .models.execution import ExecutionConfig
 from .models.loading import ModelSpec, load_pair
+from .models.openmp import release_openmp_team
 from .models.pair import ModelPair
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "TokenizerMismatchError",
     "load_pair",
     "normalised_entropy",
+    "release_openmp_team",
     "router_for_quality",
     "router_named",
     "shared_engine",

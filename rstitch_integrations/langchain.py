@@ -35,7 +35,7 @@ from langchain_core.utils.function_calling import convert_to_json_schema, conver
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
-from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, TokenEvent
+from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, TokenEvent, release_openmp_team
 
 from .chat_format import THINK_OPEN, AnswerStep, InvalidToolCall, ParsedCall, ToolCall
 from .constrained import check_tool_choice, tool_choice_name
@@ -189,6 +189,7 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         chunks = self._chunks(messages, stop, kwargs)  # nothing runs until the first next()
+        release_openmp_team()  # torch work of the loop's thread (retrieval embeddings) must not throttle the passes
         done = object()
         step: asyncio.Future | None = None  # the worker thread's current next(chunks)
         try:

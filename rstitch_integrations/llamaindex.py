@@ -52,7 +52,7 @@ from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_ca
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 
-from rstitch_engine import StitchEngine
+from rstitch_engine import StitchEngine, release_openmp_team
 
 from .chat_format import AnswerParser, AnswerStep
 from .core import CALL_OPTIONS, CallStep, StitchOptions, decode_call, prepare_call
@@ -250,6 +250,7 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
 
     async def _astream(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> ChatResponseAsyncGen:
         """The core on worker threads; starting (and loading the pair the first time) too."""
+        release_openmp_team()  # torch work of the loop's thread (retrieval embeddings) must not throttle the passes
         call_steps = await asyncio.to_thread(self._start, messages, options)
         return _in_worker_threads(self._chat_responses(call_steps))
 

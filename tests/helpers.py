@@ -1,14 +1,21 @@
 """Shared test helpers: reference implementations the engine is checked against, a router that
-records its consultations, and loading a ``benchmarks/`` script as a module."""
+records its consultations, loading a ``benchmarks/`` script as a module, and counting a thread's
+OpenMP team (``rstitch_engine.models.openmp``)."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import ctypes
 import importlib.util
 import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Awaitable, Callable
 
 import torch
 from pydantic import BaseModel
@@ -118,3 +125,64 @@ def multiply(a: int, b: int) -> int:
 def capital_of(country: str) -> str:
     """Look up the capital city of a country."""
     return CAPITALS.get(country, f"unknown country {country!r}")
+
+
+WORKER_NAME = "rstitch-omp"  # at most 15 bytes (PR_SET_NAME)
+PR_SET_NAME = 15
+
+
+def name_this_os_thread(name: str = WORKER_NAME) -> None:
+    """Give the calling OS thread ``name`` (threads it creates from now on inherit it)."""
+    libc = ctypes.CDLL(None)
+    assert libc.prctl(PR_SET_NAME, name.encode(), 0, 0, 0) == 0
+
+
+def os_threads() -> int:
+    """Threads named by ``name_this_os_thread``: that thread and the OpenMP team threads it made (they inherit its name)."""
+    tasks = Path("/proc/self/task")
+    return sum((task / "comm").read_text().strip() == WORKER_NAME for task in tasks.iterdir() if (task / "comm").exists())
+
+
+def settle(expected: int, timeout: float = 5.0) -> int:
+    """``os_threads()`` once it reaches ``expected``, or after ``timeout`` (freed team threads exit asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while os_threads() != expected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os_threads()
+
+
+def parallel_region() -> None:
+    """An OpenMP parallel region at 2 torch threads: an element-wise op over libgomp's grain size."""
+    torch.ones(1_000_000).add_(1)
+
+
+def loop_thread_team_counts(ask: Callable[[], Awaitable[object]]) -> list[int]:
+    """On a new event-loop thread at 2 torch threads: a parallel region, then ``await ask()``.
+
+    Returns ``os_threads()`` after each: the loop's thread plus its OpenMP team (2), then what the
+    call left (1 if it freed the team). The loop's executor threads get a name of their own, so
+    their teams do not count.
+    """
+    counts: list[int] = []
+
+    async def embed_then_ask() -> None:
+        executor = ThreadPoolExecutor(initializer=name_this_os_thread, initargs=("rstitch-pool",))
+        asyncio.get_running_loop().set_default_executor(executor)
+        parallel_region()
+        counts.append(settle(2))
+        await ask()
+        counts.append(settle(1))
+
+    def loop_thread() -> None:
+        name_this_os_thread()
+        asyncio.run(embed_then_ask())
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        worker = threading.Thread(target=loop_thread)
+        worker.start()
+        worker.join()
+    finally:
+        torch.set_num_threads(threads)
+    return counts

@@ -2,22 +2,20 @@
 
 A libgomp team is one extra OS thread per extra torch thread. The worker thread here gets an OS
 name of its own, which the threads it creates inherit, so its team shows in ``/proc/self/task``
-whatever other threads come and go. Tiny models run no parallel region, so the passes here are
-made to run one (an element-wise op on a million elements, over libgomp's grain size); the
-control shows that such a region leaves a team.
+whatever other threads come and go (``helpers.settle``). Tiny models run no parallel region, so
+the passes here are made to run one (``helpers.parallel_region``); the control shows that such a
+region leaves a team.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
-import time
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
 import pytest
 import torch
+from helpers import name_this_os_thread, parallel_region, settle
 from tiny import byte_level_tokenizer, tiny_engine, tiny_model
 
 from rstitch_engine import GenerationSettings, StitchEngine
@@ -27,33 +25,6 @@ from rstitch_engine.models.openmp import release_openmp_team
 
 pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task") or release_openmp_team() is False,
                                 reason="needs Linux and torch on GNU OpenMP 5.0 (the PyPI wheels)")
-
-
-WORKER_NAME = "rstitch-omp"  # at most 15 bytes (PR_SET_NAME)
-PR_SET_NAME = 15
-
-
-def name_this_os_thread() -> None:
-    libc = ctypes.CDLL(None)
-    assert libc.prctl(PR_SET_NAME, WORKER_NAME.encode(), 0, 0, 0) == 0
-
-
-def os_threads() -> int:
-    """The worker thread and the team threads it made (they inherit its name)."""
-    tasks = Path("/proc/self/task")
-    return sum((task / "comm").read_text().strip() == WORKER_NAME for task in tasks.iterdir() if (task / "comm").exists())
-
-
-def settle(expected: int, timeout: float = 5.0) -> int:
-    """The OS thread count once it reaches ``expected`` (freed team threads exit asynchronously)."""
-    deadline = time.monotonic() + timeout
-    while os_threads() != expected and time.monotonic() < deadline:
-        time.sleep(0.01)
-    return os_threads()
-
-
-def parallel_region() -> None:
-    torch.ones(1_000_000).add_(1)
 
 
 @pytest.fixture()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from helpers import loop_thread_team_counts
 
 from rstitch_integrations.langchain import ChatRStitch
 
@@ -57,3 +58,9 @@ def test_batching_options_share_the_loaded_pair_and_change_no_answer(chat):
     batched = eager_llm.batch(QUESTIONS)
     assert max(m.response_metadata["stitch"]["largest_batch"] for m in batched) > 1
     assert [m.content for m in batched] == [m.content for m in serial]
+
+
+def test_an_async_call_frees_the_event_loop_threads_openmp_team(chat):
+    """Torch work of the loop's own thread (retrieval embeddings, say) leaves an OpenMP team there;
+    the adapter frees it before the passes run on worker threads (``rstitch_engine.models.openmp``)."""
+    assert loop_thread_team_counts(lambda: chat.ainvoke("What is 2 plus 3?")) == [2, 1]

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+from helpers import loop_thread_team_counts
 from llama_index.core.base.llms.types import ChatMessage
 
 from rstitch_integrations.llamaindex import _in_worker_threads
@@ -110,3 +111,9 @@ async def test_an_abandoned_real_stream_leaves_the_engine_usable(rstitch_llm, ex
         break
     await stream.aclose()
     assert (await rstitch_llm.achat(user(QUESTIONS[1]))).message.content == expected[QUESTIONS[1]]
+
+
+def test_an_async_call_frees_the_event_loop_threads_openmp_team(rstitch_llm):
+    """Torch work of the loop's own thread (retrieval embeddings, say) leaves an OpenMP team there;
+    the adapter frees it before the passes run on worker threads (``rstitch_engine.models.openmp``)."""
+    assert loop_thread_team_counts(lambda: rstitch_llm.achat(user(QUESTIONS[1]))) == [2, 1]
