@@ -139,9 +139,9 @@ class BatchScheduler:
     def _take_the_drive(self, ticket: Ticket) -> bool:
         """Wait until this ticket has something to read (False) or no consumer is driving (True: drive now).
 
-        Consumers with events to read never queue behind the step lock: a driver that takes the next step
-        at once would otherwise starve them (a lock is not fair), their requests would fill
-        ``MAX_EVENTS_AHEAD`` and sit out, and concurrent threads would batch no better than one by one.
+        Consumers with events to read never queue behind the step lock: a lock is not fair, so a driver
+        that takes the next step at once could keep them from reading, and a request whose unread
+        events reach ``MAX_EVENTS_AHEAD`` sits steps out.
         """
         with self._turns:
             while self._driving and not ticket.events and not ticket.done:

@@ -9,7 +9,7 @@ thread's team exists and 61-66 ms on *any* thread once a second team lives, the 
 included (the SLM's: 9 ms and 12 ms). Concurrent callers drive the engine from several threads
 (LangChain's ``batch`` thread pool, ``asyncio.to_thread``, a web server's workers), each of which
 would keep its team, so every later pass of the process ran throttled: 8 threads calling
-``generate`` took 1.6-1.9x as long as ``generate_batch`` of the same 8 prompts.
+``generate`` took 1.5-1.9x as long as ``generate_batch`` of the same 8 prompts.
 
 So every unit of the engine's torch work (a scheduler step, a one-request pass, a model decoding
 alone, loading a pair) ends with ``release_openmp_team``: OpenMP 5.0's ``omp_pause_resource_all``
