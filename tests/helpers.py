@@ -5,6 +5,7 @@ OpenMP team (``rstitch_engine.models.openmp``)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import ctypes
 import importlib.util
@@ -15,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Iterator
 
 import torch
 from pydantic import BaseModel
@@ -177,12 +178,19 @@ def loop_thread_team_counts(ask: Callable[[], Awaitable[object]]) -> list[int]:
         name_this_os_thread()
         asyncio.run(embed_then_ask())
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
+    with torch_threads(2):
         worker = threading.Thread(target=loop_thread)
         worker.start()
         worker.join()
-    finally:
-        torch.set_num_threads(threads)
     return counts
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``count`` inside, restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 import torch
-from helpers import name_this_os_thread, parallel_region, settle
+from helpers import name_this_os_thread, parallel_region, settle, torch_threads
 from tiny import byte_level_tokenizer, tiny_engine, tiny_model
 
 from rstitch_engine import GenerationSettings, StitchEngine
@@ -29,10 +29,8 @@ pytestmark = pytest.mark.skipif(not os.path.isdir("/proc/self/task") or release_
 
 @pytest.fixture()
 def two_torch_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(threads)
+    with torch_threads(2):
+        yield
 
 
 @pytest.fixture()
