@@ -7,7 +7,10 @@ Configurations, all greedy with the same ``max_new_tokens`` and the chat templat
   ``assistant_model`` of the LLM (transformers' defaults for the assistant);
 * ``R-Stitch tau=...``: the engine with ``EntropyRouter(tau)`` for each tau; with ``--hand-back``,
   also ``R-Stitch tau=... back=...``: ``EntropyRouter(tau, hand_back_threshold=back)`` for each
-  hand-back threshold above tau (the LLM returns control once its own entropy is <= back).
+  hand-back threshold above tau (the LLM returns control once its own entropy is <= back);
+* with ``--lookup K``: ``exact (LLM + lookup K)``, what ``quality='exact'`` runs (the engine with
+  ``AlwaysLLMRouter`` and prompt lookup of K tokens, ``decoding.lookup``), and each tau again with
+  prompt lookup (``R-Stitch tau=... lookup=K``).
 
 Fairness on a shared, noisy machine: for each item every configuration runs back to back, in an
 order rotated by one per item, so load drifts hit all of them alike. Each answer is timed with
@@ -45,6 +48,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
+from rstitch_engine.decoding.routers import AlwaysLLMRouter
 from rstitch_engine.measure.generalisation import generalisation_suite
 from rstitch_engine.measure.quality import QualityItem, quality_suite
 from rstitch_engine.models.defaults import DEFAULT_LLM
@@ -53,7 +57,7 @@ from rstitch_engine.models.hardware import processor_name
 DEFAULT_TAUS = (0.001, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 """The six thresholds of the paper's range, and the higher ones where this pair's LLM hands back to the draft
 (SmolLM2-135M's own normalised entropy is above 0.1 at about half of its tokens)."""
-Kind = Literal["slm", "llm", "assisted", "stitch"]
+Kind = Literal["slm", "llm", "assisted", "stitch", "exact"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +69,8 @@ class Config:
     tau: float | None = None
     hand_back: float | None = None
     """Stitched configs: ``EntropyRouter``'s ``hand_back_threshold`` (None: tau, Algorithm 1)."""
+    lookup: int = 0
+    """Stitched and exact configs: ``GenerationSettings.prompt_lookup_tokens`` (0: off)."""
 
 
 @dataclass(frozen=True)
@@ -89,12 +95,16 @@ def comma_floats(text: str) -> list[float]:
 
 
 def configs_for(taus: Sequence[float], baselines: Sequence[str] = ("slm", "llm", "assisted"),
-                hand_backs: Sequence[float] = ()) -> list[Config]:
+                hand_backs: Sequence[float] = (), lookup: int = 0) -> list[Config]:
     """The baselines (SLM alone, LLM alone, assisted generation; the LLM alone always, as the
-    reference), then R-Stitch at each tau (``stitched_configs``)."""
+    reference), then R-Stitch at each tau (``stitched_configs``); with ``lookup`` > 0 also the
+    exact preset with prompt lookup, and each tau with it."""
     fixed = [Config("SLM alone", "slm"), Config("LLM alone", "llm"), Config("assisted (HF)", "assisted")]
     chosen = [c for c in fixed if c.kind in baselines or c.kind == "llm"]
-    return chosen + stitched_configs(taus, hand_backs)
+    exact = [Config(f"exact (LLM + lookup {lookup})", "exact", lookup=lookup)] if lookup else []
+    with_lookup = [Config(f"R-Stitch tau={tau:g} lookup={lookup}", "stitch", tau, lookup=lookup)
+                   for tau in taus] if lookup else []
+    return chosen + exact + stitched_configs(taus, hand_backs) + with_lookup
 
 
 def stitched_configs(taus: Sequence[float], hand_backs: Sequence[float] = ()) -> list[Config]:
@@ -125,8 +135,11 @@ def run_config(engine: StitchEngine, config: Config, prompt_ids: list[int], sett
         return Answer(alone.token_ids, alone.text, seconds, slm_tokens, None)
     if config.kind == "assisted":
         return _assisted(engine, prompt_ids, settings)
+    router = (AlwaysLLMRouter() if config.kind == "exact"
+              else EntropyRouter(config.tau, hand_back_threshold=config.hand_back))  # type: ignore[arg-type]
+    settings = settings.replace(prompt_lookup_tokens=config.lookup)
     start = time.perf_counter()
-    result = engine.generate(prompt_ids, settings, EntropyRouter(config.tau, hand_back_threshold=config.hand_back))
+    result = engine.generate(prompt_ids, settings, router)
     seconds = time.perf_counter() - start
     stats = result.stats
     detail = {
@@ -135,6 +148,7 @@ def run_config(engine: StitchEngine, config: Config, prompt_ids: list[int], sett
         "slm_catchup_seconds": stats.slm.catchup_seconds, "llm_catchup_seconds": stats.llm.catchup_seconds,
         "slm_catchup_passes": stats.slm.catchup_passes, "llm_catchup_passes": stats.llm.catchup_passes,
         "discarded_slm_tokens": stats.discarded_slm_tokens,
+        "proposed_tokens": stats.proposed_tokens, "confirmed_tokens": stats.confirmed_tokens,
     }
     return Answer(result.token_ids, result.text, seconds, stats.slm_tokens, stats.switches_to_llm, detail=detail)
 
@@ -466,6 +480,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "once its entropy is <= each one above tau")
     parser.add_argument("--baselines", default="slm,llm,assisted",
                         help="comma-separated baselines among slm, llm, assisted (the LLM alone always runs)")
+    parser.add_argument("--lookup", type=int, default=0, metavar="K",
+                        help="also run quality='exact' (the LLM through the engine) and every tau with prompt lookup "
+                             "of K tokens (default: %(default)s, none)")
+    parser.add_argument("--skills", default="",
+                        help="comma-separated skills to keep (default: all; the generalisation suite's skills "
+                             "include rag and multiturn)")
     parser.add_argument("--repeats", type=int, default=1,
                         help="run everything this many times; the table pools the runs, a second table gives each run")
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -481,9 +501,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
     """Benchmark ``engine``'s pair as ``args`` say; prints the tables, writes the JSON and plot; returns the report."""
     taus = comma_floats(args.taus)
-    items = suite_items(args.suite, args.part)[:: args.every][: args.limit]
-    configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")], comma_floats(args.hand_back))
-    settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
+    skills = {s.strip() for s in args.skills.split(",") if s.strip()}
+    items = [item for item in suite_items(args.suite, args.part) if not skills or item.skill in skills]
+    if not items:
+        raise SystemExit(f"no item of the {args.part} part has a skill among {sorted(skills)}")
+    items = items[:: args.every][: args.limit]
+    configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")], comma_floats(args.hand_back),
+                          args.lookup)
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, prompt_lookup_tokens=0)
     started = time.perf_counter()
     runs = []
     for repeat in range(args.repeats):
@@ -521,6 +546,8 @@ def make_report(engine: StitchEngine, args: argparse.Namespace, configs: Sequenc
         "max_new_tokens": args.max_new_tokens,
         "taus": list(dict.fromkeys(c.tau for c in configs if c.kind == "stitch")),
         "hand_backs": sorted({c.hand_back for c in configs if c.hand_back is not None}),
+        "lookup": args.lookup,
+        "skills": sorted({r["skill"] for r in records}),
         "configs": [asdict(c) for c in configs],
         "assistant": {key: getattr(assistant, key, None) for key in
                       ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")},

@@ -65,8 +65,11 @@ def _parser() -> argparse.ArgumentParser:
                                "(default: %(default)s)")
     decoding.add_argument("--router-path", default=None, help="a learned router's folder (`rstitch train-router --out`)")
     decoding.add_argument("--quality", default=None, choices=["exact", "balanced", "fast"],
-                          help="a preset instead of --router/--threshold: exact = the LLM alone, balanced = a "
-                               "stricter tau, fast = the default tau")
+                          help="a preset instead of --router/--threshold: exact = the LLM alone (sped up by prompt "
+                               "lookup), balanced = a stricter tau, fast = the default tau")
+    decoding.add_argument("--prompt-lookup", type=int, default=None, metavar="K", dest="prompt_lookup_tokens",
+                          help="check up to K tokens copied from the prompt per pass (same answer, fewer passes; "
+                               "greedy only); 0 = off; default: on (6) with --quality exact or --router llm, else off")
     decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens (default: %(default)s)")
     decoding.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
     decoding.add_argument("--top-p", type=float, default=1.0)
@@ -168,7 +171,7 @@ def _distill(args: argparse.Namespace, console: Console) -> int:
 def _generate(args: argparse.Namespace, console: Console) -> int:
     settings = GenerationSettings(
         max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
-        seed=args.seed, stop=tuple(args.stop),
+        seed=args.seed, stop=tuple(args.stop), prompt_lookup_tokens=args.prompt_lookup_tokens,
     )
     if args.quality and (args.router != "entropy" or args.threshold != DEFAULT_THRESHOLD or args.router_path):
         raise InvalidSettingError("give either --quality or --router/--threshold, not both")

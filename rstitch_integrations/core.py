@@ -47,7 +47,7 @@ from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_to
 from .constrained import answer_shape, tool_choice_name, with_json_instruction
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
-                "tool_choice", "parallel_tool_calls", "response_format", "constrained")
+                "tool_choice", "parallel_tool_calls", "response_format", "constrained", "prompt_lookup_tokens")
 """Keyword arguments one call may set (each overrides the option of the same name for that call)."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -71,7 +71,7 @@ class StitchOptions(BaseModel):
     router_path: str | None = Field(default=None, description=(
         "Folder of a learned router (`rstitch train-router --out`), used with router='learned'."))
     quality: Quality | None = Field(default=None, description=(
-        "A preset instead of router and threshold: 'exact' (the LLM alone: its own answer, no speedup), "
+        "A preset instead of router and threshold: 'exact' (the LLM alone: its own answer, sped up by prompt lookup only), "
         "'balanced' (a stricter tau) or 'fast' (the default tau). A call may set its own quality or threshold."))
     temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
@@ -80,6 +80,10 @@ class StitchOptions(BaseModel):
     stop: list[str] | None = Field(default=None, description=(
         "Strings that end the answer (trimmed from it); a call's `stop` adds to these."))
     seed: int | None = Field(default=None, description="Seed for sampling; equal seeds give equal answers.")
+    prompt_lookup_tokens: int | None = Field(default=None, description=(
+        "Prompt lookup: check up to this many tokens copied from the prompt in each pass (retrieved passages, "
+        "earlier turns: same answer, fewer passes; greedy only); 0: off; None: on for quality='exact' and "
+        "router='llm', off for stitching."))
     device: str = Field(default="auto", description="'cpu', 'cuda', 'cuda:N' or 'auto'.")
     dtype: Dtype = Field(default="auto", description=(
         "Weight dtype; 'auto' is bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), "
@@ -144,6 +148,7 @@ class StitchOptions(BaseModel):
             top_k=options.get("top_k", self.top_k),
             seed=options.get("seed", self.seed),
             stop=tuple(dict.fromkeys(stops)),
+            prompt_lookup_tokens=options.get("prompt_lookup_tokens", self.prompt_lookup_tokens),
         )
 
     def request_router(self, options: Mapping[str, Any]) -> Router:

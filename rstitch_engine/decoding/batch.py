@@ -50,30 +50,40 @@ def batchable(slots: Sequence[Slot]) -> bool:
 
 @torch.inference_mode()
 def catch_up_batch(slots: Sequence[Slot], tokens: Sequence[list[int]], kinds: Sequence[ForwardKind],
-                   want_hidden: bool) -> list[NextToken]:
+                   want_hidden: bool, proposals: Sequence[tuple[int, ...]] | None = None) -> list[NextToken]:
     """Feed each slot ``tokens[r][slot.n_cached:]`` in one pass of their (shared) model.
 
     Afterwards each slot's cache covers all of its ``tokens[r]``, a ``ForwardRecord`` with the
     pass's wall time and ``batch_size`` is appended to each, and result r predicts position
-    ``len(tokens[r])`` of row r, as ``Slot.catch_up`` does for one slot.
+    ``len(tokens[r])`` of row r, as ``Slot.catch_up`` does for one slot. A row with a proposal
+    (``proposals[r]``, prompt lookup) is fed it too, as ``Slot.catch_up`` does: its cache then also
+    holds the proposal's entries until the request ``rewind``s it.
     """
+    proposals = proposals if proposals is not None else [()] * len(slots)
     if len(slots) == 1 or not batchable(slots):
-        return [slot.catch_up(row, kind, want_hidden) for slot, row, kind in zip(slots, tokens, kinds)]
+        return [slot.catch_up(row, kind, want_hidden, proposal)
+                for slot, row, kind, proposal in zip(slots, tokens, kinds, proposals)]
     loaded = slots[0].loaded
     cached = [slot.n_cached for slot in slots]
-    new = [row[c:] for row, c in zip(tokens, cached)]
-    assert all(new), "a slot is only run when it has unseen tokens"
+    new = [row[c:] + list(proposal) for row, c, proposal in zip(tokens, cached, proposals)]
+    assert all(len(n) > len(p) for n, p in zip(new, proposals)), "a slot is only run when it has unseen tokens"
     start = time.perf_counter()
     batch_cache, past = _padded_cache(loaded, slots)
-    logits, hidden = loaded.forward_rows(new, cached, batch_cache, past, want_hidden)  # [B, V], [B, d] | None
-    results = [NextToken(logits=logits[r], hidden=None if hidden is None else hidden[r]) for r in range(len(slots))]
+    keep = [len(proposal) + 1 for proposal in proposals]
+    logits, hidden, ahead = loaded.forward_rows(new, cached, batch_cache, past, want_hidden, keep)  # [B, V], [B, d] | None
+    results = [NextToken(logits=ahead[r][0] if proposals[r] else logits[r],
+                         hidden=None if hidden is None else hidden[r],
+                         proposal=proposals[r],
+                         proposal_logits=torch.cat([ahead[r][1:], logits[r:r + 1]]) if proposals[r] else None)
+               for r in range(len(slots))]
     _append_new_entries(slots, batch_cache, past, [len(n) for n in new])
     if loaded.device.type == "cuda":
         torch.cuda.synchronize(loaded.device)
     seconds = time.perf_counter() - start
-    for slot, row, n_new, c, kind in zip(slots, tokens, new, cached, kinds):
-        slot.records.append(ForwardRecord(loaded.role, kind, len(n_new), c, seconds, batch_size=len(slots)))
-        slot.n_cached = len(row)
+    for slot, row, n_new, c, kind, proposal in zip(slots, tokens, new, cached, kinds, proposals):
+        slot.records.append(ForwardRecord(loaded.role, kind, len(n_new), c, seconds, batch_size=len(slots),
+                                          proposed_tokens=len(proposal)))
+        slot.n_cached = len(row)  # a proposal's entries lie beyond it until the request rewinds
     return results
 
 

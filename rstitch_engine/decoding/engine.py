@@ -310,26 +310,27 @@ class StitchEngine:
         request = decoder.request
         while not decoder.finished:
             event = decoder.forced()  # a position the grammar decides: no pass
-            if event is None:
-                if decoder.finished:
-                    break
-                event = self._serial_step(decoder)
-            if event is None:  # the SLM token was discarded; the LLM decodes this same position next
-                continue
-            suspended_since = time.perf_counter()
-            yield event
-            request.idle_seconds += time.perf_counter() - suspended_since  # the consumer's time
+            if event is not None:
+                events = [event]
+            elif decoder.finished:
+                break
+            else:
+                events = self._serial_step(decoder)  # none: the SLM token was discarded, the LLM decodes it next
+            for event in events:
+                suspended_since = time.perf_counter()
+                yield event
+                request.idle_seconds += time.perf_counter() - suspended_since  # the consumer's time
         return decoder.stats()
 
     @releasing_openmp_team  # the next step may run on another caller's thread (``models.openmp``)
-    def _serial_step(self, decoder: RequestDecoder) -> TokenEvent | None:
-        """One pass of the request's active model and its routing; None if the SLM's token was discarded."""
+    def _serial_step(self, decoder: RequestDecoder) -> list[TokenEvent]:
+        """One pass of the request's active model and its routing: the kept tokens' events."""
         need = decoder.next_pass()
         waiting_since = time.perf_counter()
         with self._forward_lock:
             decoder.request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
             self._release_retired()
-            nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden)
+            nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden, need.proposal)
         return decoder.advance(nxt)
 
     def _scheduled(self, ticket: Ticket) -> Generator[TokenEvent, None, StitchStats]:

@@ -19,8 +19,12 @@ several tokens it missed, even when it wrote the token before them; such a pass 
 
 ``RequestDecoder`` splits a step in two: ``next_pass`` says which model must run and how
 (``PassNeed``); whoever runs it (the engine alone, or the batch scheduler in a batched pass) hands
-the result to ``advance``, which applies the routing rule and returns the kept token's event, or
-None when the SLM's token was discarded. The decisions never depend on how the pass was run.
+the result to ``advance``, which applies the routing rule and returns the kept tokens' events (none
+when the SLM's token was discarded). The decisions never depend on how the pass was run.
+
+With prompt lookup (``GenerationSettings.prompt_lookup_tokens``, ``lookup``) a pass may also feed
+tokens proposed from the context; ``advance`` then keeps several tokens from one pass, applying the
+routing rule at each position in turn, and the slot drops the proposed tokens it did not keep.
 """
 
 from __future__ import annotations
@@ -29,10 +33,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+import torch
+
 from ..models.loaded import ForwardKind, ForwardRecord, ModelRole
 from ..models.pair import ModelPair
 from .constraints import GrammarState
 from .detokenize import TextAssembler
+from .lookup import lookup_tokens_for, propose
 from .routing import Router, RouterState, hand_back_hook
 from .sampling import RequestRandomness, entropy_and_choice
 from .settings import GenerationSettings
@@ -58,6 +65,10 @@ class StitchRequest:
     """Output tokens a grammar forced (kept without a forward pass)."""
     switches_to_llm: int = 0
     switches_to_slm: int = 0
+    proposed_tokens: int = 0
+    """Tokens prompt lookup fed after a pass's unseen tokens (``lookup``)."""
+    confirmed_tokens: int = 0
+    """Of those, the ones the request kept: each saved a forward pass."""
     idle_seconds: float = 0.0
     """Time not spent on this request: waiting for other requests' passes, or for the consumer."""
 
@@ -95,10 +106,13 @@ class PassNeed:
     slot: Slot
     tokens: list[int]
     """The request's x + y (the slot feeds the part it has not seen)."""
+    proposal: tuple[int, ...] = ()
+    """Tokens prompt lookup proposes after them, fed in the same pass (``lookup``); () for a plain pass."""
 
     @property
     def new_tokens(self) -> int:
-        return len(self.tokens) - self.slot.n_cached
+        """Tokens the pass feeds: the unseen ones and the proposal."""
+        return len(self.tokens) - self.slot.n_cached + len(self.proposal)
 
 
 class RequestDecoder:
@@ -116,6 +130,7 @@ class RequestDecoder:
         self._text = TextAssembler(pair.tokenizer, settings.stop)
         self._randomness = RequestRandomness(settings.seed)
         self._hand_back = hand_back_hook(router)  # None: the LLM hands back exactly when H <= tau
+        self._lookup_tokens = lookup_tokens_for(settings.prompt_lookup_tokens, router)
         self._took_over = False
         self.finish_reason: FinishReason | None = None
         """Set when the request is over: 'stop' (EOS or a stop string) or 'length'."""
@@ -130,9 +145,19 @@ class RequestDecoder:
         active = request.active
         slot = request.slots[active]
         decode = request.last_writer == active and len(request.tokens) - slot.n_cached == 1
-        return PassNeed(role=active, kind="decode" if decode else "catchup",
-                        want_hidden=active == "slm" and self.router.needs_hidden_state,
-                        slot=slot, tokens=request.tokens)
+        want_hidden = active == "slm" and self.router.needs_hidden_state
+        return PassNeed(role=active, kind="decode" if decode else "catchup", want_hidden=want_hidden,
+                        slot=slot, tokens=request.tokens, proposal=self._proposal(slot, want_hidden))
+
+    def _proposal(self, slot: Slot, want_hidden: bool) -> tuple[int, ...]:
+        """Prompt lookup's tokens for the next pass, where it applies (``lookup``); () otherwise."""
+        settings = self.settings
+        if not self._lookup_tokens or not settings.greedy or self.grammar is not None:
+            return ()
+        if want_hidden or not slot.can_rewind:
+            return ()
+        room = settings.max_new_tokens - self.request.output_tokens - 1  # the pass keeps at most 1 + k tokens
+        return propose(self.request.tokens, min(self._lookup_tokens, room))
 
     def forced(self) -> TokenEvent | None:
         """Keep the grammar's one allowed token here without a forward pass; None when a pass is needed.
@@ -155,10 +180,41 @@ class RequestDecoder:
         request.forced_tokens += 1
         return self._emit(token, 0.0, bool(hands_back))
 
-    def advance(self, nxt: NextToken) -> TokenEvent | None:
-        """Apply one step's routing to the active model's next-token view; None if the SLM token was discarded."""
+    def advance(self, nxt: NextToken) -> list[TokenEvent]:
+        """Apply the routing to the active model's view of the next positions; the kept tokens' events.
+
+        A plain pass gives one position: its token's event, or none when the SLM's token there was
+        discarded (the LLM decodes that same position next). A pass that also fed a proposal gives
+        one more position per proposed token; they are decided in turn while the kept token is the
+        proposed one and the same model stays in control, and the slot then drops what was not kept.
+        """
+        request = self.request
+        slot, kept_before = request.slots[request.active], len(request.tokens)
+        views = [nxt.logits] if not nxt.proposal else [nxt.logits, *nxt.proposal_logits]  # type: ignore[misc]
+        events: list[TokenEvent] = []
+        discarded = False
+        for position, logits in enumerate(views):
+            event = self._decide(logits, nxt.hidden if position == 0 else None)
+            if event is None:
+                discarded = True
+                break
+            events.append(event)
+            confirms = position < len(nxt.proposal) and event.token_id == nxt.proposal[position]
+            if not confirms or self.finished or event.hands_back:
+                break
+        if nxt.proposal:
+            confirmed = _confirmed(nxt.proposal, events)
+            # As after plain steps, the cache ends before the last kept token (its writer feeds it at
+            # its next pass) unless the next position was decided too (the SLM's token there discarded).
+            fed_and_kept = confirmed if discarded or confirmed < len(events) else confirmed - 1
+            slot.rewind(kept_before + fed_and_kept)
+            request.proposed_tokens += len(nxt.proposal)
+            request.confirmed_tokens += confirmed
+        return events
+
+    def _decide(self, logits: torch.Tensor, hidden: torch.Tensor | None) -> TokenEvent | None:
+        """Algorithm 1 at one position (``logits`` [V], the active model's); None if the SLM token was discarded."""
         request, settings = self.request, self.settings
-        logits = nxt.logits
         if self.grammar is not None:  # entropy and choice over the renormalised allowed tokens
             if self.grammar.dead_end:
                 self.finish_reason = "no_allowed_token"
@@ -166,7 +222,7 @@ class RequestDecoder:
             logits = self.grammar.mask(logits)
         support = self.grammar.allowed_count if self.grammar is not None else None
         entropy, token = entropy_and_choice(logits, settings, self._randomness.generator_for(logits.device), support)
-        state = RouterState(entropy, len(request.tokens), token, nxt.hidden)
+        state = RouterState(entropy, len(request.tokens), token, hidden)
         hands_back = _route(request, self.router, self._hand_back, state)
         if hands_back is None:  # the LLM decodes this same position next
             self._took_over = True
@@ -224,7 +280,19 @@ class RequestDecoder:
             speedup_basis="estimated" if llm_alone is not None else "unavailable",
             largest_batch=max((r.batch_size for r in records), default=1),
             forced_tokens=request.forced_tokens,
+            proposed_tokens=request.proposed_tokens,
+            confirmed_tokens=request.confirmed_tokens,
         )
+
+
+def _confirmed(proposal: tuple[int, ...], events: list[TokenEvent]) -> int:
+    """How many leading proposed tokens are the kept ones (the proposal's cache entries that stay)."""
+    count = 0
+    for proposed, event in zip(proposal, events):
+        if event.token_id != proposed:
+            break
+        count += 1
+    return count
 
 
 def _route(request: StitchRequest, router: Router, hand_back: Callable[[RouterState], bool] | None,

@@ -13,6 +13,7 @@ from typing import Literal
 from ..errors import InvalidSettingError
 from ..models.defaults import DEFAULT_THRESHOLD
 from .learned_router import load_learned_router
+from .lookup import LLM_ALONE_LOOKUP_TOKENS
 from .routing import Router, RouterState
 from .settings import validate_threshold
 
@@ -58,18 +59,24 @@ class AlwaysSLMRouter:
 
 @dataclass(frozen=True)
 class AlwaysLLMRouter:
-    """Baseline: the LLM alone, reached through the loop (one SLM prompt pass is discarded)."""
+    """The LLM alone, reached through the loop (one SLM prompt pass is discarded): ``quality='exact'``.
+
+    Prompt lookup is on with it by default (``GenerationSettings.prompt_lookup_tokens=None``): the
+    LLM then writes every token, and lookup keeps its answer while deciding copied spans in fewer passes.
+    """
 
     threshold: float = -math.inf
     needs_hidden_state: bool = False
+    prompt_lookup_tokens: int = LLM_ALONE_LOOKUP_TOKENS
+    """What ``GenerationSettings.prompt_lookup_tokens=None`` means with this router (``lookup``)."""
 
     def wants_llm(self, state: RouterState) -> bool:
         return True
 
 
 Quality = Literal["exact", "balanced", "fast"]
-"""A quality preset: 'exact' keeps the LLM's own answer (the LLM alone, no speedup), 'balanced' a
-stricter tau, 'fast' the default tau (``QUALITY_THRESHOLDS``)."""
+"""A quality preset: 'exact' keeps the LLM's own answer (the LLM alone, sped up by prompt lookup
+only), 'balanced' a stricter tau, 'fast' the default tau (``QUALITY_THRESHOLDS``)."""
 QUALITY_THRESHOLDS: dict[str, float] = {"balanced": 0.05, "fast": DEFAULT_THRESHOLD}
 """tau of the stitched presets, chosen on the generalisation suite's tuning part (README, "Quality presets")."""
 

@@ -222,12 +222,12 @@ def _run_group(group: list[tuple[Ticket, PassNeed]]) -> list[NextToken | None]:
     needs = [need for _, need in group]
     try:
         return catch_up_batch([n.slot for n in needs], [n.tokens for n in needs], [n.kind for n in needs],
-                              any(n.want_hidden for n in needs))
+                              any(n.want_hidden for n in needs), [n.proposal for n in needs])
     except Exception:  # noqa: BLE001 - find the row at fault; the others go on
         results: list[NextToken | None] = []
         for ticket, need in group:
             try:
-                results.append(need.slot.catch_up(need.tokens, need.kind, need.want_hidden))
+                results.append(need.slot.catch_up(need.tokens, need.kind, need.want_hidden, need.proposal))
             except Exception as error:  # noqa: BLE001 - delivered to this request's consumer
                 ticket.error = error
                 results.append(None)
@@ -246,12 +246,11 @@ def _keep_forced(ticket: Ticket) -> bool:
 
 def _advance(ticket: Ticket, nxt: NextToken) -> None:
     try:
-        event = ticket.decoder.advance(nxt)
+        events = ticket.decoder.advance(nxt)
     except Exception as error:  # noqa: BLE001 - a router that raises ends its own request only
         ticket.error = error
         return
-    if event is not None:
-        ticket.events.append(event)
+    ticket.events.extend(events)
 
 
 def idle_when_batched(decoder: RequestDecoder, wall_seconds: float) -> float:

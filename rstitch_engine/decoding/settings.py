@@ -33,6 +33,12 @@ class GenerationSettings:
     """Strings that end generation; matched on decoded text and trimmed from the output."""
     grammar: "Grammar | None" = None
     """What the output must match (``constraints.Grammar``: JSON schema, regex, Lark, tool calls); None: free text."""
+    prompt_lookup_tokens: int | None = None
+    """Prompt lookup (``decoding.lookup``): up to this many tokens copied from the context are checked
+    in each pass of the active model, so that copied spans cost fewer passes; 0 turns it off, None
+    leaves it to the router (on, 6 tokens, for the LLM alone: ``quality='exact'``; off for stitching). The
+    same tokens and sources as without it, up to floating-point summation order. Greedy decoding
+    without a grammar only (otherwise ignored)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -45,6 +51,8 @@ class GenerationSettings:
         _require(_is_finite_number(self.top_p) and 0 < self.top_p <= 1,
                  f"top_p must be in (0, 1], got {self.top_p!r}")
         require_int_at_least("top_k", self.top_k, 0)
+        if self.prompt_lookup_tokens is not None:
+            require_int_at_least("prompt_lookup_tokens", self.prompt_lookup_tokens, 0)
         _require(self.seed is None or (isinstance(self.seed, int) and not isinstance(self.seed, bool)),
                  f"seed must be an integer or None, got {self.seed!r}")
         _require(all(isinstance(s, str) and s for s in self.stop),

@@ -8,8 +8,10 @@ one request and holds that request's cache, of the model's backend (``models.exe
 * static: a ``StaticCache`` from the model's pool, taken at the slot's first pass (a model that never
   runs for a request holds none) and given back by ``release``.
 
-The cache only ever grows: a discarded SLM token is never fed to the SLM (see ``Slot.catch_up``), so
-rolling it back costs nothing.
+The cache only grows from one step to the next: a discarded SLM token is never fed to the SLM
+(see ``Slot.catch_up``), so rolling it back costs nothing. The one exception is prompt lookup
+(``decoding.lookup``): a pass may also feed proposed tokens, and the request then keeps only those
+it confirmed (``Slot.rewind``), so that between steps the invariant holds again.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import Cache, DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from ..models.loaded import ForwardKind, ForwardRecord, LoadedModel
 
@@ -30,7 +33,11 @@ class NextToken:
     logits: torch.Tensor
     """[V] float32 over the shared real vocabulary."""
     hidden: torch.Tensor | None
-    """[hidden_size] last-layer hidden state at the last fed position, when asked for."""
+    """[hidden_size] last-layer hidden state at the last unseen token, when asked for."""
+    proposal: tuple[int, ...] = ()
+    """Proposed tokens the same pass fed after the unseen ones (prompt lookup); () for a plain pass."""
+    proposal_logits: torch.Tensor | None = None
+    """[len(proposal), V] float32: row j predicts the position after ``proposal[j]``; None for a plain pass."""
 
 
 @dataclass
@@ -49,6 +56,21 @@ class Slot:
         if self.loaded.static_steps is None:
             self.cache = DynamicCache(config=self.loaded.model.config)
 
+    @property
+    def can_rewind(self) -> bool:
+        """Whether proposed tokens can be fed and dropped again: a dynamic cache of plain growing layers."""
+        return self.cache is not None and self.loaded.static_steps is None and all(
+            type(layer) is DynamicLayer for layer in self.cache.layers)
+
+    def rewind(self, n_tokens: int) -> None:
+        """Drop the cache's entries after its first ``n_tokens`` (proposed tokens the request did not keep)."""
+        assert self.cache is not None and self.can_rewind, "only a dynamic cache of plain layers rewinds"
+        covered = self.cache.get_seq_length()
+        assert n_tokens <= covered, f"cannot rewind a cache of {covered} tokens to {n_tokens}"
+        if n_tokens < covered:
+            self.cache.crop(n_tokens - covered)  # a negative count removes that many trailing entries
+        self.n_cached = n_tokens
+
     def release(self) -> None:
         """Give a static cache back to its pool (the request is over); a no-op for a dynamic cache."""
         steps = self.loaded.static_steps
@@ -57,15 +79,23 @@ class Slot:
             steps.pool.give_back(cache)  # type: ignore[arg-type]
 
     @torch.inference_mode()
-    def catch_up(self, tokens: list[int], kind: ForwardKind, want_hidden: bool) -> NextToken:
+    def catch_up(self, tokens: list[int], kind: ForwardKind, want_hidden: bool,
+                 proposal: tuple[int, ...] = ()) -> NextToken:
         """Feed exactly the unseen tokens ``tokens[n_cached:]`` in one forward pass.
 
         Afterwards the cache covers all of ``tokens`` and the result predicts position
         ``len(tokens)``. There is always at least one unseen token: a model only becomes active
         after a token it did not write was appended, or after appending its own token.
+
+        With a ``proposal`` (prompt lookup; a slot that ``can_rewind`` only), the same pass feeds it
+        after the unseen tokens: the cache then covers ``tokens + proposal`` until the request keeps
+        what it confirmed (``rewind``), and ``proposal_logits`` predict the position after each.
         """
         unseen = tokens[self.n_cached:]
         assert unseen, "a slot is only run when it has unseen tokens"
+        if proposal:
+            assert not want_hidden, "a routing that needs hidden states gets no proposals (``decoding.lookup``)"
+            return self._catch_up_with_proposal(tokens, unseen, kind, proposal)
         device, steps = self.loaded.device, self.loaded.static_steps
         start = time.perf_counter()
         if steps is not None:
@@ -85,3 +115,19 @@ class Slot:
         self.records.append(ForwardRecord(self.loaded.role, kind, len(unseen), self.n_cached, seconds))
         self.n_cached = len(tokens)
         return NextToken(logits=logits, hidden=hidden)
+
+    def _catch_up_with_proposal(self, tokens: list[int], unseen: list[int], kind: ForwardKind,
+                                proposal: tuple[int, ...]) -> NextToken:
+        assert self.can_rewind, "proposed tokens need a cache that can drop them again"
+        fed = unseen + list(proposal)
+        start = time.perf_counter()
+        input_ids = torch.tensor([fed], dtype=torch.long, device=self.loaded.device)  # [1, n_new + k]
+        output = self.loaded.forward(input_ids, self.cache, self.n_cached, keep=len(proposal) + 1)  # type: ignore[arg-type]
+        logits = output.logits[0, :, : self.loaded.vocab_size].float()  # [k + 1, V]
+        if self.loaded.device.type == "cuda":
+            torch.cuda.synchronize(self.loaded.device)
+        seconds = time.perf_counter() - start
+        self.records.append(ForwardRecord(self.loaded.role, kind, len(fed), self.n_cached, seconds,
+                                          proposed_tokens=len(proposal)))
+        self.n_cached = len(tokens)  # the proposal's entries lie beyond it until ``rewind``
+        return NextToken(logits=logits[0], hidden=None, proposal=proposal, proposal_logits=logits[1:])

@@ -47,6 +47,7 @@ class ModelUsage:
     catchup_passes: int
     """Forward passes over tokens the model had not seen (prompt prefill included)."""
     catchup_tokens: int
+    """Tokens the model missed that catch-up passes fed (prompt lookup's proposals not included)."""
     catchup_seconds: float
     pass_share: float = 0.0
     """Sum of 1/batch_size over this model's passes: 1 for each pass the request ran alone, 1/B for
@@ -67,7 +68,7 @@ class ModelUsage:
             decode_passes=len(decodes),
             decode_seconds=sum(r.seconds for r in decodes),
             catchup_passes=len(catchups),
-            catchup_tokens=sum(r.new_tokens for r in catchups),
+            catchup_tokens=sum(r.new_tokens - r.proposed_tokens for r in catchups),
             catchup_seconds=sum(r.seconds for r in catchups),
             pass_share=sum(1 / r.batch_size for r in mine),
         )
@@ -105,6 +106,10 @@ class StitchStats:
     assumes the same output length."""
     forced_tokens: int = 0
     """Output tokens a grammar forced: kept without a forward pass, counted in the active model's tokens."""
+    proposed_tokens: int = 0
+    """Tokens prompt lookup proposed from the context and fed to the active model (``decoding.lookup``)."""
+    confirmed_tokens: int = 0
+    """Of those, the ones kept: each is a token decided without a forward pass of its own."""
 
     @property
     def slm_tokens(self) -> int:
@@ -162,6 +167,8 @@ class StitchStats:
             "idle_seconds": self.idle_seconds,
             "largest_batch": self.largest_batch,
             "forced_tokens": self.forced_tokens,
+            "proposed_tokens": self.proposed_tokens,
+            "confirmed_tokens": self.confirmed_tokens,
             "busy_seconds": self.busy_seconds,
             "tokens_per_second": self.tokens_per_second,
             "finish_reason": self.finish_reason,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -52,22 +53,26 @@ class LoadedModel:
         config = self.model.config.get_text_config(decoder=True)
         return getattr(config, "max_position_embeddings", None)
 
-    def forward(self, input_ids: torch.Tensor, cache: DynamicCache, start: int, want_hidden: bool = False) -> Any:
+    def forward(self, input_ids: torch.Tensor, cache: DynamicCache, start: int, want_hidden: bool = False,
+                keep: int = 1) -> Any:
         """One cached pass: ``input_ids`` [1, n] at positions ``start .. start + n - 1``, after the
-        ``start`` tokens ``cache`` covers (which it then covers too). Logits of the last position only."""
+        ``start`` tokens ``cache`` covers (which it then covers too). Logits of the last ``keep`` positions."""
         positions = torch.arange(start, start + input_ids.shape[1], device=input_ids.device)  # [n]
         return self.model(input_ids=input_ids, **{self._cache_keyword: cache}, cache_position=positions,
-                          use_cache=True, logits_to_keep=1, output_hidden_states=want_hidden)
+                          use_cache=True, logits_to_keep=keep, output_hidden_states=want_hidden)
 
     def forward_rows(self, new: list[list[int]], cached: list[int], cache: DynamicCache, past: int,
-                     want_hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                     want_hidden: bool = False, keep: list[int] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
         """One cached pass over several rows (``decoding.batch`` lays them out): row r's ``new[r]``
         tokens at positions ``cached[r] ..``, right-padded to N = max len; ``cache`` holds each row's
         ``cached[r]`` keys/values left-padded to ``past``.
 
         Returns the float32 logits over the shared vocabulary at each row's last real token
-        ([B, V]) and, when asked, the last-layer hidden states there ([B, d]). The output head runs
-        on those B positions only (not on every padded column).
+        ([B, V]), when asked the last-layer hidden states there ([B, d]), and per row r the logits
+        of the ``keep[r] - 1`` real tokens before its last ([keep[r] - 1, V]; ``keep`` None: all 1,
+        for prompt lookup's proposals). The output head runs on those positions only (not on every
+        padded column).
         """
         width = max(len(row) for row in new)
         device = self.device
@@ -78,20 +83,30 @@ class LoadedModel:
             ids[r, : len(row)] = torch.tensor(row)
             positions[r] = torch.arange(c, c + width)
             mask[r, past - c: past + len(row)] = 1
-        last = torch.tensor([len(row) - 1 for row in new], device=device)  # [B]
-        rows = torch.arange(len(new), device=device)
+        keep = keep if keep is not None else [1] * len(new)
+        # the columns whose logits are needed, row by row: row r's last keep[r] real tokens, the last one last
+        wanted = [(r, col) for r, (row, k) in enumerate(zip(new, keep)) for col in range(len(row) - k, len(row))]
+        rows = torch.tensor([r for r, _ in wanted], device=device)  # [K]
+        cols = torch.tensor([col for _, col in wanted], device=device)  # [K]
         inputs = dict(input_ids=ids.to(device), position_ids=positions.to(device), attention_mask=mask.to(device),
                       cache_position=torch.arange(past, past + width, device=device), use_cache=True,
                       output_hidden_states=want_hidden)
         if self._plain_output_head:
             output = self.model.get_decoder()(**inputs, **{self._decoder_cache_keyword: cache})
-            logits = self.model.get_output_embeddings()(output.last_hidden_state[rows, last])  # [B, V_out]
+            logits = self.model.get_output_embeddings()(output.last_hidden_state[rows, cols])  # [K, V_out]
         else:  # a head that scales or caps logits: let the model apply it, on the columns some row needs
-            keep = torch.tensor(sorted(set(last.tolist())), device=device)
-            output = self.model(**inputs, **{self._cache_keyword: cache}, logits_to_keep=keep)
-            logits = output.logits[rows, torch.searchsorted(keep, last)]
-        hidden = output.hidden_states[-1][rows, last] if want_hidden else None
-        return logits[:, : self.vocab_size].float(), hidden
+            columns = torch.tensor(sorted(set(cols.tolist())), device=device)
+            output = self.model(**inputs, **{self._cache_keyword: cache}, logits_to_keep=columns)
+            logits = output.logits[rows, torch.searchsorted(columns, cols)]
+        logits = logits[:, : self.vocab_size].float()
+        ends = list(itertools.accumulate(keep))  # row r's columns are logits[ends[r] - keep[r] : ends[r]]
+        last = torch.tensor([end - 1 for end in ends], device=device)  # [B]
+        hidden = None
+        if want_hidden:
+            last_cols = torch.tensor([len(row) - 1 for row in new], device=device)
+            hidden = output.hidden_states[-1][torch.arange(len(new), device=device), last_cols]  # [B, d]
+        before_last = [logits[end - k: end - 1] for end, k in zip(ends, keep)]
+        return logits[last], hidden, before_last
 
     @functools.cached_property
     def static_steps(self) -> StaticSteps | None:
@@ -146,3 +161,5 @@ class ForwardRecord:
     """Wall time of the pass; in a batched pass, of the whole pass (shared by its rows)."""
     batch_size: int = 1
     """Requests that shared this pass (1: the request ran alone)."""
+    proposed_tokens: int = 0
+    """Of ``new_tokens``, those proposed by prompt lookup (``decoding.lookup``) after the unseen ones."""

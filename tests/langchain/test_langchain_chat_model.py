@@ -342,3 +342,25 @@ def test_an_abandoned_stream_closes_its_engine_stream(real_engine: StitchEngine)
     next(chunks)
     chunks.close()
     assert closed(engine.streams[-1])
+
+
+def test_prompt_lookup_speeds_the_exact_preset_on_a_retrieval_prompt_and_keeps_its_answer(real_engine: StitchEngine) -> None:
+    """quality='exact' checks tokens copied from the passages in its passes (on by default there);
+    float32, so the answer is the same token for token as without lookup."""
+    from rstitch_engine.measure.generalisation import generalisation_suite
+
+    item = next(i for i in generalisation_suite("heldout") if i.skill == "rag")
+    messages = [(m["role"].replace("user", "human").replace("assistant", "ai"), m["content"]) for m in item.messages()]
+    exact = ChatRStitch(quality="exact", dtype="float32", max_tokens=20)
+    reply = exact.invoke(messages)
+    plain = exact.invoke(messages, prompt_lookup_tokens=0)
+    assert reply.content == plain.content and set(reply.response_metadata["token_sources"]) == {"llm"}
+    assert reply.response_metadata["stitch"]["confirmed_tokens"] > 0
+    assert plain.response_metadata["stitch"]["proposed_tokens"] == 0
+    assert reply.response_metadata["stitch"]["llm_forward_passes"] < plain.response_metadata["stitch"]["llm_forward_passes"]
+    stitched = ChatRStitch(dtype="float32", max_tokens=20).invoke(messages)  # stitching: off unless asked
+    assert stitched.response_metadata["stitch"]["proposed_tokens"] == 0
+    with pytest.raises(ValidationError, match="prompt_lookup_tokens"):
+        ChatRStitch(prompt_lookup_tokens=-1)
+    with pytest.raises(InvalidSettingError, match="prompt_lookup_tokens"):
+        exact.invoke(messages, prompt_lookup_tokens=1.5)

@@ -74,3 +74,23 @@ def test_building_a_query_engine_loads_no_model(embed_model, settings_llm, monke
     query_engine = index.as_query_engine(streaming=True)
     assert query_engine is not None and llm._engine is None
     assert llm.metadata.context_window == 8192  # SmolLM2-135M's window, from its config.json
+
+
+def test_the_exact_preset_in_a_query_engine_copies_from_the_retrieved_chunks(embed_model, settings_llm):
+    """quality='exact' (the LLM's own answer) checks tokens copied from the retrieved chunks in its
+    passes: fewer LLM passes than tokens, and the same answer as with lookup off (float32)."""
+    Settings.embed_model = embed_model
+    index = VectorStoreIndex.from_documents(engine_module_docs(), transformations=[SentenceSplitter(chunk_size=128, chunk_overlap=16)])
+    answers = {}
+    for lookup in (None, 0):
+        Settings.llm = RStitchLLM(quality="exact", dtype="float32", max_tokens=24, prompt_lookup_tokens=lookup)
+        tracker = RStitchEventHandler().attach()
+        try:
+            answers[lookup] = str(index.as_query_engine(similarity_top_k=2).query("What does prompt lookup propose?"))
+        finally:
+            tracker.detach()
+        [call] = tracker.calls
+        answers[lookup, "stats"] = call.stats
+    assert answers[None] == answers[0]
+    assert answers[None, "stats"]["confirmed_tokens"] > 0
+    assert answers[None, "stats"]["llm_forward_passes"] < answers[0, "stats"]["llm_forward_passes"]
