@@ -8,9 +8,11 @@ Configurations, all greedy with the same ``max_new_tokens`` and the chat templat
 * ``R-Stitch tau=...``: the engine with ``EntropyRouter(tau)`` for each tau; with ``--hand-back``,
   also ``R-Stitch tau=... back=...``: ``EntropyRouter(tau, hand_back_threshold=back)`` for each
   hand-back threshold above tau (the LLM returns control once its own entropy is <= back);
-* with ``--lookup K``: ``exact (LLM + lookup K)``, what ``quality='exact'`` runs (the engine with
-  ``AlwaysLLMRouter`` and prompt lookup of K tokens, ``decoding.lookup``), and each tau again with
-  prompt lookup (``R-Stitch tau=... lookup=K``).
+* with ``--lookup K[,K...]``: ``exact (LLM + lookup K)`` for each K, what ``quality='exact'`` runs
+  (the engine with ``AlwaysLLMRouter`` and prompt lookup of K tokens, ``decoding.lookup``); with
+  ``--stitch-lookup`` also each tau again with prompt lookup (``R-Stitch tau=... lookup=K``);
+* with ``--auto``: ``quality='auto'`` (``PromptLengthRouter``: the default tau up to 256 prompt
+  tokens, the LLM alone with prompt lookup beyond).
 
 Fairness on a shared, noisy machine: for each item every configuration runs back to back, in an
 order rotated by one per item, so load drifts hit all of them alike. Each answer is timed with
@@ -48,7 +50,8 @@ import torch
 from tqdm.auto import tqdm
 
 from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
-from rstitch_engine.decoding.routers import AlwaysLLMRouter
+from rstitch_engine.decoding.routers import LONG_PROMPT_TOKENS, QUALITY_THRESHOLDS, AlwaysLLMRouter, router_for_quality
+from rstitch_engine.decoding.routing import Router
 from rstitch_engine.measure.generalisation import generalisation_suite
 from rstitch_engine.measure.quality import QualityItem, quality_suite
 from rstitch_engine.models.defaults import DEFAULT_LLM
@@ -57,7 +60,7 @@ from rstitch_engine.models.hardware import processor_name
 DEFAULT_TAUS = (0.001, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 """The six thresholds of the paper's range, and the higher ones where this pair's LLM hands back to the draft
 (SmolLM2-135M's own normalised entropy is above 0.1 at about half of its tokens)."""
-Kind = Literal["slm", "llm", "assisted", "stitch", "exact"]
+Kind = Literal["slm", "llm", "assisted", "stitch", "exact", "auto"]
 
 
 @dataclass(frozen=True)
@@ -69,8 +72,8 @@ class Config:
     tau: float | None = None
     hand_back: float | None = None
     """Stitched configs: ``EntropyRouter``'s ``hand_back_threshold`` (None: tau, Algorithm 1)."""
-    lookup: int = 0
-    """Stitched and exact configs: ``GenerationSettings.prompt_lookup_tokens`` (0: off)."""
+    lookup: int | None = 0
+    """Stitched, exact and auto configs: ``GenerationSettings.prompt_lookup_tokens`` (0: off; None: the router's default)."""
 
 
 @dataclass(frozen=True)
@@ -94,17 +97,26 @@ def comma_floats(text: str) -> list[float]:
     return [float(part) for part in text.split(",") if part.strip()]
 
 
+def comma_ints(text: str) -> list[int]:
+    """The whole numbers of a comma-separated command-line list ('' gives none)."""
+    return [int(part) for part in text.split(",") if part.strip()]
+
+
 def configs_for(taus: Sequence[float], baselines: Sequence[str] = ("slm", "llm", "assisted"),
-                hand_backs: Sequence[float] = (), lookup: int = 0) -> list[Config]:
+                hand_backs: Sequence[float] = (), lookups: Sequence[int] = (), stitch_lookup: bool = False,
+                auto: bool = False) -> list[Config]:
     """The baselines (SLM alone, LLM alone, assisted generation; the LLM alone always, as the
-    reference), then R-Stitch at each tau (``stitched_configs``); with ``lookup`` > 0 also the
-    exact preset with prompt lookup, and each tau with it."""
+    reference), then R-Stitch at each tau (``stitched_configs``); for each of ``lookups`` also the
+    exact preset with prompt lookup of that many tokens, and with ``stitch_lookup`` each tau with it too;
+    with ``auto`` the 'auto' preset."""
     fixed = [Config("SLM alone", "slm"), Config("LLM alone", "llm"), Config("assisted (HF)", "assisted")]
     chosen = [c for c in fixed if c.kind in baselines or c.kind == "llm"]
-    exact = [Config(f"exact (LLM + lookup {lookup})", "exact", lookup=lookup)] if lookup else []
-    with_lookup = [Config(f"R-Stitch tau={tau:g} lookup={lookup}", "stitch", tau, lookup=lookup)
-                   for tau in taus] if lookup else []
-    return chosen + exact + stitched_configs(taus, hand_backs) + with_lookup
+    exact = [Config(f"exact (LLM + lookup {k})", "exact", lookup=k) for k in lookups]
+    with_lookup = [Config(f"R-Stitch tau={tau:g} lookup={k}", "stitch", tau, lookup=k)
+                   for k in lookups for tau in taus] if stitch_lookup else []
+    presets = [Config(f"auto (tau {QUALITY_THRESHOLDS['auto']:g} up to {LONG_PROMPT_TOKENS} prompt tokens, else exact)",
+                      "auto", QUALITY_THRESHOLDS["auto"], lookup=None)] if auto else []
+    return chosen + exact + presets + stitched_configs(taus, hand_backs) + with_lookup
 
 
 def stitched_configs(taus: Sequence[float], hand_backs: Sequence[float] = ()) -> list[Config]:
@@ -135,8 +147,12 @@ def run_config(engine: StitchEngine, config: Config, prompt_ids: list[int], sett
         return Answer(alone.token_ids, alone.text, seconds, slm_tokens, None)
     if config.kind == "assisted":
         return _assisted(engine, prompt_ids, settings)
-    router = (AlwaysLLMRouter() if config.kind == "exact"
-              else EntropyRouter(config.tau, hand_back_threshold=config.hand_back))  # type: ignore[arg-type]
+    if config.kind == "exact":
+        router: Router = AlwaysLLMRouter()
+    elif config.kind == "auto":
+        router = router_for_quality("auto")
+    else:
+        router = EntropyRouter(config.tau, hand_back_threshold=config.hand_back)  # type: ignore[arg-type]
     settings = settings.replace(prompt_lookup_tokens=config.lookup)
     start = time.perf_counter()
     result = engine.generate(prompt_ids, settings, router)
@@ -480,9 +496,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "once its entropy is <= each one above tau")
     parser.add_argument("--baselines", default="slm,llm,assisted",
                         help="comma-separated baselines among slm, llm, assisted (the LLM alone always runs)")
-    parser.add_argument("--lookup", type=int, default=0, metavar="K",
-                        help="also run quality='exact' (the LLM through the engine) and every tau with prompt lookup "
-                             "of K tokens (default: %(default)s, none)")
+    parser.add_argument("--lookup", default="", metavar="K[,K...]",
+                        help="also run quality='exact' (the LLM through the engine) with prompt lookup of K tokens, "
+                             "for each K (default: none)")
+    parser.add_argument("--auto", action="store_true",
+                        help="also run quality='auto' (the default tau for short prompts, exact for long ones)")
+    parser.add_argument("--stitch-lookup", action="store_true",
+                        help="with --lookup: also run every tau with prompt lookup")
     parser.add_argument("--skills", default="",
                         help="comma-separated skills to keep (default: all; the generalisation suite's skills "
                              "include rag and multiturn)")
@@ -507,7 +527,7 @@ def run(engine: StitchEngine, args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"no item of the {args.part} part has a skill among {sorted(skills)}")
     items = items[:: args.every][: args.limit]
     configs = configs_for(taus, [b.strip() for b in args.baselines.split(",")], comma_floats(args.hand_back),
-                          args.lookup)
+                          comma_ints(args.lookup), args.stitch_lookup, args.auto)
     settings = GenerationSettings(max_new_tokens=args.max_new_tokens, prompt_lookup_tokens=0)
     started = time.perf_counter()
     runs = []
@@ -546,7 +566,7 @@ def make_report(engine: StitchEngine, args: argparse.Namespace, configs: Sequenc
         "max_new_tokens": args.max_new_tokens,
         "taus": list(dict.fromkeys(c.tau for c in configs if c.kind == "stitch")),
         "hand_backs": sorted({c.hand_back for c in configs if c.hand_back is not None}),
-        "lookup": args.lookup,
+        "lookups": comma_ints(args.lookup),
         "skills": sorted({r["skill"] for r in records}),
         "configs": [asdict(c) for c in configs],
         "assistant": {key: getattr(assistant, key, None) for key in

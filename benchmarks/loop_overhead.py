@@ -56,7 +56,7 @@ def lockstep_seconds(engine: StitchEngine, role: str, prompt_ids: list[int], tok
     loaded = engine.pair.slm if role == "slm" else engine.pair.llm
     router = AlwaysSLMRouter() if role == "slm" else AlwaysLLMRouter()
     plain = plain_loop(loaded, prompt_ids)
-    stitched = engine.stream(prompt_ids, GenerationSettings(max_new_tokens=tokens), router)
+    stitched = engine.stream(prompt_ids, GenerationSettings(max_new_tokens=tokens, prompt_lookup_tokens=0), router)
     totals = {"plain": 0.0, "stitched": 0.0}
     steps = {"plain": lambda: next(plain), "stitched": lambda: next(stitched).token_id}
     assert steps["plain"]() == steps["stitched"]()  # prefill steps, not timed

@@ -64,9 +64,10 @@ def _parser() -> argparse.ArgumentParser:
                                "router, or --router-path; it keeps its trained tau); slm/llm: one model alone "
                                "(default: %(default)s)")
     decoding.add_argument("--router-path", default=None, help="a learned router's folder (`rstitch train-router --out`)")
-    decoding.add_argument("--quality", default=None, choices=["exact", "balanced", "fast"],
+    decoding.add_argument("--quality", default=None, choices=["exact", "balanced", "fast", "auto"],
                           help="a preset instead of --router/--threshold: exact = the LLM alone (sped up by prompt "
-                               "lookup), balanced = a stricter tau, fast = the default tau")
+                               "lookup), balanced = a stricter tau, fast = the default tau, auto = fast for prompts "
+                               "up to 256 tokens and exact for longer ones (retrieved passages, long chats)")
     decoding.add_argument("--prompt-lookup", type=int, default=None, metavar="K", dest="prompt_lookup_tokens",
                           help="check up to K tokens copied from the prompt per pass (same answer, fewer passes; "
                                "greedy only); 0 = off; default: on (6) with --quality exact or --router llm, else off")
@@ -238,6 +239,8 @@ def stats_table(stats: StitchStats) -> Table:
         ("speedup vs LLM alone", speedup),
         ("finish reason", stats.finish_reason),
     ]
+    if stats.proposed_tokens:
+        rows.insert(-2, ("prompt lookup: kept / proposed", f"{stats.confirmed_tokens} / {stats.proposed_tokens}"))
     for name, value in rows:
         table.add_row(name, value)
     return table

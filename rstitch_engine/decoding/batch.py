@@ -70,11 +70,10 @@ def catch_up_batch(slots: Sequence[Slot], tokens: Sequence[list[int]], kinds: Se
     start = time.perf_counter()
     batch_cache, past = _padded_cache(loaded, slots)
     keep = [len(proposal) + 1 for proposal in proposals]
-    logits, hidden, ahead = loaded.forward_rows(new, cached, batch_cache, past, want_hidden, keep)  # [B, V], [B, d] | None
-    results = [NextToken(logits=ahead[r][0] if proposals[r] else logits[r],
-                         hidden=None if hidden is None else hidden[r],
-                         proposal=proposals[r],
-                         proposal_logits=torch.cat([ahead[r][1:], logits[r:r + 1]]) if proposals[r] else None)
+    # views[r]: [1 + k_r, V], after row r's last unseen token, then after each proposed token
+    views, hidden = loaded.forward_rows(new, cached, batch_cache, past, want_hidden, keep)  # hidden: [B, d] | None
+    results = [NextToken(logits=views[r][0], hidden=None if hidden is None else hidden[r], proposal=proposals[r],
+                         proposal_logits=views[r][1:] if proposals[r] else None)
                for r in range(len(slots))]
     _append_new_entries(slots, batch_cache, past, [len(n) for n in new])
     if loaded.device.type == "cuda":

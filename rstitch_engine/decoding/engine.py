@@ -27,7 +27,7 @@ from ..models.pair import ModelPair
 from .alone import AloneResult, decode_alone
 from .constraints import GrammarState, GrammarTokenizer
 from .request import RequestDecoder, StitchRequest
-from .routers import EntropyRouter
+from .routers import EntropyRouter, router_for_prompt
 from .routing import Router
 from .scheduler import BatchScheduler, Ticket, idle_when_batched
 from .settings import GenerationSettings
@@ -229,9 +229,9 @@ class StitchEngine:
     ) -> StitchStream:
         """Start a request; all validation happens here, before any forward pass."""
         settings = settings if settings is not None else self.settings
-        router = router if router is not None else self.router
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
+        router = router_for_prompt(router if router is not None else self.router, len(prompt_ids))
         grammar = self._grammar_state(settings)
         request = StitchRequest.start(self.pair, prompt_ids, settings.max_new_tokens)
         decoder = RequestDecoder(self.pair, request, settings, router, self._llm_history, grammar)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, require_int_at_least
 from ..models.defaults import DEFAULT_THRESHOLD
 from .learned_router import load_learned_router
 from .lookup import LLM_ALONE_LOOKUP_TOKENS
@@ -74,10 +74,54 @@ class AlwaysLLMRouter:
         return True
 
 
-Quality = Literal["exact", "balanced", "fast"]
+LONG_PROMPT_TOKENS = 256
+"""``quality='auto'`` stitches prompts up to this many tokens and gives longer ones to the LLM alone."""
+
+
+@dataclass(frozen=True)
+class PromptLengthRouter:
+    """``quality='auto'``: R-Stitch with ``short`` for prompts of at most ``max_stitched_prompt_tokens``
+    tokens, the LLM alone (with prompt lookup) for longer ones.
+
+    Long prompts are retrieved passages, tool results and long chats: the shipped draft was trained
+    on short prompts, and over passages it is confidently wrong (README, "Generalisation"), while the
+    LLM's answers copy from them, which prompt lookup decides in fewer passes. The engine asks
+    ``for_prompt`` once per request, before any pass; the stats name the router it got.
+    """
+
+    short: Router = EntropyRouter()
+    max_stitched_prompt_tokens: int = LONG_PROMPT_TOKENS
+
+    def __post_init__(self) -> None:
+        require_int_at_least("max_stitched_prompt_tokens", self.max_stitched_prompt_tokens, 1)
+
+    @property
+    def threshold(self) -> float:
+        return self.short.threshold
+
+    @property
+    def needs_hidden_state(self) -> bool:
+        return self.short.needs_hidden_state
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return self.short.wants_llm(state)
+
+    def for_prompt(self, prompt_tokens: int) -> Router:
+        """The router a request with this many prompt tokens decodes with."""
+        return self.short if prompt_tokens <= self.max_stitched_prompt_tokens else AlwaysLLMRouter()
+
+
+def router_for_prompt(router: Router, prompt_tokens: int) -> Router:
+    """The router one request uses: ``router.for_prompt(prompt_tokens)`` where it has one (``PromptLengthRouter``)."""
+    choose = getattr(router, "for_prompt", None)
+    return choose(prompt_tokens) if callable(choose) else router
+
+
+Quality = Literal["exact", "balanced", "fast", "auto"]
 """A quality preset: 'exact' keeps the LLM's own answer (the LLM alone, sped up by prompt lookup
-only), 'balanced' a stricter tau, 'fast' the default tau (``QUALITY_THRESHOLDS``)."""
-QUALITY_THRESHOLDS: dict[str, float] = {"balanced": 0.05, "fast": DEFAULT_THRESHOLD}
+only), 'balanced' a stricter tau, 'fast' the default tau (``QUALITY_THRESHOLDS``), 'auto' the
+default tau for prompts up to ``LONG_PROMPT_TOKENS`` and 'exact' beyond (``PromptLengthRouter``)."""
+QUALITY_THRESHOLDS: dict[str, float] = {"balanced": 0.05, "fast": DEFAULT_THRESHOLD, "auto": DEFAULT_THRESHOLD}
 """tau of the stitched presets, chosen on the generalisation suite's tuning part (README, "Quality presets")."""
 
 
@@ -85,9 +129,11 @@ def router_for_quality(quality: Quality) -> Router:
     """The router of a quality preset (see ``Quality``)."""
     if quality == "exact":
         return AlwaysLLMRouter()
+    if quality == "auto":
+        return PromptLengthRouter(EntropyRouter(QUALITY_THRESHOLDS["auto"]))
     if quality in QUALITY_THRESHOLDS:
         return EntropyRouter(QUALITY_THRESHOLDS[quality])
-    raise InvalidSettingError(f"quality must be 'exact', 'balanced' or 'fast', got {quality!r}")
+    raise InvalidSettingError(f"quality must be 'exact', 'balanced', 'fast' or 'auto', got {quality!r}")
 
 
 RouterName = Literal["entropy", "learned", "slm", "llm"]

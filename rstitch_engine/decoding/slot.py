@@ -93,11 +93,10 @@ class Slot:
         """
         unseen = tokens[self.n_cached:]
         assert unseen, "a slot is only run when it has unseen tokens"
-        if proposal:
-            assert not want_hidden, "a routing that needs hidden states gets no proposals (``decoding.lookup``)"
-            return self._catch_up_with_proposal(tokens, unseen, kind, proposal)
+        assert not proposal or (self.can_rewind and not want_hidden), "proposals need a cache that drops them again"
         device, steps = self.loaded.device, self.loaded.static_steps
         start = time.perf_counter()
+        views: torch.Tensor | None = None  # [1 + k, V]: after the last unseen token, then after each proposed one
         if steps is not None:
             if self.cache is None:
                 if self.n_cached:
@@ -105,29 +104,17 @@ class Slot:
                 self.cache = steps.pool.take(steps.capacity_for(max(self.needed_tokens, len(tokens))))
             logits, hidden = steps.run(unseen, self.cache, self.n_cached, want_hidden)  # type: ignore[arg-type]
         else:
-            input_ids = torch.tensor([unseen], dtype=torch.long, device=device)  # [1, n_new]
-            output = self.loaded.forward(input_ids, self.cache, self.n_cached, want_hidden)  # type: ignore[arg-type]
-            logits = output.logits[0, -1, : self.loaded.vocab_size].float()  # [V]
-            hidden = output.hidden_states[-1][0, -1] if want_hidden else None  # [hidden_size]
+            input_ids = torch.tensor([unseen + list(proposal)], dtype=torch.long, device=device)  # [1, n_new + k]
+            output = self.loaded.forward(input_ids, self.cache, self.n_cached, want_hidden,  # type: ignore[arg-type]
+                                         keep=len(proposal) + 1)
+            views = output.logits[0, :, : self.loaded.vocab_size].float()
+            logits = views[0]  # [V]
+            hidden = output.hidden_states[-1][0, len(unseen) - 1] if want_hidden else None  # [hidden_size]
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        self.records.append(ForwardRecord(self.loaded.role, kind, len(unseen), self.n_cached, seconds))
-        self.n_cached = len(tokens)
-        return NextToken(logits=logits, hidden=hidden)
-
-    def _catch_up_with_proposal(self, tokens: list[int], unseen: list[int], kind: ForwardKind,
-                                proposal: tuple[int, ...]) -> NextToken:
-        assert self.can_rewind, "proposed tokens need a cache that can drop them again"
-        fed = unseen + list(proposal)
-        start = time.perf_counter()
-        input_ids = torch.tensor([fed], dtype=torch.long, device=self.loaded.device)  # [1, n_new + k]
-        output = self.loaded.forward(input_ids, self.cache, self.n_cached, keep=len(proposal) + 1)  # type: ignore[arg-type]
-        logits = output.logits[0, :, : self.loaded.vocab_size].float()  # [k + 1, V]
-        if self.loaded.device.type == "cuda":
-            torch.cuda.synchronize(self.loaded.device)
-        seconds = time.perf_counter() - start
-        self.records.append(ForwardRecord(self.loaded.role, kind, len(fed), self.n_cached, seconds,
+        self.records.append(ForwardRecord(self.loaded.role, kind, len(unseen) + len(proposal), self.n_cached, seconds,
                                           proposed_tokens=len(proposal)))
-        self.n_cached = len(tokens)  # the proposal's entries lie beyond it until ``rewind``
-        return NextToken(logits=logits[0], hidden=None, proposal=proposal, proposal_logits=logits[1:])
+        self.n_cached = len(tokens)  # a proposal's entries lie beyond it until the request ``rewind``s
+        return NextToken(logits=logits, hidden=hidden, proposal=proposal,
+                         proposal_logits=views[1:] if proposal and views is not None else None)

@@ -283,8 +283,8 @@ class ReplayRouter:
 
 
 def replay_settings(trace: Trace) -> GenerationSettings:
-    """Greedy, exactly the trace's output length, no stop strings."""
-    return GenerationSettings(max_new_tokens=trace.output_tokens, temperature=0.0)
+    """Greedy, exactly the trace's output length, no stop strings, no prompt lookup (one pass per position)."""
+    return GenerationSettings(max_new_tokens=trace.output_tokens, temperature=0.0, prompt_lookup_tokens=0)
 
 
 def replay(engine: StitchEngine, trace: Trace, prompt: PromptLike | None = None) -> GenerationResult:
@@ -323,7 +323,10 @@ def record_trace(
     router: Router | None = None,
     meta: dict[str, Any] | None = None,
 ) -> tuple[GenerationResult, Trace]:
-    """Run a request and return its result and its trace (with measured pass times)."""
+    """Run a request and return its result and its trace (with measured pass times).
+
+    Prompt lookup is off for the recording: a trace has one pass per decided position."""
+    settings = (settings if settings is not None else engine.settings).replace(prompt_lookup_tokens=0)
     stream = engine.stream(prompt, settings, router)
     events = tuple(stream)
     request = stream.request

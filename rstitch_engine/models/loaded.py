@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -63,16 +62,15 @@ class LoadedModel:
 
     def forward_rows(self, new: list[list[int]], cached: list[int], cache: DynamicCache, past: int,
                      want_hidden: bool = False, keep: list[int] | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor | None, list[torch.Tensor]]:
+                     ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """One cached pass over several rows (``decoding.batch`` lays them out): row r's ``new[r]``
         tokens at positions ``cached[r] ..``, right-padded to N = max len; ``cache`` holds each row's
         ``cached[r]`` keys/values left-padded to ``past``.
 
-        Returns the float32 logits over the shared vocabulary at each row's last real token
-        ([B, V]), when asked the last-layer hidden states there ([B, d]), and per row r the logits
-        of the ``keep[r] - 1`` real tokens before its last ([keep[r] - 1, V]; ``keep`` None: all 1,
-        for prompt lookup's proposals). The output head runs on those positions only (not on every
-        padded column).
+        Returns per row r the float32 logits over the shared vocabulary at its last ``keep[r]`` real
+        tokens ([keep[r], V]; ``keep`` None: 1 each; more for prompt lookup's proposals) and, when
+        asked, the last-layer hidden states at each row's last real token ([B, d]). The output head
+        runs on those positions only (not on every padded column).
         """
         width = max(len(row) for row in new)
         device = self.device
@@ -98,15 +96,12 @@ class LoadedModel:
             columns = torch.tensor(sorted(set(cols.tolist())), device=device)
             output = self.model(**inputs, **{self._cache_keyword: cache}, logits_to_keep=columns)
             logits = output.logits[rows, torch.searchsorted(columns, cols)]
-        logits = logits[:, : self.vocab_size].float()
-        ends = list(itertools.accumulate(keep))  # row r's columns are logits[ends[r] - keep[r] : ends[r]]
-        last = torch.tensor([end - 1 for end in ends], device=device)  # [B]
+        views = list(logits[:, : self.vocab_size].float().split(keep))  # row r: [keep[r], V]
         hidden = None
         if want_hidden:
-            last_cols = torch.tensor([len(row) - 1 for row in new], device=device)
-            hidden = output.hidden_states[-1][torch.arange(len(new), device=device), last_cols]  # [B, d]
-        before_last = [logits[end - k: end - 1] for end, k in zip(ends, keep)]
-        return logits[last], hidden, before_last
+            last = torch.tensor([len(row) - 1 for row in new], device=device)  # [B]
+            hidden = output.hidden_states[-1][torch.arange(len(new), device=device), last]  # [B, d]
+        return views, hidden
 
     @functools.cached_property
     def static_steps(self) -> StaticSteps | None:

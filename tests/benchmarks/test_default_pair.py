@@ -160,3 +160,27 @@ def test_choose_tau_on_the_generalisation_tuning_part_takes_the_fastest_tau_with
     assert choose_tau.choose(report["rows"], margin_points=-100) is None  # none beats the LLM by 100 points
     assert set(report["per_skill"]) == {item.skill for item in tuning} and set(report["per_skill"]) <= set(TEMPLATES)
     assert "| skill | items |" in capsys.readouterr().out
+
+
+def test_lookup_configs_and_the_skill_filter(tiny_draft_engine):
+    """--lookup adds quality='exact' through the engine (the LLM's tokens, with prompt lookup) per K,
+    --stitch-lookup each tau with it, --auto the 'auto' preset; --skills keeps only those skills' items."""
+    args = bench.parse_args(["--suite", "generalisation", "--part", "tuning", "--skills", "multiturn,sum", "--every", "20",
+                             "--taus=-1,0.1", "--baselines", "llm", "--lookup", "2,4", "--stitch-lookup", "--auto",
+                             "--max-new-tokens", "6", "--no-progress"])
+    report = bench.run(tiny_draft_engine, args)
+    auto = "auto (tau 0.1 up to 256 prompt tokens, else exact)"
+    names = ["LLM alone", "exact (LLM + lookup 2)", "exact (LLM + lookup 4)", auto, "R-Stitch tau=-1",
+             "R-Stitch tau=0.1", "R-Stitch tau=-1 lookup=2", "R-Stitch tau=0.1 lookup=2", "R-Stitch tau=-1 lookup=4",
+             "R-Stitch tau=0.1 lookup=4"]
+    assert [row["config"] for row in report["rows"]] == names
+    assert report["skills"] == ["multiturn", "sum"] and report["lookups"] == [2, 4]
+    by = {(a["item"], a["config"]): a for a in report["answers"]}
+    for item in {a["item"] for a in report["answers"]}:
+        for name in ["exact (LLM + lookup 2)", "exact (LLM + lookup 4)", "R-Stitch tau=-1 lookup=2"]:
+            assert by[item, name]["token_ids"] == by[item, "LLM alone"]["token_ids"]  # float64: the LLM's own tokens
+        assert by[item, "R-Stitch tau=0.1 lookup=4"]["token_ids"] == by[item, "R-Stitch tau=0.1"]["token_ids"]
+        long_prompt = by[item, auto]["prompt_tokens"] > 256
+        assert by[item, auto]["token_ids"] == by[item, "LLM alone" if long_prompt else "R-Stitch tau=0.1"]["token_ids"]
+    with pytest.raises(SystemExit, match="no item"):
+        bench.run(tiny_draft_engine, bench.parse_args(["--suite", "generalisation", "--skills", "nonesuch"]))

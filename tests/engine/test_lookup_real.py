@@ -44,3 +44,13 @@ def test_lookup_gives_the_answers_without_it_and_confirms_copied_tokens(real_eng
     if isinstance(router, AlwaysLLMRouter):  # the LLM alone through the loop: what quality='exact' runs
         alone = [engine.decode_alone("llm", p, SETTINGS).token_ids for p in asked]
         assert [r.token_ids for r in plain] == alone
+
+
+def test_the_cli_reports_prompt_lookup_for_the_exact_preset(real_engine, capsys):
+    from rstitch_engine.cli import main
+
+    repeat = "Repeat exactly: the blue whale is the largest animal. The blue whale is the largest animal."
+    assert main(["generate", repeat, "--quality", "exact", "--max-tokens", "16"]) == 0
+    assert "prompt lookup: kept / proposed" in capsys.readouterr().out
+    assert main(["generate", repeat, "--quality", "exact", "--max-tokens", "16", "--prompt-lookup", "0"]) == 0
+    assert "prompt lookup" not in capsys.readouterr().out

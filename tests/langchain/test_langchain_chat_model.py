@@ -364,3 +364,18 @@ def test_prompt_lookup_speeds_the_exact_preset_on_a_retrieval_prompt_and_keeps_i
         ChatRStitch(prompt_lookup_tokens=-1)
     with pytest.raises(InvalidSettingError, match="prompt_lookup_tokens"):
         exact.invoke(messages, prompt_lookup_tokens=1.5)
+
+
+def test_auto_quality_gives_a_retrieval_prompt_to_the_llm_and_stitches_a_short_question(real_engine: StitchEngine) -> None:
+    from rstitch_engine.measure.generalisation import generalisation_suite
+
+    item = next(i for i in generalisation_suite("heldout") if i.skill == "rag")
+    messages = [(m["role"].replace("user", "human").replace("assistant", "ai"), m["content"]) for m in item.messages()]
+    auto = ChatRStitch(quality="auto", max_tokens=12)
+    retrieval = auto.invoke(messages)
+    assert retrieval.response_metadata["stitch"]["router"] == "AlwaysLLMRouter"
+    assert set(retrieval.response_metadata["token_sources"]) == {"llm"}
+    assert retrieval.response_metadata["stitch"]["prompt_tokens"] > 256
+    short = auto.invoke(QUESTION)
+    assert short.response_metadata["stitch"]["router"] == "EntropyRouter"
+    assert short.content == ChatRStitch(quality="fast", max_tokens=12).invoke(QUESTION).content
