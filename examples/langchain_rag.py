@@ -73,7 +73,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default="What does the router decide?")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--quality", choices=["exact", "balanced", "fast"], default=None,
+    parser.add_argument("--quality", choices=["exact", "balanced", "fast", "auto"], default=None,
                         help="a quality preset instead of the default tau")
     args = parser.parse_args()
 

@@ -56,10 +56,14 @@ def main() -> None:
     parser.add_argument("question", nargs="?", default="What does the router decide?")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--quality", choices=["exact", "balanced", "fast", "auto"], default=None,
+                        help="a quality preset instead of --threshold ('auto': the LLM alone with prompt lookup "
+                             "for prompts over 256 tokens, like these)")
     args = parser.parse_args()
 
     Settings.embed_model = HuggingFaceEmbedding(model_name=str(get_model_path()), device="cpu")
-    Settings.llm = RStitchLLM(max_tokens=args.max_tokens, threshold=args.threshold)
+    routing = {"quality": args.quality} if args.quality else {"threshold": args.threshold}
+    Settings.llm = RStitchLLM(max_tokens=args.max_tokens, **routing)
     documents = project_documents()
     index = VectorStoreIndex.from_documents(documents, transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=32)])
     query_engine = index.as_query_engine(similarity_top_k=2, streaming=True)
@@ -80,10 +84,12 @@ def main() -> None:
     [call] = tracker.calls
     stats = call.stats
     speedup = f"{stats['speedup']:.2f}x ({stats['speedup_basis']})" if stats["speedup"] else "n/a"
+    lookup = (f"; prompt lookup kept {stats['confirmed_tokens']} of {stats['proposed_tokens']} proposed tokens"
+              if stats["proposed_tokens"] else "")
     console.print(
         f"[dim]prompt {stats['prompt_tokens']} tokens; answer {stats['output_tokens']} tokens: "
         f"SLM {stats['slm_tokens']}, LLM {stats['llm_tokens']}; {stats['switches_to_llm']} hand-overs; "
-        f"speedup vs LLM alone {speedup}[/dim]"
+        f"speedup vs LLM alone {speedup}{lookup}[/dim]"
     )
 
 

@@ -35,6 +35,13 @@ def test_rag_example_streams_an_answer_with_sources():
     assert re.search(r"answer \d+ tokens: SLM \d+, LLM \d+", out)
 
 
+def test_rag_example_with_auto_quality_gives_the_long_prompt_to_the_llm_with_prompt_lookup():
+    out = run_example("llamaindex_rag.py", "What does the router decide?", "--max-tokens", "12", "--quality", "auto")
+    found = re.search(r"prompt (\d+) tokens; answer (\d+) tokens: SLM 0, LLM (\d+)", out)
+    assert found and int(found[1]) > 256 and found[2] == found[3]
+    assert re.search(r"prompt lookup kept \d+ of [1-9]\d* proposed tokens", out)
+
+
 def test_agent_example_runs_the_agent_loop():
     out = run_example("llamaindex_agent.py", "What is 6 times 7, and what is the capital of France?", "--max-tokens", "96")
     assert "tool call: multiply({'a': 6, 'b': 7}) -> 42" in out
