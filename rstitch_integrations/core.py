@@ -72,7 +72,8 @@ class StitchOptions(BaseModel):
         "Folder of a learned router (`rstitch train-router --out`), used with router='learned'."))
     quality: Quality | None = Field(default=None, description=(
         "A preset instead of router and threshold: 'exact' (the LLM alone: its own answer, sped up by prompt lookup only), "
-        "'balanced' (a stricter tau) or 'fast' (the default tau). A call may set its own quality or threshold."))
+        "'balanced' (a stricter tau), 'fast' (the default tau) or 'auto' ('fast' for prompts up to 256 tokens, "
+        "'exact' for longer ones: retrieved passages, long chats). A call may set its own quality or threshold."))
     temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
     top_k: int = Field(default=0, description="Keep the k most likely tokens before sampling; 0 keeps all.")
