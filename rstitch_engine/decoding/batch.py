@@ -36,7 +36,6 @@ from typing import Sequence
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
 
 from ..models.loaded import ForwardKind, ForwardRecord, LoadedModel
 from .slot import NextToken, Slot
@@ -44,8 +43,7 @@ from .slot import NextToken, Slot
 
 def batchable(slots: Sequence[Slot]) -> bool:
     """Whether these slots' caches are plain growing per-layer key/value tensors (no sliding windows, not static)."""
-    return all(slot.cache is not None and all(type(layer) is DynamicLayer for layer in slot.cache.layers)
-               for slot in slots)
+    return all(slot.has_plain_cache for slot in slots)
 
 
 @torch.inference_mode()

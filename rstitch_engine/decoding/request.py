@@ -154,7 +154,7 @@ class RequestDecoder:
         settings = self.settings
         if not self._lookup_tokens or not settings.greedy or self.grammar is not None:
             return ()
-        if want_hidden or not slot.can_rewind:
+        if want_hidden or not slot.has_plain_cache:
             return ()
         room = settings.max_new_tokens - self.request.output_tokens - 1  # the pass keeps at most 1 + k tokens
         return propose(self.request.tokens, min(self._lookup_tokens, room))
@@ -192,6 +192,7 @@ class RequestDecoder:
         slot, kept_before = request.slots[request.active], len(request.tokens)
         views = [nxt.logits] if not nxt.proposal else [nxt.logits, *nxt.proposal_logits]  # type: ignore[misc]
         events: list[TokenEvent] = []
+        confirmed = 0  # leading proposed tokens that are kept tokens: their cache entries stay
         discarded = False
         for position, logits in enumerate(views):
             event = self._decide(logits, nxt.hidden if position == 0 else None)
@@ -199,11 +200,12 @@ class RequestDecoder:
                 discarded = True
                 break
             events.append(event)
-            confirms = position < len(nxt.proposal) and event.token_id == nxt.proposal[position]
-            if not confirms or self.finished or event.hands_back:
+            if position == len(nxt.proposal) or event.token_id != nxt.proposal[position]:
+                break
+            confirmed += 1
+            if self.finished or event.hands_back:
                 break
         if nxt.proposal:
-            confirmed = _confirmed(nxt.proposal, events)
             # As after plain steps, the cache ends before the last kept token (its writer feeds it at
             # its next pass) unless the next position was decided too (the SLM's token there discarded).
             fed_and_kept = confirmed if discarded or confirmed < len(events) else confirmed - 1
@@ -283,16 +285,6 @@ class RequestDecoder:
             proposed_tokens=request.proposed_tokens,
             confirmed_tokens=request.confirmed_tokens,
         )
-
-
-def _confirmed(proposal: tuple[int, ...], events: list[TokenEvent]) -> int:
-    """How many leading proposed tokens are the kept ones (the proposal's cache entries that stay)."""
-    count = 0
-    for proposed, event in zip(proposal, events):
-        if event.token_id != proposed:
-            break
-        count += 1
-    return count
 
 
 def _route(request: StitchRequest, router: Router, hand_back: Callable[[RouterState], bool] | None,

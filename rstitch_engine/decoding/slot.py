@@ -57,14 +57,14 @@ class Slot:
             self.cache = DynamicCache(config=self.loaded.model.config)
 
     @property
-    def can_rewind(self) -> bool:
-        """Whether proposed tokens can be fed and dropped again: a dynamic cache of plain growing layers."""
-        return self.cache is not None and self.loaded.static_steps is None and all(
-            type(layer) is DynamicLayer for layer in self.cache.layers)
+    def has_plain_cache(self) -> bool:
+        """Whether the cache is plain growing per-layer key/value tensors (dynamic; no sliding windows,
+        not static): what a padded batched pass (``decoding.batch``) and ``rewind`` work on."""
+        return self.cache is not None and all(type(layer) is DynamicLayer for layer in self.cache.layers)
 
     def rewind(self, n_tokens: int) -> None:
         """Drop the cache's entries after its first ``n_tokens`` (proposed tokens the request did not keep)."""
-        assert self.cache is not None and self.can_rewind, "only a dynamic cache of plain layers rewinds"
+        assert self.cache is not None and self.has_plain_cache, "only a dynamic cache of plain layers rewinds"
         covered = self.cache.get_seq_length()
         assert n_tokens <= covered, f"cannot rewind a cache of {covered} tokens to {n_tokens}"
         if n_tokens < covered:
@@ -87,13 +87,13 @@ class Slot:
         ``len(tokens)``. There is always at least one unseen token: a model only becomes active
         after a token it did not write was appended, or after appending its own token.
 
-        With a ``proposal`` (prompt lookup; a slot that ``can_rewind`` only), the same pass feeds it
+        With a ``proposal`` (prompt lookup; a slot that ``has_plain_cache`` only), the same pass feeds it
         after the unseen tokens: the cache then covers ``tokens + proposal`` until the request keeps
         what it confirmed (``rewind``), and ``proposal_logits`` predict the position after each.
         """
         unseen = tokens[self.n_cached:]
         assert unseen, "a slot is only run when it has unseen tokens"
-        assert not proposal or (self.can_rewind and not want_hidden), "proposals need a cache that drops them again"
+        assert not proposal or (self.has_plain_cache and not want_hidden), "proposals need a cache that drops them again"
         device, steps = self.loaded.device, self.loaded.static_steps
         start = time.perf_counter()
         views: torch.Tensor | None = None  # [1 + k, V]: after the last unseen token, then after each proposed one

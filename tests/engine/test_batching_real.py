@@ -41,11 +41,16 @@ def test_a_batch_of_eight_gives_each_request_its_lone_answer(real_engine_float32
     assert max(r.stats.largest_batch for r in batched) == len(PROMPTS)
     assert sum(r.stats.switches_to_llm for r in batched) > 0
     for prompt, alone, together in zip(PROMPTS, lone, batched):
-        mine = [(e.token_id, e.source) for e in together.events]
-        theirs = [(e.token_id, e.source) for e in alone.events]
-        if mine != theirs:
-            first = next(i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
-            assert_knife_edge(lone_engine, prompt, alone, first, router.threshold)
+        assert_same_or_knife_edge(lone_engine, prompt, alone, together, router.threshold)
+
+
+def assert_same_or_knife_edge(engine: StitchEngine, prompt, reference, other, tau: float) -> None:
+    """``other`` has ``reference``'s tokens and sources, or first differs where ``reference`` was on a knife edge."""
+    mine = [(e.token_id, e.source) for e in other.events]
+    theirs = [(e.token_id, e.source) for e in reference.events]
+    if mine != theirs:
+        first = next(i for i, (a, b) in enumerate(zip(mine, theirs)) if a != b)
+        assert_knife_edge(engine, prompt, reference, first, tau)
 
 
 def assert_knife_edge(engine: StitchEngine, prompt, alone, position: int, tau: float) -> None:
