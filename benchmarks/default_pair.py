@@ -61,6 +61,8 @@ DEFAULT_TAUS = (0.001, 0.01, 0.02, 0.03, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3)
 """The six thresholds of the paper's range, and the higher ones where this pair's LLM hands back to the draft
 (SmolLM2-135M's own normalised entropy is above 0.1 at about half of its tokens)."""
 Kind = Literal["slm", "llm", "assisted", "stitch", "exact", "auto"]
+STITCHING_KINDS = ("stitch", "auto")
+"""Configurations that stitch (``auto`` on short prompts): they have switches and a cost breakdown."""
 
 
 @dataclass(frozen=True)
@@ -354,14 +356,14 @@ def summarise(records: Sequence[dict[str, Any]], configs: Sequence[Config]) -> l
             "latency_s": seconds / n,
             "tokens": tokens / n,
             "slm_share": sum(r["slm_tokens"] for r in mine) / tokens if tokens else 0.0,
-            "switches": statistics.fmean(r["switches"] for r in mine) if config.kind == "stitch" else None,
+            "switches": statistics.fmean(r["switches"] for r in mine) if config.kind in STITCHING_KINDS else None,
             "speedup": llm_seconds / seconds,
             "speedup_mean_per_item": statistics.fmean(r["llm_alone_seconds"] / r["seconds"] for r in mine),
             "ms_per_token": 1000 * seconds / tokens if tokens else None,
         }
         if config.kind == "assisted":
             row["llm_passes"] = statistics.fmean(r["llm_passes"] for r in mine)
-        if config.kind == "stitch":
+        if config.kind in STITCHING_KINDS:
             row.update(_stitch_costs(mine))
         rows.append(row)
     return rows
@@ -427,14 +429,14 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
               "| discarded SLM tokens/answer | switches per 100 tokens |")
     lines = [header, "|" + "---|" * 7]
     for row in rows:
-        if row["kind"] != "stitch":
+        if row["kind"] not in STITCHING_KINDS:
             continue
         slm_ms = f"{row['slm_decode_ms']:.1f}" if row["slm_decode_ms"] is not None else "-"
         llm_ms = f"{row['llm_decode_ms']:.1f}" if row["llm_decode_ms"] is not None else "-"
         per_100 = 100 * row["switches"] / row["tokens"] if row["tokens"] else 0.0
         lines.append(f"| {row['config']} | {slm_ms} | {llm_ms} | {row['slm_catchup_s']:.3f} "
                      f"| {row['llm_catchup_s']:.3f} | {row['discarded_slm_tokens']:.2f} | {per_100:.1f} |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else "(no stitching configuration ran: no cost breakdown)"
 
 
 def label_groups(rows: Sequence[dict[str, Any]], dx: float = 0.06, dy: float = 1.5
@@ -460,7 +462,8 @@ def plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"slm": "tab:orange", "llm": "tab:red", "assisted": "tab:purple", "stitch": "tab:blue"}
+    colours = {"slm": "tab:orange", "llm": "tab:red", "assisted": "tab:purple", "stitch": "tab:blue",
+               "exact": "tab:brown", "auto": "tab:green"}
     figure, axes = plt.subplots(figsize=(7, 4.5))
     stitched = [row for row in rows if row["kind"] == "stitch"]
     axes.plot([r["speedup"] for r in stitched], [100 * r["accuracy"] for r in stitched], color="tab:blue", alpha=0.4)

@@ -55,14 +55,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("question", nargs="?", default="What does the router decide?")
     parser.add_argument("--max-tokens", type=int, default=48)
-    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--threshold", type=float, default=None,
+                        help=f"stitch at this tau whatever the prompt's length (the entropy router; its default: "
+                             f"{DEFAULT_THRESHOLD})")
     parser.add_argument("--quality", choices=["exact", "balanced", "fast", "auto"], default=None,
-                        help="a quality preset instead of --threshold ('auto': the LLM alone with prompt lookup "
-                             "for prompts over 256 tokens, like these)")
+                        help="a quality preset instead of --threshold (default: auto, the LLM alone with prompt "
+                             "lookup for prompts over 256 tokens, like these)")
     args = parser.parse_args()
 
     Settings.embed_model = HuggingFaceEmbedding(model_name=str(get_model_path()), device="cpu")
-    routing = {"quality": args.quality} if args.quality else {"threshold": args.threshold}
+    if args.quality and args.threshold is not None:
+        parser.error("give either --quality or --threshold")
+    routing = ({"quality": args.quality} if args.quality
+               else {} if args.threshold is None else {"threshold": args.threshold})  # {}: the default, auto
     Settings.llm = RStitchLLM(max_tokens=args.max_tokens, **routing)
     documents = project_documents()
     index = VectorStoreIndex.from_documents(documents, transformations=[SentenceSplitter(chunk_size=256, chunk_overlap=32)])

@@ -9,6 +9,7 @@ from .decoding.constraints import Grammar
 from .decoding.engine import GenerationResult, StitchEngine, StitchRequest, StitchStream
 from .decoding.registry import shared_engine
 from .decoding.routers import (
+    DEFAULT_QUALITY,
     QUALITY_THRESHOLDS,
     AlwaysLLMRouter,
     AlwaysSLMRouter,
@@ -16,6 +17,7 @@ from .decoding.routers import (
     PromptLengthRouter,
     Quality,
     RouterName,
+    default_router,
     router_for_quality,
     router_named,
 )
@@ -39,6 +41,7 @@ from .models.pair import ModelPair
 
 __all__ = [
     "DEFAULT_LLM",
+    "DEFAULT_QUALITY",
     "DEFAULT_SLM",
     "DEFAULT_THRESHOLD",
     "AlwaysLLMRouter",
@@ -68,6 +71,7 @@ __all__ = [
     "StitchStream",
     "TokenEvent",
     "TokenizerMismatchError",
+    "default_router",
     "load_pair",
     "normalised_entropy",
     "release_openmp_team",

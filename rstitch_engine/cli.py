@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .decoding.engine import StitchEngine
-from .decoding.routers import router_for_quality, router_named
+from .decoding.routers import DEFAULT_QUALITY, router_for_quality, router_named
 from .decoding.settings import GenerationSettings
 from .decoding.stats import StitchStats, TokenEvent
 from .errors import InvalidSettingError, RStitchError
@@ -57,17 +57,19 @@ def _parser() -> argparse.ArgumentParser:
     pair.add_argument("--device-map", default=None, help="accelerate device_map for the LLM, e.g. auto")
     pair.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
     decoding = generate.add_argument_group("decoding")
-    decoding.add_argument("--threshold", "--tau", type=float, default=DEFAULT_THRESHOLD, dest="threshold",
-                          help="normalised-entropy threshold tau (default: %(default)s)")
+    decoding.add_argument("--threshold", "--tau", type=float, default=None, dest="threshold",
+                          help=f"normalised-entropy threshold tau of the entropy router (default: {DEFAULT_THRESHOLD})")
     decoding.add_argument("--router", default="entropy", choices=["entropy", "learned", "slm", "llm"],
-                          help="entropy: R-Stitch at --threshold; learned: R-Stitch+ (the default pair's shipped "
+                          help="entropy: R-Stitch at --threshold (with no --quality, --router or --threshold: "
+                               "--quality auto); learned: R-Stitch+ (the default pair's shipped "
                                "router, or --router-path; it keeps its trained tau); slm/llm: one model alone "
                                "(default: %(default)s)")
     decoding.add_argument("--router-path", default=None, help="a learned router's folder (`rstitch train-router --out`)")
     decoding.add_argument("--quality", default=None, choices=["exact", "balanced", "fast", "auto"],
                           help="a preset instead of --router/--threshold: exact = the LLM alone (sped up by prompt "
                                "lookup), balanced = a stricter tau, fast = the default tau, auto = fast for prompts "
-                               "up to 256 tokens and exact for longer ones (retrieved passages, long chats)")
+                               "up to 256 tokens and exact for longer ones (retrieved passages, long chats; the "
+                               "default)")
     decoding.add_argument("--prompt-lookup", type=int, default=None, metavar="K", dest="prompt_lookup_tokens",
                           help="check up to K tokens copied from the prompt per pass (same answer, fewer passes; "
                                "greedy only); 0 = off; default: on (6) with --quality exact or --router llm, else off")
@@ -174,15 +176,17 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
         max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, stop=tuple(args.stop), prompt_lookup_tokens=args.prompt_lookup_tokens,
     )
-    if args.quality and (args.router != "entropy" or args.threshold != DEFAULT_THRESHOLD or args.router_path):
+    names_router = args.router != "entropy" or args.threshold is not None or args.router_path is not None
+    if args.quality and names_router:
         raise InvalidSettingError("give either --quality or --router/--threshold, not both")
-    router = (router_for_quality(args.quality) if args.quality
-              else router_named(args.router, args.threshold, args.router_path))
+    quality = args.quality or (None if names_router else DEFAULT_QUALITY)
+    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
+    router = router_for_quality(quality) if quality else router_named(args.router, threshold, args.router_path)
     engine = _load_engine(args, console)
     prompt = args.prompt if args.raw else _messages(args.system, args.prompt)
     stream = engine.stream(prompt, settings, router)
     console.print(Text("SLM", style=STYLES["slm"]) + Text(" / ") + Text("LLM", style=STYLES["llm"])
-                  + Text(f"  {args.quality or args.router} router, tau={router.threshold:g}", style="dim"))
+                  + Text(f"  {quality or args.router} router, tau={router.threshold:g}", style="dim"))
     for event in stream:
         console.print(_styled(event), end="")
     console.print()

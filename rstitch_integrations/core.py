@@ -35,6 +35,7 @@ from rstitch_engine import (
     StitchStats,
     StitchStream,
     TokenEvent,
+    default_router,
     router_for_quality,
     router_named,
     shared_engine,
@@ -73,7 +74,8 @@ class StitchOptions(BaseModel):
     quality: Quality | None = Field(default=None, description=(
         "A preset instead of router and threshold: 'exact' (the LLM alone: its own answer, sped up by prompt lookup only), "
         "'balanced' (a stricter tau), 'fast' (the default tau) or 'auto' ('fast' for prompts up to 256 tokens, "
-        "'exact' for longer ones: retrieved passages, long chats). A call may set its own quality or threshold."))
+        "'exact' for longer ones: retrieved passages, tool schemas, long chats). None: 'auto', unless router or "
+        "threshold is given. A call may set its own quality or threshold."))
     temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
     top_k: int = Field(default=0, description="Keep the k most likely tokens before sampling; 0 keeps all.")
@@ -154,7 +156,8 @@ class StitchOptions(BaseModel):
 
     def request_router(self, options: Mapping[str, Any]) -> Router:
         """This call's router: a call's ``threshold`` (entropy router), else a call's or the options'
-        ``quality`` preset, else the options' router and threshold."""
+        ``quality`` preset, else the options' router and threshold where either was given, else the
+        default preset (``DEFAULT_QUALITY``, 'auto')."""
         if "threshold" in options and "quality" in options:
             raise InvalidSettingError("give a call either quality or threshold, not both")
         if "threshold" in options:
@@ -162,6 +165,8 @@ class StitchOptions(BaseModel):
         quality = options.get("quality", self.quality)
         if quality is not None:
             return router_for_quality(quality)
+        if not {"threshold", "router", "router_path"} & self.model_fields_set:
+            return default_router()
         return router_named(self.router, self.threshold, self.router_path)
 
     def pair_window_and_template(self, engine: StitchEngine | None) -> tuple[int | None, str | None]:

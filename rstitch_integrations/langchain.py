@@ -51,7 +51,9 @@ class ChatRStitch(StitchOptions, BaseChatModel):
     """A chat model whose answer a small and a large model write together (R-Stitch).
 
     The SLM decodes; where its normalised next-token entropy is above ``threshold`` its token is
-    discarded and the LLM decodes until it is confident. Weights load on first use and are shared
+    discarded and the LLM decodes until it is confident. By default (``quality='auto'``) prompts
+    over 256 tokens (retrieved passages, tool schemas, long chats) go to the LLM alone with prompt
+    lookup instead. Weights load on first use and are shared
     by every instance using the same pair. The options it shares with ``RStitchLLM`` (pair,
     threshold, router, sampling, ``max_tokens``, ``stop``, ``constrained``, ...) are declared once,
     in ``rstitch_integrations.core.StitchOptions``.
@@ -61,7 +63,7 @@ class ChatRStitch(StitchOptions, BaseChatModel):
 
             from rstitch_integrations.langchain import ChatRStitch
 
-            chat = ChatRStitch(threshold=0.1, max_tokens=64)
+            chat = ChatRStitch(max_tokens=64)
             reply = chat.invoke("What is the capital of France?")
             reply.response_metadata["stitch"]["speedup"]
     """

@@ -72,7 +72,9 @@ _ROLE_NAMES = {
 class RStitchLLM(StitchOptions, FunctionCallingLLM):
     """R-Stitch stitched decoding as a LlamaIndex LLM: the SLM writes, the LLM takes over where it is unsure.
 
-    Construction is cheap; the pair loads on first use and is shared by every instance naming it.
+    By default (``quality='auto'``) prompts over 256 tokens (retrieved chunks, tool schemas, long
+    chats) go to the LLM alone with prompt lookup. Construction is cheap; the pair loads on first
+    use and is shared by every instance naming it.
     The options it shares with ``ChatRStitch`` (pair, threshold, router, sampling, ``max_tokens``,
     ``stop``, ``constrained``, ...; ``model=`` names the LLM too) are declared once, in
     ``rstitch_integrations.core.StitchOptions``.

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..errors import EmptyPromptError, InvalidSettingError, PromptTooLongError, require_int_at_least
 from ..models.cost_model import shipped_cost_model
-from ..models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
+from ..models.defaults import DEFAULT_LLM, DEFAULT_SLM
 from ..models.execution import CacheKind, ExecutionConfig
 from ..models.loaded import ModelRole
 from ..models.loading import ModelSpec, load_pair
@@ -27,7 +27,7 @@ from ..models.pair import ModelPair
 from .alone import AloneResult, decode_alone
 from .constraints import GrammarState, GrammarTokenizer
 from .request import RequestDecoder, StitchRequest
-from .routers import EntropyRouter, router_for_prompt
+from .routers import EntropyRouter, Quality, default_router, router_for_prompt, router_for_quality
 from .routing import Router
 from .scheduler import BatchScheduler, Ticket, idle_when_batched
 from .settings import GenerationSettings
@@ -146,7 +146,7 @@ class StitchEngine:
     ) -> None:
         validate_batching(max_batch_size, llm_wait_steps)
         self.pair = pair
-        self.router: Router = router if router is not None else EntropyRouter()
+        self.router: Router = router if router is not None else default_router()
         self.settings = settings if settings is not None else GenerationSettings()
         self.max_batch_size = max_batch_size
         self._forward_lock = pair.pass_lock
@@ -167,7 +167,8 @@ class StitchEngine:
         llm: str | ModelSpec = DEFAULT_LLM,
         slm: str | ModelSpec | None = None,
         *,
-        threshold: float = DEFAULT_THRESHOLD,
+        threshold: float | None = None,
+        quality: Quality | None = None,
         device: str = "auto",
         dtype: str = "auto",
         settings: GenerationSettings | None = None,
@@ -177,13 +178,18 @@ class StitchEngine:
         compile: bool = False,
         cache_tokens: int | None = None,
     ) -> "StitchEngine":
-        """Load a pair (hub ids, folders, .gguf files or specs) with the entropy router at ``threshold``.
+        """Load a pair (hub ids, folders, .gguf files or specs); its router is the entropy router at
+        ``threshold``, or the ``quality`` preset's, or with neither the default preset's (``'auto'``).
 
         With no SLM given and the default LLM, the SLM is the draft shipped for it (``DEFAULT_SLM``).
         ``kv_cache``, ``compile`` and ``cache_tokens`` choose how both models' passes run
         (``ExecutionConfig``: 'dynamic' or 'static' KV caches, compiled steps; ``compile=True`` on
         CUDA is the fast path); a spec given with its own ``execution`` keeps it.
         """
+        if threshold is not None and quality is not None:
+            raise InvalidSettingError("give either quality or threshold, not both")
+        router = (EntropyRouter(threshold) if threshold is not None
+                  else router_for_quality(quality) if quality is not None else default_router())
         execution = ExecutionConfig(kv_cache=kv_cache, compile=compile, cache_tokens=cache_tokens)
         llm_spec = llm if isinstance(llm, ModelSpec) else ModelSpec(llm, device=device, dtype=dtype,  # type: ignore[arg-type]
                                                                      execution=execution)
@@ -197,7 +203,7 @@ class StitchEngine:
         else:
             slm_spec = slm if isinstance(slm, ModelSpec) else ModelSpec(slm, device=device, dtype=dtype,  # type: ignore[arg-type]
                                                                          execution=execution)
-        return cls(load_pair(slm_spec, llm_spec), EntropyRouter(threshold), settings, max_batch_size, llm_wait_steps)
+        return cls(load_pair(slm_spec, llm_spec), router, settings, max_batch_size, llm_wait_steps)
 
     # ----------------------------------------------------------------- public entry points
 

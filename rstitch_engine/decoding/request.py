@@ -7,7 +7,8 @@ Shapes and invariants of one request:
 * Only the active model runs in a step. It is fed ``tokens[slot.n_cached:]`` in one forward pass:
   one token when it wrote the previous token itself (decode), otherwise everything it missed
   (catch-up: the prompt, and tokens the other model wrote). The LLM is first run at the first
-  switch, so it never sees the prompt before then.
+  switch, so it never sees the prompt before then; under a router that never lets the SLM keep
+  a token (``AlwaysLLMRouter``) the request starts on the LLM and the SLM never runs.
 * Entropy comes from the active model's untempered distribution over the shared real vocabulary.
 * A discarded SLM token was never fed to the SLM (a token enters a cache only when the next step
   feeds it), so "rolling back" the SLM cache is free: its cache already ends before that position.
@@ -40,7 +41,7 @@ from ..models.pair import ModelPair
 from .constraints import GrammarState
 from .detokenize import TextAssembler
 from .lookup import lookup_tokens_for, propose
-from .routing import Router, RouterState, hand_back_hook
+from .routing import Router, RouterState, hand_back_hook, starts_on_llm
 from .sampling import RequestRandomness, entropy_and_choice
 from .settings import GenerationSettings
 from .slot import NextToken, Slot
@@ -132,6 +133,8 @@ class RequestDecoder:
         self._hand_back = hand_back_hook(router)  # None: the LLM hands back exactly when H <= tau
         self._lookup_tokens = lookup_tokens_for(settings.prompt_lookup_tokens, router)
         self._took_over = False
+        if starts_on_llm(router) and not request.output_tokens:
+            request.active = "llm"  # the SLM would only write a token to discard (``starts_on_llm``)
         self.finish_reason: FinishReason | None = None
         """Set when the request is over: 'stop' (EOS or a stop string) or 'length'."""
         self.started = time.perf_counter()

@@ -59,7 +59,8 @@ class AlwaysSLMRouter:
 
 @dataclass(frozen=True)
 class AlwaysLLMRouter:
-    """The LLM alone, reached through the loop (one SLM prompt pass is discarded): ``quality='exact'``.
+    """The LLM alone, reached through the loop: ``quality='exact'``. Requests start on the LLM
+    (``llm_only``), so the SLM never runs.
 
     Prompt lookup is on with it by default (``GenerationSettings.prompt_lookup_tokens=None``): the
     LLM then writes every token, and lookup keeps its answer while deciding copied spans in fewer passes.
@@ -69,6 +70,8 @@ class AlwaysLLMRouter:
     needs_hidden_state: bool = False
     prompt_lookup_tokens: int = LLM_ALONE_LOOKUP_TOKENS
     """What ``GenerationSettings.prompt_lookup_tokens=None`` means with this router (``lookup``)."""
+    llm_only: bool = True
+    """The SLM never keeps a token: requests start on the LLM (``routing.starts_on_llm``)."""
 
     def wants_llm(self, state: RouterState) -> bool:
         return True
@@ -123,6 +126,16 @@ only), 'balanced' a stricter tau, 'fast' the default tau (``QUALITY_THRESHOLDS``
 default tau for prompts up to ``LONG_PROMPT_TOKENS`` and 'exact' beyond (``PromptLengthRouter``)."""
 QUALITY_THRESHOLDS: dict[str, float] = {"balanced": 0.05, "fast": DEFAULT_THRESHOLD, "auto": DEFAULT_THRESHOLD}
 """tau of the stitched presets, chosen on the generalisation suite's tuning part (README, "Quality presets")."""
+
+
+DEFAULT_QUALITY: Quality = "auto"
+"""The preset of a request that names no quality, router or threshold (engine, CLI and adapters):
+stitching for short prompts, the LLM alone with prompt lookup for long ones (README, "Quality presets")."""
+
+
+def default_router() -> Router:
+    """The router of ``DEFAULT_QUALITY``."""
+    return router_for_quality(DEFAULT_QUALITY)
 
 
 def router_for_quality(quality: Quality) -> Router:

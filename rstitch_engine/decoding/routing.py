@@ -68,6 +68,16 @@ class HandBackRouter(Protocol):
         ...
 
 
+def starts_on_llm(router: object) -> bool:
+    """Whether the router never lets the SLM keep a token (its ``llm_only`` attribute, False if it has none).
+
+    Such a request starts on the LLM: the SLM's pass over the prompt would only write a token to
+    discard. Its tokens are those it would get starting on the SLM; only that pass (and its discard
+    and switch in the stats) is saved.
+    """
+    return bool(getattr(router, "llm_only", False))
+
+
 def hand_back_hook(router: object) -> Callable[[RouterState], bool] | None:
     """The router's ``hands_back`` method, or None for the default rule (hand back when H <= tau)."""
     method = getattr(router, "hands_back", None)

@@ -162,12 +162,12 @@ def test_choose_tau_on_the_generalisation_tuning_part_takes_the_fastest_tau_with
     assert "| skill | items |" in capsys.readouterr().out
 
 
-def test_lookup_configs_and_the_skill_filter(tiny_draft_engine):
+def test_lookup_configs_and_the_skill_filter(tiny_draft_engine, tmp_path):
     """--lookup adds quality='exact' through the engine (the LLM's tokens, with prompt lookup) per K,
     --stitch-lookup each tau with it, --auto the 'auto' preset; --skills keeps only those skills' items."""
     args = bench.parse_args(["--suite", "generalisation", "--part", "tuning", "--skills", "multiturn,sum", "--every", "20",
                              "--taus=-1,0.1", "--baselines", "llm", "--lookup", "2,4", "--stitch-lookup", "--auto",
-                             "--max-new-tokens", "6", "--no-progress"])
+                             "--max-new-tokens", "6", "--no-progress", "--plot", str(tmp_path / "lookup.png")])
     report = bench.run(tiny_draft_engine, args)
     auto = "auto (tau 0.1 up to 256 prompt tokens, else exact)"
     names = ["LLM alone", "exact (LLM + lookup 2)", "exact (LLM + lookup 4)", auto, "R-Stitch tau=-1",
@@ -175,6 +175,10 @@ def test_lookup_configs_and_the_skill_filter(tiny_draft_engine):
              "R-Stitch tau=0.1 lookup=4"]
     assert [row["config"] for row in report["rows"]] == names
     assert report["skills"] == ["multiturn", "sum"] and report["lookups"] == [2, 4]
+    rows = {row["config"]: row for row in report["rows"]}
+    assert rows[auto]["switches"] is not None and rows["exact (LLM + lookup 2)"]["switches"] is None
+    assert f"| {auto} |" in report["cost_table"] and "| exact (LLM" not in report["cost_table"]
+    assert (tmp_path / "lookup.png").read_bytes()[:4] == b"\x89PNG"  # every kind has a colour
     by = {(a["item"], a["config"]): a for a in report["answers"]}
     for item in {a["item"] for a in report["answers"]}:
         for name in ["exact (LLM + lookup 2)", "exact (LLM + lookup 4)", "R-Stitch tau=-1 lookup=2"]:

@@ -129,6 +129,9 @@ def test_baseline_routers_never_or_always_use_the_llm():
     assert list(slm_only.token_ids) == hf_greedy(engine.pair.slm.model, prompt_ids, 16, eos)
     assert list(llm_only.token_ids) == hf_greedy(engine.pair.llm.model, prompt_ids, 16, eos)
     assert slm_only.stats.llm.forward_passes == 0 and llm_only.stats.slm_tokens == 0
+    # the LLM-alone router starts on the LLM: the SLM never runs, so nothing is discarded or switched
+    assert llm_only.stats.slm.forward_passes == 0 and llm_only.stats.discarded_slm_tokens == 0
+    assert llm_only.stats.switches_to_llm == 0 and not any(e.took_over for e in llm_only.events)
 
 
 class CountingRouter(EntropyRouter):

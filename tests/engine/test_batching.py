@@ -18,7 +18,14 @@ from types import SimpleNamespace
 import pytest
 from tiny import tiny_pair
 
-from rstitch_engine import EmptyPromptError, EntropyRouter, GenerationSettings, InvalidSettingError, StitchEngine
+from rstitch_engine import (
+    AlwaysLLMRouter,
+    EmptyPromptError,
+    EntropyRouter,
+    GenerationSettings,
+    InvalidSettingError,
+    StitchEngine,
+)
 from rstitch_engine.decoding import scheduler as scheduler_module
 from rstitch_engine.decoding.engine import read_in_turn
 from rstitch_engine.decoding.scheduler import MAX_EVENTS_AHEAD
@@ -69,6 +76,22 @@ def test_a_batch_gives_each_request_its_lone_tokens_sources_and_stats(batched, a
     assert max(s.largest_batch for _, s in outputs) >= len(PROMPTS) // 2
     assert sum(s.switches_to_llm for _, s in outputs) > 0  # rows switched models inside the batch
     assert all(r.largest_batch == 1 for r in [result.stats for result in results])
+
+
+def test_llm_alone_requests_start_on_the_llm_beside_stitched_ones(batched, pair):
+    """Requests of the LLM-alone router (quality='exact', 'auto' on long prompts) start on the LLM and
+    never run the SLM, inside a batch too; each keeps its lone tokens and stats."""
+    routers = [AlwaysLLMRouter() if i % 2 else EntropyRouter(tau) for i, tau in enumerate(TAUS)]
+    lone_engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=1)
+    lone = [signature(lone_engine.generate(p, SETTINGS, r)) for p, r in zip(PROMPTS, routers)]
+    streams = [batched.stream(p, SETTINGS, r) for p, r in zip(PROMPTS, routers)]
+    results = [SimpleNamespace(token_ids=tuple(e.token_id for e in events), events=events, stats=stats)
+               for events, stats in _read_in_turn(streams)]
+    assert [signature(r) for r in results] == lone
+    for stream, router in zip(streams, routers):
+        if isinstance(router, AlwaysLLMRouter):
+            assert not stream.request.slots["slm"].records and stream.request.slots["llm"].records[0].cached_tokens == 0
+    assert max(r.stats.largest_batch for r in results) > 1
 
 
 def test_generate_batch_equals_generate_one_by_one(batched, alone):

@@ -134,3 +134,8 @@ def test_routers_by_name():
         router_named("bogus", 0.3)  # type: ignore[arg-type]
     with pytest.raises(InvalidSettingError, match="threshold"):
         router_named("entropy", math.nan)
+
+
+def test_from_pretrained_takes_a_quality_or_a_threshold_not_both():
+    with pytest.raises(InvalidSettingError, match="either quality or threshold"):
+        StitchEngine.from_pretrained(threshold=0.1, quality="fast")  # refused before any weight loads

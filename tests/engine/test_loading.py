@@ -95,12 +95,26 @@ def test_cli_generate_streams_and_prints_stats(real_engine, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "R-Stitch stats" in out and "written by SLM / LLM" in out and "speedup vs LLM alone" in out
+    assert "entropy router, tau=0.1" in out  # a threshold names the entropy router, whatever the prompt's length
+
+
+@pytest.mark.real_model
+def test_from_pretrained_routers(real_engine):
+    """No router argument: the default preset ('auto'); a quality or a threshold names another."""
+    from rstitch_engine import EntropyRouter, StitchEngine, default_router
+
+    assert StitchEngine.from_pretrained(device="cpu").router == default_router()
+    assert StitchEngine.from_pretrained(device="cpu", quality="balanced").router == EntropyRouter(0.05)
+    assert StitchEngine.from_pretrained(device="cpu", threshold=0.2).router == EntropyRouter(0.2)
 
 
 @pytest.mark.real_model
 def test_cli_json_stats_and_clear_errors(real_engine, capsys):
     assert main(["generate", "Hi", "--max-tokens", "4", "--json"]) == 0
-    stats = json.loads(capsys.readouterr().out.split("\n", 2)[2])
+    out = capsys.readouterr().out
+    assert out.startswith("SLM / LLM  auto router, tau=0.1")  # no quality, router or threshold: the default preset
+    stats = json.loads(out.split("\n", 2)[2])
+    assert stats["router"] == "EntropyRouter"  # 'auto' stitches a short prompt
     assert stats["output_tokens"] == 4 and stats["slm_tokens"] + stats["llm_tokens"] == 4
     assert main(["generate", "Hi", "--threshold", "nan"]) == 2
     assert "threshold (tau) must be a real number" in capsys.readouterr().err

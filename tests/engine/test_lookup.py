@@ -24,6 +24,7 @@ from rstitch_engine.decoding.routers import (
     QUALITY_THRESHOLDS,
     AlwaysLLMRouter,
     PromptLengthRouter,
+    default_router,
     router_for_quality,
 )
 
@@ -205,6 +206,7 @@ def test_auto_stitches_short_prompts_and_gives_long_ones_to_the_llm_with_lookup(
     assert alone.token_ids == plain_runs[long, -1.0].token_ids
     assert alone.stats.proposed_tokens > 0  # the LLM alone's default: prompt lookup on
     preset = router_for_quality("auto")
+    assert StitchEngine(pair).router == default_router() == preset  # 'auto' is the default
     assert isinstance(preset, PromptLengthRouter) and preset.threshold == QUALITY_THRESHOLDS["auto"]
     assert preset.max_stitched_prompt_tokens == LONG_PROMPT_TOKENS
     for bad in (0, 2.5, None):

@@ -102,7 +102,10 @@ def test_prompt_too_long_for_the_real_context_window(real_engine):
 
 
 @pytest.mark.slow
-def test_concurrent_threads_get_the_sequential_results(real_engine):
+def test_concurrent_threads_get_the_sequential_results(real_engine_float32):
+    """float32: in bf16 a row of a batched pass rounds differently from its lone pass, and the real
+    pair's near-ties flip (``test_batching_real.py`` shows such differences are numeric)."""
+    real_engine = real_engine_float32
     settings = GenerationSettings(max_new_tokens=8)
     requests = [(CHATS[i % 3], (0.05, 0.1, 0.2, 1.0)[i % 4]) for i in range(32)]
     sequential = [real_engine.generate(c, settings, EntropyRouter(t)).token_ids for c, t in requests]

@@ -358,7 +358,7 @@ def test_prompt_lookup_speeds_the_exact_preset_on_a_retrieval_prompt_and_keeps_i
     assert reply.response_metadata["stitch"]["confirmed_tokens"] > 0
     assert plain.response_metadata["stitch"]["proposed_tokens"] == 0
     assert reply.response_metadata["stitch"]["llm_forward_passes"] < plain.response_metadata["stitch"]["llm_forward_passes"]
-    stitched = ChatRStitch(dtype="float32", max_tokens=20).invoke(messages)  # stitching: off unless asked
+    stitched = ChatRStitch(quality="fast", dtype="float32", max_tokens=20).invoke(messages)  # stitching: off unless asked
     assert stitched.response_metadata["stitch"]["proposed_tokens"] == 0
     with pytest.raises(ValidationError, match="prompt_lookup_tokens"):
         ChatRStitch(prompt_lookup_tokens=-1)
@@ -366,16 +366,23 @@ def test_prompt_lookup_speeds_the_exact_preset_on_a_retrieval_prompt_and_keeps_i
         exact.invoke(messages, prompt_lookup_tokens=1.5)
 
 
-def test_auto_quality_gives_a_retrieval_prompt_to_the_llm_and_stitches_a_short_question(real_engine: StitchEngine) -> None:
+@pytest.mark.parametrize("options", [{"quality": "auto"}, {}], ids=["auto", "default"])
+def test_auto_quality_gives_a_retrieval_prompt_to_the_llm_and_stitches_a_short_question(
+    real_engine: StitchEngine, options: dict[str, str]
+) -> None:
+    """'auto' is also the default: a retrieval prompt is decoded by the LLM alone, which starts on
+    the LLM (no SLM pass at all), and a short question is stitched at the default tau."""
     from rstitch_engine.measure.generalisation import generalisation_suite
 
     item = next(i for i in generalisation_suite("heldout") if i.skill == "rag")
     messages = [(m["role"].replace("user", "human").replace("assistant", "ai"), m["content"]) for m in item.messages()]
-    auto = ChatRStitch(quality="auto", max_tokens=12)
+    auto = ChatRStitch(max_tokens=12, **options)
     retrieval = auto.invoke(messages)
-    assert retrieval.response_metadata["stitch"]["router"] == "AlwaysLLMRouter"
+    stitch = retrieval.response_metadata["stitch"]
+    assert stitch["router"] == "AlwaysLLMRouter" and stitch["prompt_tokens"] > 256
     assert set(retrieval.response_metadata["token_sources"]) == {"llm"}
-    assert retrieval.response_metadata["stitch"]["prompt_tokens"] > 256
+    assert stitch["slm_forward_passes"] == 0 and stitch["switches_to_llm"] == 0 and stitch["confirmed_tokens"] > 0
     short = auto.invoke(QUESTION)
     assert short.response_metadata["stitch"]["router"] == "EntropyRouter"
     assert short.content == ChatRStitch(quality="fast", max_tokens=12).invoke(QUESTION).content
+    assert ChatRStitch(threshold=0.1).request_router({}) == ChatRStitch(router="entropy").request_router({})
