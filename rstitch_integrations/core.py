@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from rstitch_engine import (
     DEFAULT_LLM,
+    DEFAULT_QUALITY,
     DEFAULT_THRESHOLD,
     ExecutionConfig,
     GenerationSettings,
@@ -35,7 +36,6 @@ from rstitch_engine import (
     StitchStats,
     StitchStream,
     TokenEvent,
-    default_router,
     router_for_quality,
     router_named,
     shared_engine,
@@ -154,19 +154,24 @@ class StitchOptions(BaseModel):
             prompt_lookup_tokens=options.get("prompt_lookup_tokens", self.prompt_lookup_tokens),
         )
 
+    @property
+    def preset(self) -> Quality | None:
+        """The quality preset of calls that set none: ``quality``, or ``DEFAULT_QUALITY`` ('auto') when
+        neither it nor router/threshold was given; None when the options name a router or threshold."""
+        if self.quality is not None or {"threshold", "router", "router_path"} & self.model_fields_set:
+            return self.quality
+        return DEFAULT_QUALITY
+
     def request_router(self, options: Mapping[str, Any]) -> Router:
-        """This call's router: a call's ``threshold`` (entropy router), else a call's or the options'
-        ``quality`` preset, else the options' router and threshold where either was given, else the
-        default preset (``DEFAULT_QUALITY``, 'auto')."""
+        """This call's router: a call's ``threshold`` (entropy router), else a call's quality preset or
+        the options' (``preset``), else the options' router and threshold."""
         if "threshold" in options and "quality" in options:
             raise InvalidSettingError("give a call either quality or threshold, not both")
         if "threshold" in options:
             return router_named("entropy" if self.quality else self.router, options["threshold"], self.router_path)
-        quality = options.get("quality", self.quality)
+        quality = options.get("quality", self.preset)
         if quality is not None:
             return router_for_quality(quality)
-        if not {"threshold", "router", "router_path"} & self.model_fields_set:
-            return default_router()
         return router_named(self.router, self.threshold, self.router_path)
 
     def pair_window_and_template(self, engine: StitchEngine | None) -> tuple[int | None, str | None]:

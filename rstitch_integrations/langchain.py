@@ -95,7 +95,7 @@ class ChatRStitch(StitchOptions, BaseChatModel):
     @property
     def _identifying_params(self) -> dict[str, Any]:
         return {"model_name": self.model_name, "threshold": self.threshold, "router": self.router,
-                "quality": self.quality, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
+                "quality": self.preset, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
                 "max_tokens": self.max_tokens, "seed": self.seed}
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:

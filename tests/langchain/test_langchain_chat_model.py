@@ -366,6 +366,18 @@ def test_prompt_lookup_speeds_the_exact_preset_on_a_retrieval_prompt_and_keeps_i
         exact.invoke(messages, prompt_lookup_tokens=1.5)
 
 
+def test_the_default_preset_is_auto_unless_a_router_or_threshold_is_named() -> None:
+    """No weights load: the preset and router of each way of configuring the model."""
+    from rstitch_engine import EntropyRouter, PromptLengthRouter
+
+    assert ChatRStitch().preset == "auto" and ChatRStitch()._identifying_params["quality"] == "auto"
+    assert isinstance(ChatRStitch().request_router({}), PromptLengthRouter)
+    assert ChatRStitch(quality="exact").preset == "exact"
+    for named in ({"threshold": 0.1}, {"router": "entropy"}):
+        assert ChatRStitch(**named).preset is None and ChatRStitch(**named).request_router({}) == EntropyRouter(0.1)
+    assert ChatRStitch().request_router({"threshold": 0.05}) == EntropyRouter(0.05)  # a call's tau: R-Stitch
+
+
 @pytest.mark.parametrize("options", [{"quality": "auto"}, {}], ids=["auto", "default"])
 def test_auto_quality_gives_a_retrieval_prompt_to_the_llm_and_stitches_a_short_question(
     real_engine: StitchEngine, options: dict[str, str]
@@ -385,4 +397,3 @@ def test_auto_quality_gives_a_retrieval_prompt_to_the_llm_and_stitches_a_short_q
     short = auto.invoke(QUESTION)
     assert short.response_metadata["stitch"]["router"] == "EntropyRouter"
     assert short.content == ChatRStitch(quality="fast", max_tokens=12).invoke(QUESTION).content
-    assert ChatRStitch(threshold=0.1).request_router({}) == ChatRStitch(router="entropy").request_router({})
