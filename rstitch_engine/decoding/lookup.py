@@ -24,7 +24,8 @@ hands back as soon as it is confident, which is where copied spans are, and the 
 small (README, "Prompt lookup").
 
 Where it applies: greedy decoding (a sampled token would need a rejection rule that changes the
-random stream), no grammar, a cache that can drop entries (dynamic, plain layers), and for the SLM
+random stream), with or without a grammar (each position is masked by the grammar's state after the
+kept tokens before it), a cache that can drop entries (dynamic, plain layers), and for the SLM
 only with a router that needs no hidden state (R-Stitch+ reads the SLM's hidden state at every
 position, and a pass gives it for the last fed token only). Otherwise a step is a plain step.
 

@@ -26,6 +26,8 @@ when the SLM's token was discarded). The decisions never depend on how the pass 
 With prompt lookup (``GenerationSettings.prompt_lookup_tokens``, ``lookup``) a pass may also feed
 tokens proposed from the context; ``advance`` then keeps several tokens from one pass, applying the
 routing rule at each position in turn, and the slot drops the proposed tokens it did not keep.
+Under a grammar each position is masked by the grammar's state after the kept tokens before it, and
+a position the grammar forces counts as forced, as it would without lookup.
 """
 
 from __future__ import annotations
@@ -155,7 +157,7 @@ class RequestDecoder:
     def _proposal(self, slot: Slot, want_hidden: bool) -> tuple[int, ...]:
         """Prompt lookup's tokens for the next pass, where it applies (``lookup``); () otherwise."""
         settings = self.settings
-        if not self._lookup_tokens or not settings.greedy or self.grammar is not None:
+        if not self._lookup_tokens or not settings.greedy:
             return ()
         if want_hidden or not slot.has_plain_cache:
             return ()
@@ -198,10 +200,14 @@ class RequestDecoder:
         confirmed = 0  # leading proposed tokens that are kept tokens: their cache entries stay
         discarded = False
         for position, logits in enumerate(views):
+            # a later position the grammar forces would have been kept by ``forced``, without a pass:
+            # the same token (H = 0 over one allowed token), counted the same way
+            forced_here = position > 0 and self.grammar is not None and self.grammar.allowed_count == 1
             event = self._decide(logits, nxt.hidden if position == 0 else None)
             if event is None:
                 discarded = True
                 break
+            request.forced_tokens += forced_here
             events.append(event)
             if position == len(nxt.proposal) or event.token_id != nxt.proposal[position]:
                 break

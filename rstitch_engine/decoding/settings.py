@@ -38,7 +38,7 @@ class GenerationSettings:
     in each pass of the active model, so that copied spans cost fewer passes; 0 turns it off, None
     leaves it to the router (on, 6 tokens, for the LLM alone: ``quality='exact'``; off for stitching). The
     same tokens and sources as without it, up to floating-point summation order. Greedy decoding
-    without a grammar only (otherwise ignored)."""
+    only (otherwise ignored); a grammar may be set."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):

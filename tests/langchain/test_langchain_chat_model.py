@@ -397,3 +397,25 @@ def test_auto_quality_gives_a_retrieval_prompt_to_the_llm_and_stitches_a_short_q
     short = auto.invoke(QUESTION)
     assert short.response_metadata["stitch"]["router"] == "EntropyRouter"
     assert short.content == ChatRStitch(quality="fast", max_tokens=12).invoke(QUESTION).content
+
+
+def test_prompt_lookup_under_the_tool_call_grammar_keeps_the_llm_alone_s_calls(real_engine: StitchEngine) -> None:
+    """quality='exact' with bound tools: lookup checks copied tokens under the grammar; float32, so
+    the calls and text are those without lookup, token for token."""
+    from langchain_core.tools import tool
+
+    @tool
+    def send_email(to: str, subject: str) -> str:
+        """Send an email to an address with a subject line."""
+        return to
+
+    question = "Send an email to maria.lopez@example.com with the subject Quarterly budget review."
+    model = ChatRStitch(quality="exact", dtype="float32", max_tokens=48).bind_tools([send_email], tool_choice="any")
+    looked_up, plain = model.invoke(question), model.invoke(question, prompt_lookup_tokens=0)
+    assert looked_up.tool_calls[0]["args"] == plain.tool_calls[0]["args"] == {
+        "to": "maria.lopez@example.com", "subject": "Quarterly Budget Review"}
+    assert looked_up.content == plain.content
+    assert looked_up.response_metadata["token_sources"] == plain.response_metadata["token_sources"]
+    stats, plain_stats = looked_up.response_metadata["stitch"], plain.response_metadata["stitch"]
+    assert stats["forced_tokens"] == plain_stats["forced_tokens"] > 0
+    assert stats["confirmed_tokens"] > 0 and stats["llm_forward_passes"] < plain_stats["llm_forward_passes"]
