@@ -119,7 +119,7 @@ class StitchOptions(BaseModel):
 
     @model_validator(mode="after")
     def _check_options(self) -> StitchOptions:
-        if self.quality is not None and ({"threshold", "router", "router_path"} & self.model_fields_set):
+        if self.quality is not None and self._names_router:
             raise InvalidSettingError("give either quality or router/threshold, not both")
         self.request_settings({})  # GenerationSettings raises InvalidSettingError with the reason
         self.request_router({})
@@ -155,10 +155,15 @@ class StitchOptions(BaseModel):
         )
 
     @property
+    def _names_router(self) -> bool:
+        """Whether the options were given a router, router path or threshold (not only their defaults)."""
+        return bool({"threshold", "router", "router_path"} & self.model_fields_set)
+
+    @property
     def preset(self) -> Quality | None:
         """The quality preset of calls that set none: ``quality``, or ``DEFAULT_QUALITY`` ('auto') when
         neither it nor router/threshold was given; None when the options name a router or threshold."""
-        if self.quality is not None or {"threshold", "router", "router_path"} & self.model_fields_set:
+        if self.quality is not None or self._names_router:
             return self.quality
         return DEFAULT_QUALITY
 
