@@ -2,10 +2,11 @@
 
 A step takes up to ``max_batch_size`` runnable requests (those served longest ago first, so a
 bounded batch rotates fairly), asks each ``RequestDecoder`` which pass it needs, and runs one
-batched pass per group of requests on the same model with a similar number of new tokens
-(``decoding.batch``): SLM decodes and short catch-ups together, the LLM's together, long prompt
-prefills apart, so that a decode row never pays for a prefill's padding. Then every decoder
-applies its own routing to its own row, exactly as it would alone. Requests join (``admit``) and
+batched pass per model (``decoding.batch``): all of a model's rows in one pass, packed where their
+lengths differ, while their keys are few (``PACKED_KEYS_LIMIT``); otherwise (long caches, or a model
+whose attention takes no block mask) one pass per group of similar numbers of new tokens: decodes
+and short catch-ups together, long prompt prefills apart, so that a decode row never pays for a
+prefill's padding. Then every decoder applies its own routing to its own row, exactly as it would alone. Requests join (``admit``) and
 leave (``leave``: finished, closed, abandoned) between steps.
 
 There is no scheduler thread. A consumer that wants its request's next event and finds none
@@ -47,7 +48,7 @@ from collections import deque
 from typing import Callable, Iterator
 
 from ..models.openmp import releasing_openmp_team
-from .batch import catch_up_batch
+from .batch import batchable, catch_up_batch
 from .request import PassNeed, RequestDecoder
 from .slot import NextToken
 from .stats import TokenEvent
@@ -57,7 +58,9 @@ MAX_EVENTS_AHEAD = 32
 LLM_GATHER_FRACTION = 0.75
 """With LLM rows waiting for company, the LLM's pass runs once this share of a step's requests need it."""
 LENGTH_SPREAD = 8
-"""Rows share a pass while the longest feeds at most 2x + this many tokens more than the shortest."""
+"""Rows that cannot be packed share a pass while the longest feeds at most 2x + this many tokens more than the shortest."""
+PACKED_KEYS_LIMIT = 2048
+"""All of a step's rows on one model share one pass while their cached plus new tokens are at most this many."""
 
 
 class Ticket:
@@ -202,10 +205,14 @@ class BatchScheduler:
 
 
 def _groups(needs: list[tuple[Ticket, PassNeed]]) -> list[list[tuple[Ticket, PassNeed]]]:
-    """Rows that share a pass: one model, similar numbers of new tokens (shortest first)."""
+    """Rows that share a pass: one model; all its rows if they can be packed into one pass, else rows
+    of similar numbers of new tokens (shortest first)."""
     groups: list[list[tuple[Ticket, PassNeed]]] = []
     for role in ("slm", "llm"):
         rows = sorted((item for item in needs if item[1].role == role), key=lambda item: item[1].new_tokens)
+        if rows and _one_packed_pass(rows):
+            groups.append(rows)
+            continue
         current: list[tuple[Ticket, PassNeed]] = []
         for item in rows:
             if current and item[1].new_tokens > 2 * current[0][1].new_tokens + LENGTH_SPREAD:
@@ -215,6 +222,18 @@ def _groups(needs: list[tuple[Ticket, PassNeed]]) -> list[list[tuple[Ticket, Pas
         if current:
             groups.append(current)
     return groups
+
+
+def _one_packed_pass(rows: list[tuple[Ticket, PassNeed]]) -> bool:
+    """Whether these rows of one model can share one pass (packed, when their lengths differ: ``decoding.batch``).
+
+    A packed pass's attention covers every row's keys for every query, so its cost grows with the
+    product of new tokens and all keys; below ``PACKED_KEYS_LIMIT`` keys the weights' matmuls, which
+    grow with the new tokens alone, dominate, and one pass costs less than one per length group.
+    """
+    slots = [need.slot for _, need in rows]
+    keys = sum(slot.n_cached for slot in slots) + sum(need.new_tokens for _, need in rows)
+    return batchable(slots) and slots[0].loaded.packs_rows and keys <= PACKED_KEYS_LIMIT
 
 
 def _run_group(group: list[tuple[Ticket, PassNeed]]) -> list[NextToken | None]:

@@ -61,33 +61,31 @@ class LoadedModel:
                           use_cache=True, logits_to_keep=keep, output_hidden_states=want_hidden)
 
     def forward_rows(self, new: list[list[int]], cached: list[int], cache: DynamicCache, past: int,
-                     want_hidden: bool = False, keep: list[int] | None = None
+                     want_hidden: bool = False, keep: list[int] | None = None, packed: bool = False
                      ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """One cached pass over several rows (``decoding.batch`` lays them out): row r's ``new[r]``
-        tokens at positions ``cached[r] ..``, right-padded to N = max len; ``cache`` holds each row's
-        ``cached[r]`` keys/values left-padded to ``past``.
+        """One cached pass over several rows, laid out by ``decoding.batch``.
+
+        Padded (``packed`` False): row r's ``new[r]`` tokens at positions ``cached[r] ..``, right-padded
+        to N = max len; ``cache`` holds each row's ``cached[r]`` keys/values left-padded to ``past``.
+        Packed: all rows' new tokens in one sequence of T = sum of lengths, row after row; ``cache``
+        holds the rows' caches one after another (``past`` = sum of ``cached``), and a block mask lets
+        each token see only its own row's cache and its own row's earlier new tokens.
 
         Returns per row r the float32 logits over the shared vocabulary at its last ``keep[r]`` real
         tokens ([keep[r], V]; ``keep`` None: 1 each; more for prompt lookup's proposals) and, when
         asked, the last-layer hidden states at each row's last real token ([B, d]). The output head
         runs on those positions only (not on every padded column).
         """
-        width = max(len(row) for row in new)
-        device = self.device
-        ids = torch.zeros((len(new), width), dtype=torch.long)  # [B, N]; pads are token 0, masked out
-        positions = torch.zeros((len(new), width), dtype=torch.long)  # [B, N]
-        mask = torch.zeros((len(new), past + width), dtype=torch.long)  # [B, P + N]: 1 = a real key
-        for r, (row, c) in enumerate(zip(new, cached)):
-            ids[r, : len(row)] = torch.tensor(row)
-            positions[r] = torch.arange(c, c + width)
-            mask[r, past - c: past + len(row)] = 1
         keep = keep if keep is not None else [1] * len(new)
-        # the columns whose logits are needed, row by row: row r's last keep[r] real tokens, the last one last
-        wanted = [(r, col) for r, (row, k) in enumerate(zip(new, keep)) for col in range(len(row) - k, len(row))]
+        layout = _packed_layout(new, cached, past, self.dtype) if packed else _padded_layout(new, cached, past)
+        ids, positions, mask, where = layout  # where[r]: (batch row, column) of row r's real tokens, in order
+        device = self.device
+        # the (batch row, column) pairs whose logits are needed: row r's last keep[r] real tokens, the last one last
+        wanted = [spot for spots, k in zip(where, keep) for spot in spots[len(spots) - k:]]
         rows = torch.tensor([r for r, _ in wanted], device=device)  # [K]
         cols = torch.tensor([col for _, col in wanted], device=device)  # [K]
         inputs = dict(input_ids=ids.to(device), position_ids=positions.to(device), attention_mask=mask.to(device),
-                      cache_position=torch.arange(past, past + width, device=device), use_cache=True,
+                      cache_position=torch.arange(past, past + ids.shape[1], device=device), use_cache=True,
                       output_hidden_states=want_hidden)
         if self._plain_output_head:
             output = self.model.get_decoder()(**inputs, **{self._decoder_cache_keyword: cache})
@@ -99,9 +97,15 @@ class LoadedModel:
         views = list(logits[:, : self.vocab_size].float().split(keep))  # row r: [keep[r], V]
         hidden = None
         if want_hidden:
-            last = torch.tensor([len(row) - 1 for row in new], device=device)  # [B]
-            hidden = output.hidden_states[-1][torch.arange(len(new), device=device), last]  # [B, d]
+            last_rows = torch.tensor([spots[-1][0] for spots in where], device=device)  # [B]
+            last_cols = torch.tensor([spots[-1][1] for spots in where], device=device)  # [B]
+            hidden = output.hidden_states[-1][last_rows, last_cols]  # [B, d]
         return views, hidden
+
+    @property
+    def packs_rows(self) -> bool:
+        """Whether a packed pass's block mask (an additive 4D mask) is honoured by this model's attention."""
+        return getattr(self.model.config, "_attn_implementation", None) in ("sdpa", "eager")
 
     @functools.cached_property
     def static_steps(self) -> StaticSteps | None:
@@ -158,3 +162,45 @@ class ForwardRecord:
     """Requests that shared this pass (1: the request ran alone)."""
     proposed_tokens: int = 0
     """Of ``new_tokens``, those proposed by prompt lookup (``decoding.lookup``) after the unseen ones."""
+
+
+Layout = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[tuple[int, int]]]]
+"""input ids, position ids, attention mask, and per row the (batch row, column) of each of its real tokens."""
+
+
+def _padded_layout(new: list[list[int]], cached: list[int], past: int) -> Layout:
+    """[B, N] ids and positions, right-padded; a [B, P + N] mask of real keys (row r's cache sits at the end of [0, P))."""
+    width = max(len(row) for row in new)
+    ids = torch.zeros((len(new), width), dtype=torch.long)  # pads are token 0, masked out
+    positions = torch.zeros((len(new), width), dtype=torch.long)
+    mask = torch.zeros((len(new), past + width), dtype=torch.long)  # 1 = a real key
+    for r, (row, c) in enumerate(zip(new, cached)):
+        ids[r, : len(row)] = torch.tensor(row)
+        positions[r] = torch.arange(c, c + width)
+        mask[r, past - c: past + len(row)] = 1
+    return ids, positions, mask, [[(r, col) for col in range(len(row))] for r, row in enumerate(new)]
+
+
+def _packed_layout(new: list[list[int]], cached: list[int], past: int, dtype: torch.dtype) -> Layout:
+    """[1, T] ids and positions, rows one after another; an additive [1, 1, T, P + T] block mask.
+
+    Row r's cache occupies keys [o_r, o_r + c_r) (o_r: the cached tokens of the rows before it, P their
+    sum) and its new tokens queries and keys at P + s_r .. (s_r: the new tokens before it). Its token j
+    sees its cache and its own new tokens up to j: exactly what it sees when the row runs alone.
+    """
+    total = sum(len(row) for row in new)
+    ids = torch.tensor([[token for row in new for token in row]], dtype=torch.long)
+    positions = torch.tensor([[c + j for row, c in zip(new, cached) for j in range(len(row))]], dtype=torch.long)
+    allowed = torch.zeros((total, past + total), dtype=torch.bool)
+    where: list[list[tuple[int, int]]] = []
+    cache_start = first = 0
+    for row, c in zip(new, cached):
+        n = len(row)
+        allowed[first:first + n, cache_start:cache_start + c] = True
+        allowed[first:first + n, past + first:past + first + n] = torch.ones(n, n, dtype=torch.bool).tril()
+        where.append([(0, first + j) for j in range(n)])
+        cache_start += c
+        first += n
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return ids, positions, mask[None, None], where
+

@@ -16,6 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import pytest
+import torch
+from helpers import assert_cache_is_fresh_prefill
 from tiny import tiny_pair
 
 from rstitch_engine import (
@@ -26,6 +28,7 @@ from rstitch_engine import (
     InvalidSettingError,
     StitchEngine,
 )
+from rstitch_engine.decoding import batch as batch_module
 from rstitch_engine.decoding import scheduler as scheduler_module
 from rstitch_engine.decoding.engine import read_in_turn
 from rstitch_engine.decoding.scheduler import MAX_EVENTS_AHEAD
@@ -370,3 +373,68 @@ def test_models_whose_head_scales_logits_batch_through_the_model_s_own_head(alon
 def _read_in_turn(streams):
     """(events, stats) of each stream, read in turn."""
     return [(events, stream.stats) for events, stream in zip(read_in_turn(streams), streams)]
+
+
+# ---------------------------------------------------------------------- packed and padded passes
+
+@pytest.mark.parametrize("packed", [True, False])
+def test_a_pass_gives_each_row_its_lone_logits_and_cache_in_either_layout(pair, packed, monkeypatch):
+    """Rows of different cached lengths and new tokens (decodes beside catch-ups), packed into one
+    sequence with a block mask or padded: each row's logits equal its lone pass and its cache
+    equals a fresh prefill (float64)."""
+    monkeypatch.setattr(batch_module, "PACKING_WASTE", 1 if packed else 10**9)
+    prefixes = [[5, 9, 14], [7, 3, 22, 11, 8, 30, 2], [], [40, 41]]
+    new_tokens = [[6], [19], [12, 13, 15, 16, 17], [8, 9, 10, 11, 12, 13, 14]]
+    for loaded in (pair.slm, pair.llm):
+        assert batch_module.should_pack(loaded, [len(n) for n in new_tokens]) is packed
+        rows = [prefix + new for prefix, new in zip(prefixes, new_tokens)]
+        batched, lone = [Slot(loaded) for _ in rows], [Slot(loaded) for _ in rows]
+        for slots in (batched, lone):
+            for slot, prefix in zip(slots, prefixes):
+                if prefix:
+                    slot.catch_up(prefix, "catchup", False)
+        results = batch_module.catch_up_batch(batched, rows, ["catchup"] * len(rows), want_hidden=True)
+        for slot, lone_slot, row, result in zip(batched, lone, rows, results):
+            expected = lone_slot.catch_up(row, "catchup", want_hidden=True)
+            torch.testing.assert_close(result.logits, expected.logits, rtol=0, atol=1e-9)
+            torch.testing.assert_close(result.hidden, expected.hidden, rtol=0, atol=1e-9)
+            assert result.logits.argmax() == expected.logits.argmax()
+            assert_cache_is_fresh_prefill(slot, row, atol=1e-9)
+            assert slot.records[-1].batch_size == len(rows)
+
+
+@pytest.mark.parametrize("layout", ["packed", "padded"])
+def test_a_batch_is_exact_whichever_layout_its_passes_take(pair, alone, monkeypatch, layout):
+    """Every pass packed (one pass per model and step) or every pass padded (length groups): each
+    request keeps its lone tokens, sources and stats."""
+    monkeypatch.setattr(batch_module, "PACKING_WASTE", 1 if layout == "packed" else 10**9)
+    monkeypatch.setattr(scheduler_module, "PACKED_KEYS_LIMIT", 10**9 if layout == "packed" else 0)
+    engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=8, llm_wait_steps=0)
+    streams = [engine.stream(p, SETTINGS, EntropyRouter(t)) for p, t in zip(PROMPTS, TAUS)]
+    results = [SimpleNamespace(token_ids=tuple(e.token_id for e in events), events=events, stats=stats)
+               for events, stats in _read_in_turn(streams)]
+    assert [signature(r) for r in results] == [signature(alone[(p, t)]) for p, t in zip(PROMPTS, TAUS)]
+    shared = [r for s in streams for r in s.request.records() if r.batch_size > 1]
+    catch_up_lengths = {r.new_tokens for r in shared if r.kind == "catchup"}
+    assert len(catch_up_lengths) > 1 and shared  # passes did mix rows of different lengths
+
+
+def test_a_step_packs_all_rows_of_a_model_into_one_pass_unless_their_keys_are_many(pair, monkeypatch):
+    """A prompt prefill beside decodes shares the decodes' pass when packable; above the key limit
+    (or for a model whose attention cannot take the block mask) rows are grouped by length instead."""
+    engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=8)
+    long_prompt = " ".join(["word"] * 30)
+    streams = [engine.stream(p, SETTINGS) for p in PROMPTS[:3]]
+    for stream in streams:
+        next(iter(stream))  # each has decoded a token: the next passes are decodes
+    late = engine.stream(long_prompt, SETTINGS)  # its first pass is a prefill of its whole prompt
+    tickets = [t for t in engine._scheduler._live]
+    needs = [(t, t.decoder.next_pass()) for t in tickets]
+    by_role = {role: [n for _, n in needs if n.role == role] for role in ("slm", "llm")}
+    prefill = [n for n in by_role["slm"] if n.slot.n_cached == 0]
+    assert prefill and prefill[0].new_tokens > 2 * min(n.new_tokens for n in by_role["slm"]) + scheduler_module.LENGTH_SPREAD
+    assert sum(1 for g in scheduler_module._groups(needs) if g[0][1].role == "slm") == 1
+    monkeypatch.setattr(scheduler_module, "PACKED_KEYS_LIMIT", 0)
+    assert sum(1 for g in scheduler_module._groups(needs) if g[0][1].role == "slm") == 2
+    for stream in streams + [late]:
+        stream.close()
