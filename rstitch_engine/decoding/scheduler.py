@@ -6,8 +6,8 @@ batched pass per model (``decoding.batch``): all of a model's rows in one pass, 
 lengths differ, while their keys are few (``PACKED_KEYS_LIMIT``); otherwise (long caches, or a model
 whose attention takes no block mask) one pass per group of similar numbers of new tokens: decodes
 and short catch-ups together, long prompt prefills apart, so that a decode row never pays for a
-prefill's padding. Then every decoder applies its own routing to its own row, exactly as it would alone. Requests join (``admit``) and
-leave (``leave``: finished, closed, abandoned) between steps.
+prefill's padding. Then every decoder applies its own routing to its own row, exactly as it would
+alone. Requests join (``admit``) and leave (``leave``: finished, closed, abandoned) between steps.
 
 There is no scheduler thread. A consumer that wants its request's next event and finds none
 decided yet runs a step for everyone if no other consumer is running one; otherwise it waits for
