@@ -117,14 +117,16 @@ def simulate(sequences: list[list[Step]], policy: Policy, cost: dict[str, Callab
     """Seconds to run every sequence to its end, one pass per model per step, as ``policy`` chooses."""
     position = [0] * len(sequences)
     waited = [0] * len(sequences)
-    lone = [[cost[role](1, n) for role, n in seq] for seq in sequences]
+    # left[i][k]: lone seconds of request i's passes from its k-th on (0 once it has ended)
+    left = [list(itertools.accumulate((cost[role](1, n) for role, n in reversed(seq)), initial=0.0))[::-1]
+            for seq in sequences]
     seconds = 0.0
     while True:
         live = [i for i, seq in enumerate(sequences) if position[i] < len(seq)]
         if not live:
             return seconds
         needs = {i: sequences[i][position[i]] for i in live}
-        remaining = [sum(lone[i][position[i]:]) for i in range(len(sequences))]
+        remaining = [left[i][position[i]] for i in range(len(sequences))]
         running = policy(live, needs, waited, remaining)
         for role in ("slm", "llm"):
             rows = [needs[i][1] for i in running if needs[i][0] == role]
