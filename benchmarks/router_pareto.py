@@ -38,7 +38,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from rstitch_engine import EntropyRouter, GenerationSettings, RouterState, StitchEngine
+from rstitch_engine import EntropyRouter, GenerationSettings, RouterBase, RouterState, StitchEngine
 from rstitch_engine.decoding.learned_router import LearnedRouter
 from rstitch_engine.measure.quality import QualityItem, quality_suite
 from rstitch_engine.models.cost_model import PairCostModel
@@ -58,7 +58,7 @@ class Config:
     router: LearnedRouter | None = None
 
 
-class TimedRouter:
+class TimedRouter(RouterBase):
     """Wraps a learned router and accumulates the time spent in ``wants_llm``."""
 
     needs_hidden_state = True

@@ -7,21 +7,19 @@ import anywhere in this package.
 
 from .decoding.constraints import Grammar
 from .decoding.engine import GenerationResult, StitchEngine, StitchRequest, StitchStream
-from .decoding.registry import shared_engine
-from .decoding.routers import (
+from .decoding.policy import (
+    DEFAULT_AGREEMENT_TARGET,
     DEFAULT_QUALITY,
     QUALITY_THRESHOLDS,
-    AlwaysLLMRouter,
-    AlwaysSLMRouter,
-    EntropyRouter,
-    PromptLengthRouter,
+    Policy,
     Quality,
-    RouterName,
-    default_router,
-    router_for_quality,
-    router_named,
+    Routing,
+    resolve_policy,
 )
-from .decoding.routing import Router, RouterState
+from .decoding.profile import MeasuredConfig, PairProfile, find_profile
+from .decoding.registry import shared_engine
+from .decoding.routers import AlwaysLLMRouter, AlwaysSLMRouter, EntropyRouter, RouterName, router_named
+from .decoding.routing import Router, RouterBase, RouterState
 from .decoding.sampling import normalised_entropy
 from .decoding.settings import GenerationSettings
 from .decoding.stats import ModelUsage, StitchStats, TokenEvent
@@ -40,42 +38,47 @@ from .models.openmp import release_openmp_team
 from .models.pair import ModelPair
 
 __all__ = [
+    "AlwaysLLMRouter",
+    "AlwaysSLMRouter",
+    "DEFAULT_AGREEMENT_TARGET",
     "DEFAULT_LLM",
     "DEFAULT_QUALITY",
     "DEFAULT_SLM",
     "DEFAULT_THRESHOLD",
-    "AlwaysLLMRouter",
-    "AlwaysSLMRouter",
     "EmptyPromptError",
     "EntropyRouter",
-    "PromptLengthRouter",
     "ExecutionConfig",
     "GenerationResult",
-    "Grammar",
     "GenerationSettings",
+    "Grammar",
     "InvalidSettingError",
+    "MeasuredConfig",
     "ModelLoadError",
     "ModelPair",
     "ModelSpec",
     "ModelUsage",
+    "PairProfile",
+    "Policy",
     "PromptTooLongError",
+    "QUALITY_THRESHOLDS",
+    "Quality",
     "RStitchError",
     "Router",
-    "Quality",
-    "QUALITY_THRESHOLDS",
+    "RouterBase",
     "RouterName",
     "RouterState",
+    "Routing",
     "StitchEngine",
     "StitchRequest",
     "StitchStats",
     "StitchStream",
     "TokenEvent",
     "TokenizerMismatchError",
-    "default_router",
+    "find_profile",
     "load_pair",
     "normalised_entropy",
     "release_openmp_team",
-    "router_for_quality",
+    "resolve_policy",
     "router_named",
     "shared_engine",
 ]

@@ -1,7 +1,8 @@
 """The ``rstitch`` command: ``rstitch generate "PROMPT"`` streams a stitched answer.
 
 Each token is coloured by the model that wrote it (SLM green, LLM magenta, underlined where the
-LLM took over), then a stats table is printed.
+LLM took over), then a stats table is printed, naming the policy that ran. ``rstitch calibrate``
+measures a pair's configurations and writes the profile that ``quality='auto'`` chooses from.
 """
 
 from __future__ import annotations
@@ -18,11 +19,11 @@ from rich.table import Table
 from rich.text import Text
 
 from .decoding.engine import StitchEngine
-from .decoding.routers import DEFAULT_QUALITY, router_for_quality, router_named
+from .decoding.policy import DEFAULT_AGREEMENT_TARGET, QUALITIES, Routing
 from .decoding.settings import GenerationSettings
 from .decoding.stats import StitchStats, TokenEvent
 from .errors import InvalidSettingError, RStitchError
-from .models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD
+from .models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD, default_slm_for
 from .models.loading import ModelSpec, load_model, load_pair, load_tokenizer
 from .training.distill import DistillSettings, distill
 from .training.prompt_pool import prompt_pool
@@ -46,30 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="stream an answer, coloured by the model that wrote each token")
     generate.add_argument("prompt", help="the user message (or raw text with --raw)")
-    pair = generate.add_argument_group("model pair")
-    pair.add_argument("--llm", default=DEFAULT_LLM, help="LLM: hub id, folder, .gguf file or alias (default: %(default)s)")
-    pair.add_argument("--slm", default=None,
-                      help=f"SLM: hub id, folder, .gguf or draft folder from `rstitch distill` (default: {DEFAULT_SLM})")
-    pair.add_argument("--slm-layers", type=int, default=None,
-                      help="keep only the SLM's first N layers (an untrained early-exit cut; with no --slm, of the LLM)")
-    pair.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
-    pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    pair.add_argument("--device-map", default=None, help="accelerate device_map for the LLM, e.g. auto")
-    pair.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+    add_pair_arguments(generate)
     decoding = generate.add_argument_group("decoding")
-    decoding.add_argument("--threshold", "--tau", type=float, default=None, dest="threshold",
-                          help=f"normalised-entropy threshold tau of the entropy router (default: {DEFAULT_THRESHOLD})")
-    decoding.add_argument("--router", default="entropy", choices=["entropy", "learned", "slm", "llm"],
-                          help="entropy: R-Stitch at --threshold (with no --quality, --router or --threshold: "
-                               "--quality auto); learned: R-Stitch+ (the default pair's shipped "
-                               "router, or --router-path; it keeps its trained tau); slm/llm: one model alone "
-                               "(default: %(default)s)")
-    decoding.add_argument("--router-path", default=None, help="a learned router's folder (`rstitch train-router --out`)")
-    decoding.add_argument("--quality", default=None, choices=["exact", "balanced", "fast", "auto"],
-                          help="a preset instead of --router/--threshold: exact = the LLM alone (sped up by prompt "
-                               "lookup), balanced = a stricter tau, fast = the default tau, auto = fast for prompts "
-                               "up to 256 tokens and exact for longer ones (retrieved passages, long chats; the "
-                               "default)")
+    add_routing_arguments(decoding)
     decoding.add_argument("--prompt-lookup", type=int, default=None, metavar="K", dest="prompt_lookup_tokens",
                           help="check up to K tokens copied from the prompt per pass (same answer, fewer passes; "
                                "greedy only); 0 = off; default: on (6) with --quality exact or --router llm, else off")
@@ -85,9 +65,105 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--measure-speedup", action="store_true", help="also time the LLM alone on the same prompt")
     output.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
     generate.set_defaults(handler=_generate)
+    _add_calibrate(commands)
     _add_distill(commands)
     _add_train_router(commands)
     return parser
+
+
+def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    """--llm, --slm, --slm-layers, --device, --dtype, --device-map, --trust-remote-code (read by ``load_engine``)."""
+    pair = parser.add_argument_group("model pair")
+    pair.add_argument("--llm", default=DEFAULT_LLM, help="LLM: hub id, folder, .gguf file or alias (default: %(default)s)")
+    pair.add_argument("--slm", default=None,
+                      help=f"SLM: hub id, folder, .gguf or draft folder from `rstitch distill` (default: {DEFAULT_SLM})")
+    pair.add_argument("--slm-layers", type=int, default=None,
+                      help="keep only the SLM's first N layers (an untrained early-exit cut; with no --slm, of the LLM)")
+    pair.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
+    pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
+    pair.add_argument("--device-map", default=None, help="accelerate device_map for the LLM, e.g. auto")
+    pair.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
+
+
+def add_routing_arguments(group: argparse._ArgumentGroup) -> None:
+    """--quality, --threshold, --router, --router-path, --agreement-target (read by ``routing_of``)."""
+    group.add_argument("--quality", default=None, choices=list(QUALITIES),
+                       help="auto (the default) = what the pair's calibration profile proves faithful to the LLM "
+                            "alone, else the LLM alone with prompt lookup; exact = the LLM alone (sped up by prompt "
+                            "lookup); balanced / fast = R-Stitch at a fixed tau (a measured trade-off)")
+    group.add_argument("--threshold", "--tau", type=float, default=None, dest="threshold",
+                       help=f"R-Stitch at this normalised-entropy threshold tau instead of a preset "
+                            f"(--router entropy's default: {DEFAULT_THRESHOLD})")
+    group.add_argument("--router", default=None, choices=["entropy", "learned", "slm", "llm"],
+                       help="instead of a preset: entropy = R-Stitch at --threshold; learned = R-Stitch+ (the default "
+                            "pair's shipped router, or --router-path; it keeps its trained tau); slm/llm = one model alone")
+    group.add_argument("--router-path", default=None, help="a learned router's folder (`rstitch train-router --out`)")
+    group.add_argument("--agreement-target", type=float, default=None,
+                       help=f"with auto: the agreement with the LLM alone a stitched configuration must have shown "
+                            f"in the pair's profile (default: {DEFAULT_AGREEMENT_TARGET})")
+
+
+def routing_of(args: argparse.Namespace) -> Routing:
+    """The routing the command line asks for (validated: one wording of each error, ``policy.Routing``)."""
+    return Routing(quality=args.quality, router=args.router, threshold=args.threshold, router_path=args.router_path,
+                   agreement_target=args.agreement_target)
+
+
+def _add_calibrate(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .measure.calibrate import DEFAULT_MAX_NEW_TOKENS, DEFAULT_TAUS
+
+    calibrate = commands.add_parser(
+        "calibrate", help="measure a pair's configurations against the LLM alone and write its profile (for --quality auto)",
+        description="Runs the LLM alone and each candidate (the LLM alone with prompt lookup, R-Stitch at each tau, "
+                    "the learned router where one is given or shipped) side by side on calibration prompts, measures "
+                    "agreement with the LLM alone and speed, and writes the pair's profile, which quality='auto' "
+                    "then chooses from: the fastest configuration meeting the agreement target, else the LLM alone.")
+    add_pair_arguments(calibrate)
+    calibrate.add_argument("--prompts", type=Path, default=None,
+                           help="your own prompts, JSONL: one chat (a list of messages, or {\"messages\": [...]}, or "
+                                "{\"prompt\": \"text\"}) a line (default: the built-in everyday set's tuning part)")
+    calibrate.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    calibrate.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                           help="new tokens per answer (default: %(default)s)")
+    calibrate.add_argument("--taus", default=",".join(f"{t:g}" for t in DEFAULT_TAUS),
+                           help="R-Stitch thresholds to try, comma-separated (default: %(default)s)")
+    calibrate.add_argument("--hand-back", default="",
+                           help="also try each tau with the LLM handing back only below these entropies (comma-separated)")
+    calibrate.add_argument("--router-path", default=None, help="also try this learned router (`rstitch train-router --out`)")
+    calibrate.add_argument("--agreement-target", type=float, default=None,
+                           help=f"the target the final table applies (default: {DEFAULT_AGREEMENT_TARGET}); the profile "
+                                "keeps every measurement, so any target can be applied later")
+    calibrate.add_argument("--out", type=Path, default=None,
+                           help="where to write the profile (default: where the engine looks for this pair's profile)")
+    calibrate.set_defaults(handler=_calibrate)
+
+
+def _calibrate(args: argparse.Namespace, console: Console) -> int:
+    from .decoding.profile import user_profile_path
+    from .measure.calibrate import builtin_prompts, calibrate, default_candidates, profile_rows, read_prompts
+
+    prompts = read_prompts(args.prompts, args.limit) if args.prompts else builtin_prompts(args.limit)
+    engine = load_engine(args, console)
+    default_pair = engine.pair.llm.name == DEFAULT_LLM and engine.pair.slm.name == DEFAULT_SLM
+    taus = [float(t) for t in args.taus.split(",") if t.strip()]
+    backs = [float(t) for t in args.hand_back.split(",") if t.strip()]
+    candidates = default_candidates(taus, backs, learned=args.router_path or default_pair)
+    settings = GenerationSettings(max_new_tokens=args.max_tokens)
+    profile = calibrate(engine, prompts, candidates, settings,
+                        calibration_set=str(args.prompts) if args.prompts else "everyday/tuning")
+    path = profile.save(args.out or user_profile_path(engine.pair.slm.name, engine.pair.llm.name))
+    target = args.agreement_target if args.agreement_target is not None else DEFAULT_AGREEMENT_TARGET
+    table = Table(title=f"{profile.pair} on {profile.device}: {profile.prompts} prompts, agreement target {target:.0%}",
+                  title_justify="left")
+    for column in ("configuration", "agreement with LLM alone", "speedup", "SLM share", "auto"):
+        table.add_column(column)
+    for row in profile_rows(profile, target):
+        table.add_row(*row)
+    console.print(table)
+    engine.profile = profile
+    console.print(f"profile written to {path}; quality='auto' now runs: "
+                  f"{engine.policy(Routing(agreement_target=target)).name}")
+    return 0
 
 
 def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -176,17 +252,13 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
         max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, top_k=args.top_k,
         seed=args.seed, stop=tuple(args.stop), prompt_lookup_tokens=args.prompt_lookup_tokens,
     )
-    names_router = args.router != "entropy" or args.threshold is not None or args.router_path is not None
-    if args.quality and names_router:
-        raise InvalidSettingError("give either --quality or --router/--threshold, not both")
-    quality = args.quality or (None if names_router else DEFAULT_QUALITY)
-    threshold = args.threshold if args.threshold is not None else DEFAULT_THRESHOLD
-    router = router_for_quality(quality) if quality else router_named(args.router, threshold, args.router_path)
-    engine = _load_engine(args, console)
+    routing = routing_of(args)
+    engine = load_engine(args, console)
     prompt = args.prompt if args.raw else _messages(args.system, args.prompt)
-    stream = engine.stream(prompt, settings, router)
+    stream = engine.stream(prompt, settings, routing)
+    policy = stream.policy
     console.print(Text("SLM", style=STYLES["slm"]) + Text(" / ") + Text("LLM", style=STYLES["llm"])
-                  + Text(f"  {quality or args.router} router, tau={router.threshold:g}", style="dim"))
+                  + Text(f"  policy {policy.name} ({policy.reason})", style="dim"))
     for event in stream:
         console.print(_styled(event), end="")
     console.print()
@@ -200,15 +272,14 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def _load_engine(args: argparse.Namespace, console: Console) -> StitchEngine:
+def load_engine(args: argparse.Namespace, console: Console) -> StitchEngine:
+    """The engine of the pair that ``add_pair_arguments``' options name."""
     common = dict(device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
     llm = ModelSpec(args.llm, device_map=args.device_map, **common)
     if args.slm is not None or args.slm_layers is not None:
         slm = ModelSpec(args.slm or args.llm, num_layers=args.slm_layers, **common)
-    elif args.llm == DEFAULT_LLM:
-        slm = ModelSpec(DEFAULT_SLM, **common)
     else:
-        raise InvalidSettingError("give --slm (or --slm-layers for an early-exit cut): only the default LLM has a built-in SLM")
+        slm = ModelSpec(default_slm_for(args.llm), **common)
     with console.status(f"loading SLM {slm.label} and LLM {llm.label}", spinner="dots"):
         pair = load_pair(slm, llm)
     return StitchEngine(pair)
@@ -242,6 +313,7 @@ def stats_table(stats: StitchStats) -> Table:
                              f"{stats.tokens_per_second:.1f} tokens/s)"),
         ("speedup vs LLM alone", speedup),
         ("finish reason", stats.finish_reason),
+        ("policy", f"{stats.policy}: {stats.policy_reason}"),
     ]
     if stats.proposed_tokens:
         rows.insert(-2, ("prompt lookup: kept / proposed", f"{stats.confirmed_tokens} / {stats.proposed_tokens}"))

@@ -20,35 +20,34 @@ from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rstitch_engine import (
+    DEFAULT_AGREEMENT_TARGET,
     DEFAULT_LLM,
-    DEFAULT_QUALITY,
     DEFAULT_THRESHOLD,
     ExecutionConfig,
     GenerationSettings,
     InvalidSettingError,
     Quality,
-    Router,
     RouterName,
+    Routing,
     StitchEngine,
+    resolve_policy,
     StitchStats,
     StitchStream,
     TokenEvent,
-    router_for_quality,
-    router_named,
     shared_engine,
 )
 from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE, validate_batching
-from rstitch_engine.decoding.settings import validate_threshold
 from rstitch_engine.models.facts import pair_facts
 
 from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_tool_schema, to_template_prompt
 from .constrained import answer_shape, tool_choice_name, with_json_instruction
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
-                "tool_choice", "parallel_tool_calls", "response_format", "constrained", "prompt_lookup_tokens")
+                "tool_choice", "parallel_tool_calls", "response_format", "constrained", "prompt_lookup_tokens",
+                "agreement_target")
 """Keyword arguments one call may set (each overrides the option of the same name for that call)."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -64,18 +63,22 @@ class StitchOptions(BaseModel):
     slm: str | None = Field(default=None, description=(
         "The small model (same tokenizer, or a draft folder from `rstitch distill`); None with the default LLM: "
         "its shipped draft."))
-    threshold: float = Field(default=DEFAULT_THRESHOLD, description=(
-        "tau: the SLM hands a position to the LLM when its normalised entropy is above this."))
-    router: RouterName = Field(default="entropy", description=(
-        "'entropy' (R-Stitch), 'learned' (R-Stitch+: the default pair's shipped router unless router_path is set; "
-        "it keeps its trained tau), or 'slm' / 'llm' for one model alone (baselines)."))
+    quality: Quality | None = Field(default=None, description=(
+        "A preset: 'auto' (what the pair's calibration profile proves faithful to the LLM alone, else the LLM alone "
+        "with prompt lookup), 'exact' (the LLM alone: its own answer, sped up by prompt lookup only), or 'balanced' / "
+        "'fast' (R-Stitch at a fixed tau: a measured trade-off). None: 'auto', unless router or threshold is given. "
+        "A call may set its own quality or threshold."))
+    threshold: float | None = Field(default=None, description=(
+        f"R-Stitch's tau instead of a preset: the SLM hands a position to the LLM when its normalised entropy is "
+        f"above this (with router='entropy' or no router; None there means {DEFAULT_THRESHOLD})."))
+    router: RouterName | None = Field(default=None, description=(
+        "Instead of a preset: 'entropy' (R-Stitch at threshold), 'learned' (R-Stitch+: the default pair's shipped "
+        "router unless router_path is set; it keeps its trained tau), or 'slm' / 'llm' for one model alone."))
     router_path: str | None = Field(default=None, description=(
         "Folder of a learned router (`rstitch train-router --out`), used with router='learned'."))
-    quality: Quality | None = Field(default=None, description=(
-        "A preset instead of router and threshold: 'exact' (the LLM alone: its own answer, sped up by prompt lookup only), "
-        "'balanced' (a stricter tau), 'fast' (the default tau) or 'auto' ('fast' for prompts up to 256 tokens, "
-        "'exact' for longer ones: retrieved passages, tool schemas, long chats). None: 'auto', unless router or "
-        "threshold is given. A call may set its own quality or threshold."))
+    agreement_target: float | None = Field(default=None, description=(
+        f"With 'auto': the agreement with the LLM alone a stitched configuration must have shown in the pair's "
+        f"profile (None: {DEFAULT_AGREEMENT_TARGET}). A call may set its own."))
     temperature: float = Field(default=0.0, description="Sampling temperature; 0 decodes greedily.")
     top_p: float = Field(default=1.0, description="Nucleus sampling mass in (0, 1].")
     top_k: int = Field(default=0, description="Keep the k most likely tokens before sampling; 0 keeps all.")
@@ -112,17 +115,11 @@ class StitchOptions(BaseModel):
     timeout: float | None = Field(default=None, description=(
         "Seconds one call may take before it raises TimeoutError; None: no limit."))
 
-    @field_validator("threshold", mode="before")
-    @classmethod
-    def _valid_threshold(cls, value: Any) -> float:
-        return validate_threshold(value)
-
     @model_validator(mode="after")
     def _check_options(self) -> StitchOptions:
-        if self.quality is not None and self._names_router:
-            raise InvalidSettingError("give either quality or router/threshold, not both")
-        self.request_settings({})  # GenerationSettings raises InvalidSettingError with the reason
-        self.request_router({})
+        if self.preset is None:
+            resolve_policy(self.routing(), None)  # a named router loads now: a missing learned router raises here
+        self.request_settings({})  # GenerationSettings too
         ExecutionConfig(kv_cache=self.kv_cache, compile=self.compile, cache_tokens=self.cache_tokens)  # raises if invalid
         validate_batching(self.max_batch_size, self.llm_wait_steps)
         if self.timeout is not None and not self.timeout > 0:
@@ -154,30 +151,20 @@ class StitchOptions(BaseModel):
             prompt_lookup_tokens=options.get("prompt_lookup_tokens", self.prompt_lookup_tokens),
         )
 
-    @property
-    def _names_router(self) -> bool:
-        """Whether the options were given a router, router path or threshold (not only their defaults)."""
-        return bool({"threshold", "router", "router_path"} & self.model_fields_set)
+    def routing(self) -> Routing:
+        """The routing these options ask for (``rstitch_engine.Routing``: one rule for engine, CLI and adapters)."""
+        return Routing(quality=self.quality, router=self.router, threshold=self.threshold, router_path=self.router_path,
+                       agreement_target=self.agreement_target)
 
     @property
     def preset(self) -> Quality | None:
-        """The quality preset of calls that set none: ``quality``, or ``DEFAULT_QUALITY`` ('auto') when
-        neither it nor router/threshold was given; None when the options name a router or threshold."""
-        if self.quality is not None or self._names_router:
-            return self.quality
-        return DEFAULT_QUALITY
+        """The quality preset of calls that set none: ``quality``, or 'auto' when neither it nor a
+        router/threshold was given; None when the options name a router or threshold."""
+        return self.routing().preset
 
-    def request_router(self, options: Mapping[str, Any]) -> Router:
-        """This call's router: a call's ``threshold`` (entropy router), else a call's quality preset or
-        the options' (``preset``), else the options' router and threshold."""
-        if "threshold" in options and "quality" in options:
-            raise InvalidSettingError("give a call either quality or threshold, not both")
-        if "threshold" in options:
-            return router_named("entropy" if self.quality else self.router, options["threshold"], self.router_path)
-        quality = options.get("quality", self.preset)
-        if quality is not None:
-            return router_for_quality(quality)
-        return router_named(self.router, self.threshold, self.router_path)
+    def request_routing(self, options: Mapping[str, Any]) -> Routing:
+        """This call's routing: the options', with a call's ``quality``, ``threshold`` or ``agreement_target``."""
+        return self.routing().with_call(options.get("quality"), options.get("threshold"), options.get("agreement_target"))
 
     def pair_window_and_template(self, engine: StitchEngine | None) -> tuple[int | None, str | None]:
         """The pair's context window and the LLM's chat template: from ``engine`` when one is loaded,
@@ -195,7 +182,7 @@ class PreparedCall:
 
     prompt_ids: list[int]
     settings: GenerationSettings
-    router: Router
+    routing: Routing
     prefix: str
     """Answer text put in the model's mouth (a forced call's opening, a JSON brace): parsed, not counted."""
     tool_names: frozenset[str] | None
@@ -217,7 +204,7 @@ def prepare_call(
     unknown = sorted(set(call) - set(CALL_OPTIONS))
     if unknown:
         raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {', '.join(CALL_OPTIONS)}")
-    settings, router = options.request_settings(call), options.request_router(call)
+    settings, routing = options.request_settings(call), options.request_routing(call)
     tool_choice = tool_choice_name(call.get("tool_choice"))
     try:
         tools = [normalise_tool_schema(t) for t in call.get("tools") or ()] if tool_choice != "none" else []
@@ -238,7 +225,7 @@ def prepare_call(
         ids += engine.pair.tokenizer.encode(shape.prefix, add_special_tokens=False)
     deadline = time.monotonic() + options.timeout if options.timeout is not None else None
     tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
-    return PreparedCall(ids, settings, router, shape.prefix, tool_names, shape.forced_call, deadline)
+    return PreparedCall(ids, settings, routing, shape.prefix, tool_names, shape.forced_call, deadline)
 
 
 @dataclass(frozen=True)
@@ -265,7 +252,7 @@ def decode_call(
     The engine stream starts here (a prompt too long for the context window raises now, not at
     the first step); closing the generator early closes it.
     """
-    stream = engine.stream(call.prompt_ids, call.settings, call.router)
+    stream = engine.stream(call.prompt_ids, call.settings, call.routing)
     return _steps(engine, stream, call, separate_reasoning, measure_speedup)
 
 

@@ -50,10 +50,10 @@ _IGNORED_INIT_ARGS = ("api_key", "max_retries")
 class ChatRStitch(StitchOptions, BaseChatModel):
     """A chat model whose answer a small and a large model write together (R-Stitch).
 
-    The SLM decodes; where its normalised next-token entropy is above ``threshold`` its token is
-    discarded and the LLM decodes until it is confident. By default (``quality='auto'``) prompts
-    over 256 tokens (retrieved passages, tool schemas, long chats) go to the LLM alone with prompt
-    lookup instead. Weights load on first use and are shared
+    The SLM decodes; where its normalised next-token entropy is above tau its token is discarded
+    and the LLM decodes until it is confident. By default (``quality='auto'``) a call runs what the
+    pair's calibration profile proves faithful to the LLM alone, else the LLM alone with prompt
+    lookup; ``response_metadata["stitch"]["policy"]`` says which ran and why. Weights load on first use and are shared
     by every instance using the same pair. The options it shares with ``RStitchLLM`` (pair,
     threshold, router, sampling, ``max_tokens``, ``stop``, ``constrained``, ...) are declared once,
     in ``rstitch_integrations.core.StitchOptions``.

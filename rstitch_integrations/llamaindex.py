@@ -72,9 +72,10 @@ _ROLE_NAMES = {
 class RStitchLLM(StitchOptions, FunctionCallingLLM):
     """R-Stitch stitched decoding as a LlamaIndex LLM: the SLM writes, the LLM takes over where it is unsure.
 
-    By default (``quality='auto'``) prompts over 256 tokens (retrieved chunks, tool schemas, long
-    chats) go to the LLM alone with prompt lookup. Construction is cheap; the pair loads on first
-    use and is shared by every instance naming it.
+    By default (``quality='auto'``) a call runs what the pair's calibration profile proves faithful
+    to the LLM alone, else the LLM alone with prompt lookup; ``additional_kwargs["stitch"]["policy"]``
+    says which ran and why. Construction is cheap; the pair loads on first use and is shared by every
+    instance naming it.
     The options it shares with ``ChatRStitch`` (pair, threshold, router, sampling, ``max_tokens``,
     ``stop``, ``constrained``, ...; ``model=`` names the LLM too) are declared once, in
     ``rstitch_integrations.core.StitchOptions``.

@@ -22,7 +22,7 @@ import torch
 from pydantic import BaseModel
 from transformers import DynamicCache
 
-from rstitch_engine.decoding.routing import Router, RouterState
+from rstitch_engine.decoding.routing import Router, RouterBase, RouterState
 from rstitch_engine.decoding.slot import Slot
 from rstitch_engine.models.loaded import cache_keyword
 
@@ -42,7 +42,7 @@ def load_benchmark(name: str) -> ModuleType:
 
 
 @dataclass
-class RecordingRouter:
+class RecordingRouter(RouterBase):
     """Delegates to a router and records every consultation (state, answer)."""
 
     inner: Router
@@ -57,6 +57,9 @@ class RecordingRouter:
         answer = self.inner.wants_llm(state)
         self.calls.append((state, answer))
         return answer
+
+    def hands_back(self, state: RouterState) -> bool:
+        return self.inner.hands_back(state)
 
 
 @torch.inference_mode()

@@ -12,13 +12,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Generator, Iterator, Mapping, Sequence, Union
+from typing import Any, Callable, Generator, Iterator, Literal, Mapping, Sequence, Union
 
 from tqdm.auto import tqdm
 
 from ..errors import EmptyPromptError, InvalidSettingError, PromptTooLongError, require_int_at_least
 from ..models.cost_model import shipped_cost_model
-from ..models.defaults import DEFAULT_LLM, DEFAULT_SLM
+from ..models.defaults import DEFAULT_LLM, default_slm_for
 from ..models.execution import CacheKind, ExecutionConfig
 from ..models.loaded import ModelRole
 from ..models.loading import ModelSpec, load_pair
@@ -27,7 +27,9 @@ from ..models.pair import ModelPair
 from .alone import AloneResult, decode_alone
 from .constraints import GrammarState, GrammarTokenizer
 from .request import RequestDecoder, StitchRequest
-from .routers import EntropyRouter, Quality, default_router, router_for_prompt, router_for_quality
+from .policy import Policy, Quality, Routing, resolve_policy
+from .profile import PairProfile, find_profile
+from .routers import RouterName
 from .routing import Router
 from .scheduler import BatchScheduler, Ticket, idle_when_batched
 from .settings import GenerationSettings
@@ -67,7 +69,7 @@ class StitchStream(Iterator[TokenEvent]):
     thread reads): the request leaves the batch at once and the stream closes when that read returns.
     """
 
-    def __init__(self, core: Generator[TokenEvent, None, StitchStats], request: StitchRequest,
+    def __init__(self, core: Generator[TokenEvent, None, StitchStats], request: StitchRequest, policy: Policy,
                  on_close: Callable[[], None] | None = None) -> None:
         self._core = core
         self._stats: StitchStats | None = None
@@ -75,6 +77,8 @@ class StitchStream(Iterator[TokenEvent]):
         self._reading = threading.RLock()  # a generator cannot be closed while another thread runs it
         self.request = request
         """The request's live state (tokens, caches): for inspection only."""
+        self.policy = policy
+        """The routing policy this request runs (``policy``): known before the first token."""
 
     @property
     def prompt_tokens(self) -> int:
@@ -143,10 +147,18 @@ class StitchEngine:
         settings: GenerationSettings | None = None,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         llm_wait_steps: int = DEFAULT_LLM_WAIT_STEPS,
+        *,
+        routing: Routing | None = None,
+        profile: PairProfile | None | Literal["find"] = "find",
     ) -> None:
         validate_batching(max_batch_size, llm_wait_steps)
+        if router is not None and routing is not None:
+            raise InvalidSettingError("give either a router or a routing, not both")
         self.pair = pair
-        self.router: Router = router if router is not None else default_router()
+        self.routing = routing if routing is not None else Routing(router=router)
+        """What requests that name no routing of their own run (``policy``; default: the 'auto' preset)."""
+        self.profile = find_profile(pair.slm.name, pair.llm.name) if profile == "find" else profile
+        """The pair's calibration profile (``profile``; None: not calibrated), which 'auto' chooses from."""
         self.settings = settings if settings is not None else GenerationSettings()
         self.max_batch_size = max_batch_size
         self._forward_lock = pair.pass_lock
@@ -161,6 +173,15 @@ class StitchEngine:
         self._llm_history = LlmCostHistory(model=shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device, pair.llm.dtype))
         warm_up_compiled(pair, self.router, self.settings)
 
+    @property
+    def router(self) -> Router:
+        """The router of the engine's default routing (the policy's, for a request that names none)."""
+        return self.policy().router
+
+    def policy(self, routing: Routing | None = None) -> Policy:
+        """The policy a request runs under ``routing`` (None: the engine's), with this pair's profile."""
+        return resolve_policy(routing if routing is not None else self.routing, self.profile)
+
     @classmethod
     def from_pretrained(
         cls,
@@ -169,6 +190,9 @@ class StitchEngine:
         *,
         threshold: float | None = None,
         quality: Quality | None = None,
+        router: RouterName | Router | None = None,
+        router_path: str | None = None,
+        agreement_target: float | None = None,
         device: str = "auto",
         dtype: str = "auto",
         settings: GenerationSettings | None = None,
@@ -178,32 +202,27 @@ class StitchEngine:
         compile: bool = False,
         cache_tokens: int | None = None,
     ) -> "StitchEngine":
-        """Load a pair (hub ids, folders, .gguf files or specs); its router is the entropy router at
-        ``threshold``, or the ``quality`` preset's, or with neither the default preset's (``'auto'``).
+        """Load a pair (hub ids, folders, .gguf files or specs). Requests that name no routing run the
+        ``quality`` preset, or ``router``/``threshold``, or with none of them the default preset ('auto':
+        what the pair's calibration profile proves faithful, else the LLM alone; ``policy``).
 
         With no SLM given and the default LLM, the SLM is the draft shipped for it (``DEFAULT_SLM``).
         ``kv_cache``, ``compile`` and ``cache_tokens`` choose how both models' passes run
         (``ExecutionConfig``: 'dynamic' or 'static' KV caches, compiled steps; ``compile=True`` on
         CUDA is the fast path); a spec given with its own ``execution`` keeps it.
         """
-        if threshold is not None and quality is not None:
-            raise InvalidSettingError("give either quality or threshold, not both")
-        router = (EntropyRouter(threshold) if threshold is not None
-                  else router_for_quality(quality) if quality is not None else default_router())
+        routing = Routing(quality=quality, router=router, threshold=threshold, router_path=router_path,
+                          agreement_target=agreement_target)  # validated before any weights load
         execution = ExecutionConfig(kv_cache=kv_cache, compile=compile, cache_tokens=cache_tokens)
         llm_spec = llm if isinstance(llm, ModelSpec) else ModelSpec(llm, device=device, dtype=dtype,  # type: ignore[arg-type]
                                                                      execution=execution)
         if slm is None:
-            if llm_spec.source != DEFAULT_LLM:
-                raise InvalidSettingError(
-                    "give an SLM (a model sharing the LLM's tokenizer, or a draft made with `rstitch distill`): "
-                    "only the default LLM has a built-in SLM"
-                )
-            slm_spec = ModelSpec(DEFAULT_SLM, device=device, dtype=dtype, execution=execution)  # type: ignore[arg-type]
+            slm_spec = ModelSpec(default_slm_for(llm_spec.source), device=device, dtype=dtype,  # type: ignore[arg-type]
+                                 execution=execution)
         else:
             slm_spec = slm if isinstance(slm, ModelSpec) else ModelSpec(slm, device=device, dtype=dtype,  # type: ignore[arg-type]
                                                                          execution=execution)
-        return cls(load_pair(slm_spec, llm_spec), router, settings, max_batch_size, llm_wait_steps)
+        return cls(load_pair(slm_spec, llm_spec), None, settings, max_batch_size, llm_wait_steps, routing=routing)
 
     # ----------------------------------------------------------------- public entry points
 
@@ -231,26 +250,30 @@ class StitchEngine:
         self,
         prompt: PromptLike,
         settings: GenerationSettings | None = None,
-        router: Router | None = None,
+        router: Router | Routing | None = None,
     ) -> StitchStream:
-        """Start a request; all validation happens here, before any forward pass."""
+        """Start a request; all validation happens here, before any forward pass.
+
+        ``router``: a router object, or a ``Routing`` (a quality preset, a named router, a threshold);
+        None runs the engine's routing. The stats name the policy that ran and why.
+        """
         settings = settings if settings is not None else self.settings
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
-        router = router_for_prompt(router if router is not None else self.router, len(prompt_ids))
+        policy = self.policy(router if isinstance(router, Routing) or router is None else Routing(router=router))
         grammar = self._grammar_state(settings)
         request = StitchRequest.start(self.pair, prompt_ids, settings.max_new_tokens)
-        decoder = RequestDecoder(self.pair, request, settings, router, self._llm_history, grammar)
+        decoder = RequestDecoder(self.pair, request, settings, policy, self._llm_history, grammar)
         if self.max_batch_size == 1:
-            return StitchStream(self._serial(decoder), request)
+            return StitchStream(self._serial(decoder), request, policy)
         ticket = self._scheduler.admit(decoder)  # joins the next step, whoever drives it
-        return StitchStream(self._scheduled(ticket), request, on_close=lambda: self._scheduler.leave(ticket))
+        return StitchStream(self._scheduled(ticket), request, policy, on_close=lambda: self._scheduler.leave(ticket))
 
     def generate_batch(
         self,
         prompts: Sequence[PromptLike],
         settings: GenerationSettings | None = None,
-        router: Router | None = None,
+        router: Router | Routing | None = None,
     ) -> list[GenerationResult]:
         """Run several requests together to their ends; results in the order of ``prompts``.
 
@@ -275,7 +298,7 @@ class StitchEngine:
         self,
         prompt: PromptLike,
         settings: GenerationSettings | None = None,
-        router: Router | None = None,
+        router: Router | Routing | None = None,
         measure_speedup: bool = False,
     ) -> GenerationResult:
         """Run a request to the end. ``measure_speedup`` also times the LLM alone on the same prompt."""

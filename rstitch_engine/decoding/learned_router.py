@@ -38,7 +38,7 @@ import torch
 from safetensors.numpy import load_file, save_file
 
 from ..errors import InvalidSettingError, ModelLoadError
-from .routing import RouterState
+from .routing import RouterBase, RouterState
 
 ROUTER_CONFIG = "router.json"
 ROUTER_WEIGHTS = "router.safetensors"
@@ -101,7 +101,7 @@ def _sigmoid(x: float) -> float:
     return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
-class LearnedRouter:
+class LearnedRouter(RouterBase):
     """R-Stitch+ at inference: deterministic, P(LLM) > ``config.decision_threshold`` calls the LLM."""
 
     needs_hidden_state = True

@@ -17,8 +17,8 @@ the end of the request). The proposal's cache entries beyond what was kept are d
 sources are the same, up to floating-point summation order (a pass over several tokens is a
 different kernel from a one-token pass; bit-equal in float64 on the tests' pairs).
 
-When it is on: ``GenerationSettings.prompt_lookup_tokens`` > 0, or None (the default) with a router
-that asks for it (``lookup_tokens_for``): the LLM alone (``quality='exact'``) does, since there it
+When it is on: ``GenerationSettings.prompt_lookup_tokens`` > 0, or None (the default) with a policy
+that turns it on (``policy.Policy.prompt_lookup_tokens``): the LLM alone (``quality='exact'``) does, since there it
 is a pure speedup of the LLM's own answer; the stitched routers do not, since in Algorithm 1 the LLM
 hands back as soon as it is confident, which is where copied spans are, and the measured gain was
 small (README, "Prompt lookup").
@@ -39,18 +39,13 @@ from __future__ import annotations
 import numpy as np
 
 LLM_ALONE_LOOKUP_TOKENS = 6
-"""Proposal length where the LLM writes every token (``AlwaysLLMRouter``, ``quality='exact'``), on by default
+"""Proposal length where the LLM writes every token (the LLM-alone policies), on by default
 there, chosen on the generalisation suite's tuning part (README, "Prompt lookup")."""
 MAX_NGRAM = 3
 """The longest suffix of x + y looked up in the context."""
 MIN_NGRAM = 1
 """The shortest: a single-token match proposes more that is then rejected, but on the tuning part it
 confirmed more than it cost (against two-token matches at least, with each k from 2 to 8)."""
-
-
-def lookup_tokens_for(setting: int | None, router: object) -> int:
-    """Tokens to propose per pass: the setting, or with None the router's ``prompt_lookup_tokens`` (0 if it has none)."""
-    return setting if setting is not None else int(getattr(router, "prompt_lookup_tokens", 0))
 
 
 def propose(tokens: list[int], max_tokens: int, max_ngram: int = MAX_NGRAM, min_ngram: int = MIN_NGRAM

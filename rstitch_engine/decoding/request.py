@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 
@@ -42,8 +41,9 @@ from ..models.loaded import ForwardKind, ForwardRecord, ModelRole
 from ..models.pair import ModelPair
 from .constraints import GrammarState
 from .detokenize import TextAssembler
-from .lookup import lookup_tokens_for, propose
-from .routing import Router, RouterState, hand_back_hook, starts_on_llm
+from .lookup import propose
+from .policy import Policy
+from .routing import Router, RouterState
 from .sampling import RequestRandomness, entropy_and_choice
 from .settings import GenerationSettings
 from .slot import NextToken, Slot
@@ -121,22 +121,23 @@ class PassNeed:
 class RequestDecoder:
     """Algorithm 1 for one request, one step at a time; the forward passes are run by the caller."""
 
-    def __init__(self, pair: ModelPair, request: StitchRequest, settings: GenerationSettings, router: Router,
+    def __init__(self, pair: ModelPair, request: StitchRequest, settings: GenerationSettings, policy: Policy,
                  history: LlmCostHistory, grammar: GrammarState | None = None) -> None:
         self.pair = pair
         self.grammar = grammar
         """The request's grammar state (``constraints``), advanced only by kept tokens; None: free text."""
         self.request = request
         self.settings = settings
-        self.router = router
+        self.policy = policy
+        self.router = policy.router
         self._history = history
         self._text = TextAssembler(pair.tokenizer, settings.stop)
         self._randomness = RequestRandomness(settings.seed)
-        self._hand_back = hand_back_hook(router)  # None: the LLM hands back exactly when H <= tau
-        self._lookup_tokens = lookup_tokens_for(settings.prompt_lookup_tokens, router)
+        self._lookup_tokens = (settings.prompt_lookup_tokens if settings.prompt_lookup_tokens is not None
+                               else policy.prompt_lookup_tokens)
         self._took_over = False
-        if starts_on_llm(router) and not request.output_tokens:
-            request.active = "llm"  # the SLM would only write a token to discard (``starts_on_llm``)
+        if self.router.llm_only and not request.output_tokens:
+            request.active = "llm"  # the SLM would only write a token to discard (``Router.llm_only``)
         self.finish_reason: FinishReason | None = None
         """Set when the request is over: 'stop' (EOS or a stop string) or 'length'."""
         self.started = time.perf_counter()
@@ -181,7 +182,7 @@ class RequestDecoder:
         token = self.grammar.forced_token()
         if token is None:
             return None
-        hands_back = _route(request, self.router, self._hand_back, RouterState(0.0, len(request.tokens), token, None))
+        hands_back = _route(request, self.router, RouterState(0.0, len(request.tokens), token, None))
         request.forced_tokens += 1
         return self._emit(token, 0.0, bool(hands_back))
 
@@ -234,7 +235,7 @@ class RequestDecoder:
         support = self.grammar.allowed_count if self.grammar is not None else None
         entropy, token = entropy_and_choice(logits, settings, self._randomness.generator_for(logits.device), support)
         state = RouterState(entropy, len(request.tokens), token, hidden)
-        hands_back = _route(request, self.router, self._hand_back, state)
+        hands_back = _route(request, self.router, state)
         if hands_back is None:  # the LLM decodes this same position next
             self._took_over = True
             return None
@@ -287,6 +288,8 @@ class RequestDecoder:
             finish_reason=self.finish_reason or "length",
             router=type(self.router).__name__,
             threshold=self.router.threshold,
+            policy=self.policy.name,
+            policy_reason=self.policy.reason,
             llm_alone_seconds=llm_alone,
             speedup_basis="estimated" if llm_alone is not None else "unavailable",
             largest_batch=max((r.batch_size for r in records), default=1),
@@ -296,8 +299,7 @@ class RequestDecoder:
         )
 
 
-def _route(request: StitchRequest, router: Router, hand_back: Callable[[RouterState], bool] | None,
-           state: RouterState) -> bool | None:
+def _route(request: StitchRequest, router: Router, state: RouterState) -> bool | None:
     """Algorithm 1's decision at one position (``state.entropy`` is the active model's).
 
     None: the SLM's token is discarded and the LLM becomes active for this same position. Otherwise
@@ -310,10 +312,9 @@ def _route(request: StitchRequest, router: Router, hand_back: Callable[[RouterSt
             request.switches_to_llm += 1
             request.active = "llm"
             return None
-        return active == "llm" and hand_back is not None and bool(hand_back(state))
-    if active == "llm":  # a confident LLM token is kept, then the SLM resumes (unless a hook says otherwise)
-        return True if hand_back is None else bool(hand_back(RouterState(state.entropy, state.context_length,
-                                                                         state.proposed_token, None)))
+        return active == "llm" and bool(router.hands_back(state))
+    if active == "llm":  # a confident LLM token is kept; by default (``RouterBase``) the SLM then resumes
+        return bool(router.hands_back(RouterState(state.entropy, state.context_length, state.proposed_token, None)))
     return False
 
 

@@ -6,42 +6,46 @@ model's next-token distribution and tau the router's threshold:
 * H <= tau: the token is kept; if the LLM was active, control returns to the SLM.
 * H > tau and the SLM is active: the router is consulted; if it ``wants_llm``, the SLM token is
   discarded and the LLM decodes that same position.
-* H > tau and the LLM is active: the LLM's token is kept and the LLM stays active. The router is
-  not consulted there: its answer could not change anything.
+* H > tau and the LLM is active: the LLM's token is kept and the LLM stays active.
+
+After every kept LLM token the router's ``hands_back`` decides whether control returns to the SLM;
+the default (``RouterBase``) is exactly the two rules above (H <= tau). A looser hand-back (trace
+replay, ``EntropyRouter.hand_back_threshold``) overrides it.
 
 A learned router (R-Stitch+) implements the same protocol with ``needs_hidden_state = True``.
 
-Optional hand-back hook: a router with a ``hands_back(state)`` method (``HandBackRouter``) decides
-instead of the first rule when the LLM returns control, after every LLM token (trace replay uses
-it). Without one the rules above hold bit for bit. ``EntropyRouter`` has one: with no
-``hand_back_threshold`` it is the first rule itself (tested equal to a router without a hook).
+Every member the engine uses is declared in ``Router``; ``RouterBase`` gives the defaults
+(``hands_back``: the first rule above, H <= tau; ``llm_only`` False; no hidden state), so a router
+only states what it changes. ``check_router`` refuses an object that lacks a member, before any pass.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import torch
+
+from ..errors import InvalidSettingError
 
 
 @dataclass(frozen=True)
 class RouterState:
-    """What a router sees at an uncertain SLM position."""
+    """What a router sees at an uncertain SLM position (or, for ``hands_back``, after an LLM token)."""
 
     entropy: float
-    """Normalised entropy of the SLM's untempered next-token distribution, > threshold."""
+    """Normalised entropy of the active model's untempered next-token distribution."""
     context_length: int
     """Tokens before the position being decoded (prompt + kept output)."""
     proposed_token: int
-    """The token the SLM chose there."""
+    """The token the active model chose there."""
     slm_hidden: torch.Tensor | None
     """[hidden_size] SLM last-layer hidden state at the previous position; None unless asked for."""
 
 
 @runtime_checkable
 class Router(Protocol):
-    """Decides whether an uncertain SLM token is handed to the LLM."""
+    """Decides whether an uncertain SLM token is handed to the LLM, and when the LLM hands back."""
 
     @property
     def threshold(self) -> float:
@@ -53,14 +57,15 @@ class Router(Protocol):
         """Whether ``RouterState.slm_hidden`` must be filled (costs nothing extra on the SLM pass)."""
         ...
 
+    @property
+    def llm_only(self) -> bool:
+        """True if the SLM never keeps a token: requests then start on the LLM (the SLM's pass over the
+        prompt would only write a token to discard), and the SLM never runs."""
+        ...
+
     def wants_llm(self, state: RouterState) -> bool:
         """True to discard the SLM token and let the LLM decode this position."""
         ...
-
-
-@runtime_checkable
-class HandBackRouter(Protocol):
-    """Optional extension of ``Router``: decides when the LLM hands control back to the SLM."""
 
     def hands_back(self, state: RouterState) -> bool:
         """Consulted after every kept LLM token (``state.entropy`` is the LLM's, ``slm_hidden`` None):
@@ -68,17 +73,27 @@ class HandBackRouter(Protocol):
         ...
 
 
-def starts_on_llm(router: object) -> bool:
-    """Whether the router never lets the SLM keep a token (its ``llm_only`` attribute, False if it has none).
+class RouterBase:
+    """The defaults of a ``Router``: Algorithm 1's hand-back rule (H <= tau), no hidden state, not LLM-only,
+    and every uncertain SLM token goes to the LLM. Subclasses set ``threshold`` and override what they change."""
 
-    Such a request starts on the LLM: the SLM's pass over the prompt would only write a token to
-    discard. Its tokens are those it would get starting on the SLM; only that pass (and its discard
-    and switch in the stats) is saved.
-    """
-    return bool(getattr(router, "llm_only", False))
+    threshold: float
+    needs_hidden_state: bool = False
+    llm_only: bool = False
+
+    def wants_llm(self, state: RouterState) -> bool:
+        return True
+
+    def hands_back(self, state: RouterState) -> bool:
+        return state.entropy <= self.threshold
 
 
-def hand_back_hook(router: object) -> Callable[[RouterState], bool] | None:
-    """The router's ``hands_back`` method, or None for the default rule (hand back when H <= tau)."""
-    method = getattr(router, "hands_back", None)
-    return method if callable(method) else None
+def check_router(router: object) -> Router:
+    """``router`` if it has every member of ``Router``; else a clear ``InvalidSettingError``."""
+    if not isinstance(router, Router):
+        missing = [name for name in ("threshold", "needs_hidden_state", "llm_only", "wants_llm", "hands_back")
+                   if not hasattr(router, name)]
+        raise InvalidSettingError(
+            f"{type(router).__name__} is not a router: it lacks {', '.join(missing)} "
+            "(subclass rstitch_engine.RouterBase for the defaults)")
+    return router

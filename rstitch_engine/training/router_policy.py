@@ -21,7 +21,7 @@ from rstitch_engine.decoding.learned_router import (
     _sigmoid,
     router_features,
 )
-from rstitch_engine.decoding.routing import RouterState
+from rstitch_engine.decoding.routing import RouterBase, RouterState
 
 
 class RouterNet(torch.nn.Module):
@@ -83,7 +83,7 @@ class Decision:
     """log pi_old(action | features) under the policy that sampled it."""
 
 
-class SamplingRouter:
+class SamplingRouter(RouterBase):
     """R-Stitch+ in training: samples each decision from P(LLM) and records it.
 
     ``decisions`` collects every call in order; read and clear it per rollout (one router per

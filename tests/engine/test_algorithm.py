@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from tiny import tiny_engine, tiny_pair
 
 from rstitch_engine import (
+    RouterBase,
     AlwaysLLMRouter,
     AlwaysSLMRouter,
     EntropyRouter,
@@ -159,7 +160,7 @@ def test_router_is_consulted_only_above_threshold_and_only_for_the_slm():
     assert all(s.slm_hidden is None for s in router.seen)
 
 
-class HiddenStateRouter:
+class HiddenStateRouter(RouterBase):
     """A stand-in for a learned router: reads the hidden state, and declines some switches."""
 
     needs_hidden_state = True

@@ -21,6 +21,7 @@ from helpers import assert_cache_is_fresh_prefill
 from tiny import tiny_pair
 
 from rstitch_engine import (
+    RouterBase,
     AlwaysLLMRouter,
     EmptyPromptError,
     EntropyRouter,
@@ -219,7 +220,7 @@ def _run_recorded(engine):
 # ------------------------------------------------------------------------------------------- faults
 
 
-class RaisingRouter:
+class RaisingRouter(RouterBase):
     """Consulted at every SLM position (tau 0); keeps the first SLM token, raises at the second."""
 
     threshold = 0.0

@@ -18,10 +18,11 @@ from rstitch_engine import (
     ModelLoadError,
     ModelPair,
     StitchEngine,
+    resolve_policy,
     router_named,
 )
 from rstitch_engine.decoding.learned_router import LearnedRouter, RouterConfig, router_features
-from rstitch_engine.decoding.routing import RouterState
+from rstitch_engine.decoding.routing import RouterBase, RouterState
 from rstitch_engine.models.cost_model import PairCostModel, PassCost
 from rstitch_engine.training.router_policy import RouterNet, SamplingRouter
 from rstitch_engine.training.train_router import (
@@ -137,13 +138,15 @@ def test_router_named_and_adapters_load_a_learned_router_from_one_field(engine, 
     pytest.importorskip("langchain_core")
     from rstitch_integrations.langchain import ChatRStitch
 
-    assert isinstance(ChatRStitch(engine=engine, router="learned", router_path=folder).request_router({}), LearnedRouter)
+    chat = ChatRStitch(engine=engine, router="learned", router_path=folder)
+    assert isinstance(resolve_policy(chat.request_routing({}), None).router, LearnedRouter)
     with pytest.raises(Exception, match="no learned router"):
         ChatRStitch(engine=engine, router="learned", router_path=str(tmp_path / "missing"))
     pytest.importorskip("llama_index.core")
     from rstitch_integrations.llamaindex import RStitchLLM
 
-    assert isinstance(RStitchLLM(engine=engine, router="learned", router_path=folder).request_router({}), LearnedRouter)
+    llm = RStitchLLM(engine=engine, router="learned", router_path=folder)
+    assert isinstance(resolve_policy(llm.request_routing({}), None).router, LearnedRouter)
 
 
 # ----------------------------------------------------------------------------- DAPO pieces
@@ -265,7 +268,7 @@ def test_resume_continues_exactly_where_a_run_stopped(engine, tmp_path):
 
 
 @dataclass(frozen=True)
-class EntropyRule:
+class EntropyRule(RouterBase):
     """Consulted above ``threshold`` (tau, which also sets when the LLM hands back); calls the LLM above ``cut``."""
 
     threshold: float

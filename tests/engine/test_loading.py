@@ -101,9 +101,9 @@ def test_cli_generate_streams_and_prints_stats(real_engine, capsys):
 @pytest.mark.real_model
 def test_from_pretrained_routers(real_engine):
     """No router argument: the default preset ('auto'); a quality or a threshold names another."""
-    from rstitch_engine import EntropyRouter, StitchEngine, default_router
+    from rstitch_engine import EntropyRouter, Routing, StitchEngine
 
-    assert StitchEngine.from_pretrained(device="cpu").router == default_router()
+    assert StitchEngine.from_pretrained(device="cpu").routing == Routing()
     assert StitchEngine.from_pretrained(device="cpu", quality="balanced").router == EntropyRouter(0.05)
     assert StitchEngine.from_pretrained(device="cpu", threshold=0.2).router == EntropyRouter(0.2)
 

@@ -19,14 +19,8 @@ from rstitch_engine import EntropyRouter, GenerationSettings, InvalidSettingErro
 from rstitch_engine.decoding import request as request_module
 from rstitch_engine.decoding.constraints import Grammar
 from rstitch_engine.decoding.lookup import propose
-from rstitch_engine.decoding.routers import (
-    LONG_PROMPT_TOKENS,
-    QUALITY_THRESHOLDS,
-    AlwaysLLMRouter,
-    PromptLengthRouter,
-    default_router,
-    router_for_quality,
-)
+from rstitch_engine.decoding.policy import Routing
+from rstitch_engine.decoding.routers import AlwaysLLMRouter
 
 PROMPTS = ["The quick brown fox jumps over the lazy dog. The quick brown", "What is 3 + 4? It is 7. What is",
            "def add(a, b):", "Café 東京 Café", "When the small model", "x", "12 * 3", "lazy dog and the quick fox"]
@@ -35,7 +29,7 @@ TAUS = (0.5, 0.7, 0.8, -1.0, 2.0)
 PLAIN = GenerationSettings(max_new_tokens=24, prompt_lookup_tokens=0)
 LOOKUP = PLAIN.replace(prompt_lookup_tokens=4)
 ROUTERS_DEFAULT = GenerationSettings(max_new_tokens=24)
-"""``prompt_lookup_tokens=None``: the router decides."""
+"""``prompt_lookup_tokens=None``: the policy decides."""
 
 
 @pytest.fixture(scope="module")
@@ -225,11 +219,11 @@ def test_lookup_is_off_where_it_does_not_apply(pair, oracle):
 
 def test_by_default_lookup_is_on_for_the_llm_alone_and_off_for_stitching(pair, plain_runs, oracle):
     oracle(-1.0)
-    exact = StitchEngine(pair, router_for_quality("exact"), ROUTERS_DEFAULT).generate(PROMPTS[0])
+    exact = StitchEngine(pair, settings=ROUTERS_DEFAULT, routing=Routing(quality="exact")).generate(PROMPTS[0])
     assert exact.stats.confirmed_tokens > 0
     assert signature(exact)[:2] == signature(plain_runs[PROMPTS[0], -1.0])[:2]
     for quality in ("balanced", "fast"):
-        stitched = StitchEngine(pair, router_for_quality(quality), ROUTERS_DEFAULT).generate(PROMPTS[0])
+        stitched = StitchEngine(pair, settings=ROUTERS_DEFAULT, routing=Routing(quality=quality)).generate(PROMPTS[0])
         assert stitched.stats.proposed_tokens == 0
 
 
@@ -238,27 +232,3 @@ def test_invalid_lookup_settings_are_refused():
     for bad in (-1, 1.5, True, "4"):
         with pytest.raises(InvalidSettingError, match="prompt_lookup_tokens"):
             GenerationSettings(prompt_lookup_tokens=bad)
-
-
-# ------------------------------------------------------------------------------- quality='auto'
-
-
-def test_auto_stitches_short_prompts_and_gives_long_ones_to_the_llm_with_lookup(pair, plain_runs):
-    short, long = PROMPTS[2], PROMPTS[0]
-    engine = StitchEngine(pair, EntropyRouter(0.7), ROUTERS_DEFAULT)
-    limit = len(engine.encode(short))
-    assert len(engine.encode(long)) > limit
-    auto = PromptLengthRouter(EntropyRouter(0.7), max_stitched_prompt_tokens=limit)
-    stitched = engine.generate(short, PLAIN, auto)
-    assert signature(stitched) == signature(plain_runs[short, 0.7]) and stitched.stats.router == "EntropyRouter"
-    alone = engine.generate(long, ROUTERS_DEFAULT, auto)
-    assert alone.stats.router == "AlwaysLLMRouter" and {e.source for e in alone.events} == {"llm"}
-    assert alone.token_ids == plain_runs[long, -1.0].token_ids
-    assert alone.stats.proposed_tokens > 0  # the LLM alone's default: prompt lookup on
-    preset = router_for_quality("auto")
-    assert StitchEngine(pair).router == default_router() == preset  # 'auto' is the default
-    assert isinstance(preset, PromptLengthRouter) and preset.threshold == QUALITY_THRESHOLDS["auto"]
-    assert preset.max_stitched_prompt_tokens == LONG_PROMPT_TOKENS
-    for bad in (0, 2.5, None):
-        with pytest.raises(InvalidSettingError, match="max_stitched_prompt_tokens"):
-            PromptLengthRouter(max_stitched_prompt_tokens=bad)

@@ -8,8 +8,8 @@ import math
 import pytest
 from tiny import tiny_engine, tiny_pair
 
-from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
-from rstitch_engine.decoding.routing import HandBackRouter, RouterState
+from rstitch_engine import EntropyRouter, GenerationSettings, InvalidSettingError, StitchEngine
+from rstitch_engine.decoding.routing import RouterBase, RouterState
 from rstitch_engine.measure.trace import (
     ReplayRouter,
     Trace,
@@ -136,8 +136,15 @@ def test_synthetic_trace_replays_on_a_pair_without_eos():
 
 
 @dataclasses.dataclass(frozen=True)
-class NoHookRouter:
-    """The entropy router with no ``hands_back`` at all: the engine's built-in rule decides."""
+class BaseRuleRouter(RouterBase):
+    """The entropy router with ``RouterBase``'s ``hands_back``: Algorithm 1's own rule."""
+
+    threshold: float
+
+
+@dataclasses.dataclass(frozen=True)
+class NoHandBack:
+    """Lacks ``hands_back`` and ``llm_only``: not a router."""
 
     threshold: float
     needs_hidden_state: bool = False
@@ -166,14 +173,20 @@ class NeverHandsBack(EntropyRouter):
 @pytest.mark.parametrize("tau", [0.7, 0.75])
 def test_a_hook_with_the_default_rule_changes_nothing(tau):
     engine = tiny_engine(threshold=tau)
-    assert isinstance(DefaultRuleHook(tau), HandBackRouter) and not isinstance(NoHookRouter(tau), HandBackRouter)
     for prompt in PROMPTS:
-        plain = engine.generate(prompt, GenerationSettings(max_new_tokens=40), NoHookRouter(tau))
+        plain = engine.generate(prompt, GenerationSettings(max_new_tokens=40), BaseRuleRouter(tau))
         strip = [dataclasses.replace(e, seconds=0.0) for e in plain.events]
         for hooked_router in (DefaultRuleHook(tau), EntropyRouter(tau)):  # EntropyRouter's own hook, no hand_back_threshold
             hooked = engine.generate(prompt, GenerationSettings(max_new_tokens=40), hooked_router)
             assert [dataclasses.replace(e, seconds=0.0) for e in hooked.events] == strip
         assert plain.stats.switches_to_slm > 0
+
+
+def test_an_object_lacking_a_router_member_is_refused_before_any_pass():
+    engine = tiny_engine(threshold=0.7)
+    with pytest.raises(InvalidSettingError, match="lacks llm_only, hands_back.*RouterBase"):
+        engine.stream(PROMPTS[0], GenerationSettings(max_new_tokens=4), NoHandBack(0.7))
+    assert engine.generate(PROMPTS[0], GenerationSettings(max_new_tokens=4)).stats.output_tokens == 4  # still usable
 
 
 def test_the_hook_is_consulted_after_every_llm_token_and_can_keep_the_llm():

@@ -45,7 +45,8 @@ class ScriptedEngine(StitchEngine):
         prompt_ids = self.encode(prompt)
         self.prompts.append(prompt_ids)
         script = self.scripts[min(len(self.prompts), len(self.scripts)) - 1]
-        return StitchStream(self._replay(prompt_ids, script, settings), StitchRequest.start(self.pair, prompt_ids))
+        return StitchStream(self._replay(prompt_ids, script, settings), StitchRequest.start(self.pair, prompt_ids),
+                            self.policy())
 
     def source_of(self, index: int) -> str:
         return "slm" if index % (self.slm_run + self.llm_run) < self.slm_run else "llm"

@@ -368,14 +368,21 @@ def test_prompt_lookup_speeds_the_exact_preset_on_a_retrieval_prompt_and_keeps_i
 
 def test_the_default_preset_is_auto_unless_a_router_or_threshold_is_named() -> None:
     """No weights load: the preset and router of each way of configuring the model."""
-    from rstitch_engine import EntropyRouter, PromptLengthRouter
+    from rstitch_engine import EntropyRouter, Routing, resolve_policy
 
     assert ChatRStitch().preset == "auto" and ChatRStitch()._identifying_params["quality"] == "auto"
-    assert isinstance(ChatRStitch().request_router({}), PromptLengthRouter)
+    assert ChatRStitch().request_routing({}) == Routing()
     assert ChatRStitch(quality="exact").preset == "exact"
     for named in ({"threshold": 0.1}, {"router": "entropy"}):
-        assert ChatRStitch(**named).preset is None and ChatRStitch(**named).request_router({}) == EntropyRouter(0.1)
-    assert ChatRStitch().request_router({"threshold": 0.05}) == EntropyRouter(0.05)  # a call's tau: R-Stitch
+        assert ChatRStitch(**named).preset is None
+        assert resolve_policy(ChatRStitch(**named).request_routing({}), None).router == EntropyRouter(0.1)
+    a_calls_tau = ChatRStitch().request_routing({"threshold": 0.05})  # a call's tau: R-Stitch at it
+    assert resolve_policy(a_calls_tau, None).router == EntropyRouter(0.05)
+    assert ChatRStitch(agreement_target=0.9).request_routing({"agreement_target": 0.99}).agreement_target == 0.99
+    with pytest.raises(ValidationError, match="either quality or router/threshold"):
+        ChatRStitch(quality="fast", threshold=0.2)
+    with pytest.raises(ValidationError, match="agreement_target"):
+        ChatRStitch(agreement_target=1.5)
 
 
 @pytest.mark.parametrize("options", [{"quality": "auto"}, {}], ids=["auto", "default"])

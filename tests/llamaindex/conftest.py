@@ -78,7 +78,7 @@ class ScriptedEngine(StitchEngine):
         assert settings is None or settings.grammar is None, "a script is free text: run with constrained=False"
         ids = self.encode(prompt)
         self.prompts.append(self.pair.tokenizer.decode(ids))
-        return StitchStream(self._script(ids, self.answers.popleft(), settings or self.settings), len(ids))
+        return StitchStream(self._script(ids, self.answers.popleft(), settings or self.settings), len(ids), self.policy())
 
     def _script(self, prompt_ids: list[int], answer: str, settings: GenerationSettings) -> Generator:
         tokenizer = self.pair.tokenizer

@@ -1,0 +1,194 @@
+"""Everyday prompts the default LLM alone mostly answers right: where a stitched answer's loss can show.
+
+The generalisation suite (``generalisation``) asks what a 135M model mostly gets wrong (its LLM alone
+scores about 20%), so a configuration that loses a quarter of the LLM's right answers still looks
+"within 2 points" there. This suite keeps to what the LLM alone answers right most of the time:
+capitals of well-known countries, one-digit sums, opposites of common adjectives, a fact read from
+two short passages or from many (a long retrieval prompt), and a name or favourite recalled from an
+earlier turn of a chat. Questions come plain or with a format instruction ("Answer in one word.",
+"Reply with just the number.").
+
+Split by form and by entity, as ``generalisation`` is: each skill has four question forms, two for
+the ``tuning`` part (what ``rstitch calibrate`` measures by default) and two for the ``heldout``
+part (reported only, never tuned on); entities are split by a hash of their key. A held-out item has
+a held-out form and a held-out entity. Nothing is picked by how any model does on it.
+
+Checking is deterministic, as in ``generalisation.GenItem.extract``: numbers are the first number of
+the reply that is not one of the question's; words are whole words, case and accents ignored.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from .quality import _fold
+
+Part = Literal["tuning", "heldout"]
+PARTS: tuple[Part, ...] = ("tuning", "heldout")
+Check = Literal["number", "word"]
+
+CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Egypt": "Cairo", "Italy": "Rome", "Germany": "Berlin",
+            "Spain": "Madrid", "Russia": "Moscow", "China": "Beijing", "Greece": "Athens", "Ireland": "Dublin",
+            "Portugal": "Lisbon", "Austria": "Vienna", "Norway": "Oslo", "Sweden": "Stockholm", "Poland": "Warsaw",
+            "Kenya": "Nairobi", "Thailand": "Bangkok", "Peru": "Lima", "Cuba": "Havana", "Argentina": "Buenos Aires",
+            "England": "London", "Hungary": "Budapest", "Finland": "Helsinki", "Denmark": "Copenhagen"}
+OPPOSITES = {"hot": ("cold", "cool"), "big": ("small", "little", "tiny"), "fast": ("slow",), "happy": ("sad", "unhappy"),
+             "light": ("dark", "heavy"), "open": ("closed", "shut"), "full": ("empty",), "wet": ("dry",),
+             "hard": ("soft", "easy"), "tall": ("short",), "early": ("late",), "rich": ("poor",),
+             "strong": ("weak",), "clean": ("dirty",), "loud": ("quiet", "soft", "silent"), "high": ("low",),
+             "good": ("bad", "evil"), "thick": ("thin",), "near": ("far", "distant"), "first": ("last",),
+             "young": ("old",), "up": ("down",), "day": ("night",), "black": ("white",)}
+COLOURS = ("red", "blue", "green", "black", "white", "yellow", "silver", "orange")
+FIRST_NAMES = ("Mira", "Tomas", "Lena", "Jonah", "Ines", "Pavel", "Ruth", "Oskar", "Nadia", "Felix", "Greta",
+               "Hugo", "Alma", "Victor", "Selma", "Bruno", "Clara", "Emil", "Vera", "Anton")
+FAVOURITES = {"colour": ("red", "blue", "green", "purple", "orange", "yellow"),
+              "fruit": ("mango", "banana", "cherry", "pear", "plum", "grape"),
+              "animal": ("otter", "zebra", "koala", "falcon", "dolphin", "panda")}
+
+NUMBER_SUFFIXES = ("", " Reply with just the number.")
+WORD_SUFFIXES = ("", " Answer in one word.")
+
+TEMPLATES: dict[str, tuple[str, ...]] = {  # two tuning forms, then two held-out forms
+    "capital": ("What is the capital of {x}?", "Which city is the capital of {x}?",
+                "Tell me the capital of {x}.", "Name the capital city of {x}."),
+    "sum": ("What is {a} + {b}?", "How much is {a} plus {b}?", "Compute {a} + {b}.", "What do you get when you add {a} and {b}?"),
+    "opposite": ("What is the opposite of {x}?", "What is the antonym of {x}?",
+                 "Give the opposite of the word {x}.", "Tell me the opposite of {x}."),
+    "rag_short": ("What colour is {x}'s car?", "What is the colour of the car that {x} owns?",
+                  "Which colour is {x}'s car?", "According to the passages, what colour is the car of {x}?"),
+    "rag_long": ("What colour is {x}'s car?", "What is the colour of the car that {x} owns?",
+                 "Which colour is {x}'s car?", "According to the passages, what colour is the car of {x}?"),
+    "multiturn": ("What is my favourite {x}?", "Which {x} did I say I like best?",
+                  "Remind me: what is my favourite {x}?", "Tell me my favourite {x}."),
+}
+SKILL_CHECK: dict[str, Check] = {"capital": "word", "sum": "number", "opposite": "word", "rag_short": "word",
+                                 "rag_long": "word", "multiturn": "word"}
+PER_SKILL = {"tuning": 12, "heldout": 20}
+"""Items drawn per skill and part (fewer where the part has fewer combinations)."""
+LONG_PASSAGES = 9
+"""Passages in a long retrieval prompt (about 300-400 tokens); a short one has 2."""
+
+_FILLER = ("{n} lives in a quiet street near the river and walks to the market on Saturdays.",
+           "{n} has two brothers and a sister, and they meet for dinner every Sunday.",
+           "On weekdays {n} starts work at eight and takes the train home in the evening.",
+           "{n} likes to read old novels and keeps a small garden with tomatoes and herbs.",
+           "Last summer {n} visited the coast and spent a week walking along the cliffs.")
+
+
+@dataclass(frozen=True)
+class EverydayItem:
+    """One item: its chat turns, what counts as correct, and the form and entity it was made from."""
+
+    id: str
+    skill: str
+    part: Part
+    template: str
+    entity: str
+    turns: tuple[tuple[str, str], ...]
+    """(role, content) turns; the last is the user's question."""
+    accepted: tuple[str, ...]
+
+    @property
+    def check(self) -> Check:
+        return SKILL_CHECK[self.skill]
+
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": role, "content": content} for role, content in self.turns]
+
+    def is_correct(self, answer: str) -> bool:
+        return self.extract(answer) is not None
+
+    def extract(self, answer: str) -> str | None:
+        """The accepted answer the reply gives, or None (see the module docstring)."""
+        if self.check == "number":
+            operands = {int(n) for n in re.findall(r"\d+", self.turns[-1][1])}
+            for match in re.finditer(r"-?\d+", answer.replace(",", "")):
+                if int(match.group()) not in operands or match.group() in self.accepted:
+                    return match.group() if match.group() in self.accepted else None
+            return None
+        folded = _fold(answer)
+        return next((_fold(a) for a in self.accepted if re.search(rf"\b{re.escape(_fold(a))}\b", folded)), None)
+
+
+def everyday_suite(part: Part) -> list[EverydayItem]:
+    """The part's items in a fixed order (every skill, then by draw)."""
+    return [item for skill in TEMPLATES for item in _skill_items(skill, part)]
+
+
+def entity_part(key: str) -> Part:
+    """Half the entities tune, half are held out, by a hash of the key."""
+    return "tuning" if hashlib.sha256(f"everyday/{key}".encode()).digest()[0] < 128 else "heldout"
+
+
+def _skill_items(skill: str, part: Part) -> list[EverydayItem]:
+    rng = random.Random(f"everyday/{skill}/{part}")
+    forms = TEMPLATES[skill][:2] if part == "tuning" else TEMPLATES[skill][2:]
+    entities = [key for key in _entities(skill) if entity_part(f"{skill}/{key}") == part]
+    suffixes = NUMBER_SUFFIXES if SKILL_CHECK[skill] == "number" else WORD_SUFFIXES
+    combos = [(form, entity, suffix) for form in forms for entity in entities for suffix in suffixes]
+    chosen = rng.sample(combos, min(PER_SKILL[part], len(combos)))
+    return [_item(skill, part, form, entity, suffix, rng) for form, entity, suffix in chosen]
+
+
+def _entities(skill: str) -> list[str]:
+    if skill == "capital":
+        return list(CAPITALS)
+    if skill == "opposite":
+        return list(OPPOSITES)
+    if skill == "sum":
+        return [f"{a},{b}" for a in range(1, 10) for b in range(1, 10) if a + b < 10]
+    if skill == "multiturn":
+        return [f"{kind}:{value}" for kind, values in FAVOURITES.items() for value in values]
+    return [f"{first} {last}" for first in FIRST_NAMES for last in ("Kolt", "Brenner", "Dalby", "Orsini")]
+
+
+def _item(skill: str, part: Part, form: str, entity: str, suffix: str, rng: random.Random) -> EverydayItem:
+    item_id = hashlib.sha256(f"{skill}/{form}/{entity}/{suffix}".encode()).hexdigest()[:12]
+    if skill == "capital":
+        turns, accepted = (("user", form.format(x=entity) + suffix),), (CAPITALS[entity],)
+    elif skill == "opposite":
+        turns, accepted = (("user", form.format(x=entity) + suffix),), OPPOSITES[entity]
+    elif skill == "sum":
+        a, b = entity.split(",")
+        turns, accepted = (("user", form.format(a=a, b=b) + suffix),), (str(int(a) + int(b)),)
+    elif skill == "multiturn":
+        kind, value = entity.split(":")
+        turns = (("user", f"Hi! My favourite {kind} is {value}. What should we talk about today?"),
+                 ("assistant", f"Nice to meet you! We could talk about anything you like, maybe why you like {value}."),
+                 ("user", form.format(x=kind) + suffix))
+        accepted = (value,)
+    else:
+        turns, accepted = _retrieval(form, entity, suffix, rng, long=skill == "rag_long")
+    return EverydayItem(item_id, skill, part, form, entity, turns, accepted)
+
+
+def _retrieval(form: str, person: str, suffix: str, rng: random.Random, long: bool
+               ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
+    """Passages about made-up people; one says the person's car colour, others other people's (distractors)."""
+    colour = rng.choice(COLOURS)
+    others = rng.sample([f"{f} {person.split()[1]}" for f in FIRST_NAMES if f != person.split()[0]],
+                        LONG_PASSAGES - 1 if long else 1)
+    passages = [_passage(person, colour, rng)] + [_passage(other, rng.choice([c for c in COLOURS if c != colour]), rng)
+                                                  for other in others]
+    rng.shuffle(passages)
+    context = "\n\n".join(f"Passage {i + 1}: {text}" for i, text in enumerate(passages))
+    question = form.format(x=person) + suffix
+    return (("user", f"Read the passages and answer the question.\n\n{context}\n\nQuestion: {question}"),), (colour,)
+
+
+def _passage(person: str, colour: str, rng: random.Random) -> str:
+    first = person.split()[0]
+    filler = " ".join(line.format(n=first) for line in rng.sample(_FILLER, 2))
+    return f"{person} owns a {colour} car. {filler}"
+
+
+def accuracy_by_skill(items: Sequence[EverydayItem], answers: Sequence[str]) -> dict[str, float]:
+    """Share of right answers per skill (answers in the order of ``items``)."""
+    skills: dict[str, list[bool]] = {}
+    for item, answer in zip(items, answers):
+        skills.setdefault(item.skill, []).append(item.is_correct(answer))
+    return {skill: sum(right) / len(right) for skill, right in skills.items()}
