@@ -1,8 +1,8 @@
 """MkDocs hooks: the site's pages that live outside docs/, and the option tables generated from the code.
 
-* ``README.md`` becomes the site's home page (``index.md``) and ``benchmarks/RESULTS.md`` its
-  results page (``results.md``, with the plots under ``benchmarks/results/`` beside it), so each text
-  has one source and reads the same on GitHub and on the site.
+* ``README.md`` becomes the site's home page (``index.md``), ``benchmarks/RESULTS.md`` its results
+  page (``results.md``, with the plots under ``benchmarks/results/`` beside it) and ``CHANGELOG.md``
+  its changelog, so each text has one source and reads the same on GitHub and on the site.
 * A relative link is resolved against the file's real place in the repository and rewritten to the
   page that file became; a link to any other repository file is left alone, so the strict build
   reports it as broken (the site would not have it).
@@ -27,7 +27,7 @@ import griffe
 from mkdocs.structure.files import File, Files
 
 ROOT = Path(__file__).resolve().parents[1]
-OUTSIDE_DOCS = {"README.md": "index.md", "benchmarks/RESULTS.md": "results.md"}
+OUTSIDE_DOCS = {"README.md": "index.md", "benchmarks/RESULTS.md": "results.md", "CHANGELOG.md": "changelog.md"}
 """Repository path -> site page, for the pages whose source is outside docs/."""
 PLOTS = "benchmarks/results"
 LINK = re.compile(r"(\]\()([^)\s#]+)(#[^)\s]*)?(\))")
