@@ -1,11 +1,12 @@
 # Two commands (see README):  make demo  -- set up and run the main job;  make test  -- set up and run the tests.
+# make docs -- build the documentation site into site/.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 PROMPT ?= A train leaves at 3 pm and travels for 2 hours. At what time does it arrive? Explain briefly.
 
-.PHONY: setup demo test test-slow test-all bench bench-pair draft
+.PHONY: setup demo test test-slow test-all docs bench bench-pair draft
 
 setup: $(VENV)/.installed
 
@@ -29,6 +30,11 @@ test-slow: setup
 
 test-all: setup
 	$(BIN)/python -m pytest --durations=15
+
+# The documentation site (README as home page, guide, API reference, generated option tables) into site/;
+# strict: a broken link or reference fails it (tests/test_docs_build.py runs the same build).
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 bench: setup
 	$(BIN)/python benchmarks/loop_overhead.py --json results/loop_overhead.json

@@ -45,11 +45,10 @@ from rstitch_engine.models.loaded import ForwardRecord  # noqa: E402
 
 GRIDS = {
     # (fit new tokens, fit cached tokens, held-out new tokens, held-out cached tokens).
-    # Every n up to 8 is a fit knot: at small n the pass time is not smooth in n (GEMV for n = 1,
-    # then GEMM kernels whose blocking changes with n; on this CPU a 6-token pass of either model
-    # measured cheaper than a 4-token one), so interpolating between n = 4 and n = 8 misses by
-    # 10-20%. Engine catch-ups are mostly that small. Held-out points use cache sizes the fit never
-    # saw at every n, and new-token counts between the knots above 8.
+    # Every n up to 8 is a fit knot: at small n the pass time is not smooth, nor even monotone, in n
+    # (GEMV for n = 1, then GEMM kernels whose blocking changes with n), so interpolating between
+    # n = 4 and n = 8 can miss badly, and engine catch-ups are mostly that small. Held-out points use
+    # cache sizes the fit never saw at every n, and new-token counts between the knots above 8.
     "full": ((1, 2, 3, 4, 5, 6, 7, 8, 10, 12, 16, 24, 32, 64, 128, 256), (0, 96, 192, 320, 448),
              (1, 3, 6, 14, 20, 48, 96, 192), (48, 256, 384)),
     "medium": ((1, 2, 3, 4, 5, 6, 7, 8, 10, 16, 24, 32, 64, 128), (0, 96, 192, 320, 448),

@@ -310,7 +310,8 @@ def run_sections(args: argparse.Namespace, config: dict[str, Any], report: dict[
 
 
 def goals(report: dict[str, Any]) -> dict[str, Any]:
-    """The issue's three goals, as measured (None where a section did not run)."""
+    """The fast path's three goals (compiled LLM decode vs its HBM bound, replay efficiency, compiled SLM
+    overhead), as measured (None where a section did not run)."""
     decode, replay = report.get("decode"), report.get("replay")
     llm = decode.get("llm") if isinstance(decode, dict) else None
     slm = decode.get("slm") if isinstance(decode, dict) else None
