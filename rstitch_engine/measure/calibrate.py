@@ -81,8 +81,9 @@ def default_candidates(taus: Sequence[float] = DEFAULT_TAUS, hand_backs: Sequenc
 
 
 def builtin_prompts(limit: int | None = None) -> list[CalibrationPrompt]:
-    """The everyday suite's tuning part (``measure.everyday``): prompts the LLM alone mostly gets right."""
-    items = everyday_suite("tuning")[:limit]
+    """The everyday suite's tuning part (``measure.everyday``; its plain chat items): prompts the LLM alone
+    mostly gets right."""
+    items = [item for item in everyday_suite("tuning") if not item.call][:limit]
     return [CalibrationPrompt(item.messages(), item.extract) for item in items]
 
 

@@ -4,9 +4,14 @@ The generalisation suite (``generalisation``) asks what a 135M model mostly gets
 scores about 20%), so a configuration that loses a quarter of the LLM's right answers still looks
 "within 2 points" there. This suite keeps to what the LLM alone answers right most of the time:
 capitals of well-known countries, one-digit sums, opposites of common adjectives, a fact read from
-two short passages or from many (a long retrieval prompt), and a name or favourite recalled from an
-earlier turn of a chat. Questions come plain or with a format instruction ("Answer in one word.",
-"Reply with just the number.").
+two short passages or from many (a long retrieval prompt), a favourite recalled from an earlier turn
+of a chat, a tool call whose argument comes from the question, and a JSON extraction. Questions come
+plain or with a format instruction ("Answer in one word.", "Reply with just the number.").
+
+The tool-call and JSON items carry OpenAI-style call options (``EverydayItem.call``: ``tools`` and
+``tool_choice``, or ``response_format``) that an adapter's constrained decoding turns into a grammar;
+``answer`` texts passed to ``extract`` for them include the forced opening the adapter puts in the
+model's mouth. The engine's own calibration (``calibrate.builtin_prompts``) uses the plain items.
 
 Split by form and by entity, as ``generalisation`` is: each skill has four question forms, two for
 the ``tuning`` part (what ``rstitch calibrate`` measures by default) and two for the ``heldout``
@@ -20,16 +25,17 @@ the reply that is not one of the question's; words are whole words, case and acc
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 import re
-from dataclasses import dataclass
-from typing import Literal, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
 
 from .quality import _fold
 
 Part = Literal["tuning", "heldout"]
 PARTS: tuple[Part, ...] = ("tuning", "heldout")
-Check = Literal["number", "word"]
+Check = Literal["number", "word", "tool", "json"]
 
 CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Egypt": "Cairo", "Italy": "Rome", "Germany": "Berlin",
             "Spain": "Madrid", "Russia": "Moscow", "China": "Beijing", "Greece": "Athens", "Ireland": "Dublin",
@@ -49,6 +55,17 @@ FAVOURITES = {"colour": ("red", "blue", "green", "purple", "orange", "yellow"),
               "fruit": ("mango", "banana", "cherry", "pear", "plum", "grape"),
               "animal": ("otter", "zebra", "koala", "falcon", "dolphin", "panda")}
 
+CITIES = ("Paris", "Tokyo", "Cairo", "Rome", "Berlin", "Madrid", "Lisbon", "Vienna", "Oslo", "Dublin", "Athens",
+          "Warsaw", "Prague", "Nairobi", "Lima", "Toronto", "Sydney", "Chicago", "Boston", "Seattle")
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Get the current weather in a city.",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string", "description": "The city's name."}},
+                   "required": ["city"]}}}
+PERSON_FORMAT = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
+    "type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"]}}}
+JOBS = ("works in a bakery", "teaches music", "drives a bus", "repairs bicycles", "grows apples", "paints houses")
+
 NUMBER_SUFFIXES = ("", " Reply with just the number.")
 WORD_SUFFIXES = ("", " Answer in one word.")
 
@@ -64,9 +81,14 @@ TEMPLATES: dict[str, tuple[str, ...]] = {  # two tuning forms, then two held-out
                  "Which colour is {x}'s car?", "According to the passages, what colour is the car of {x}?"),
     "multiturn": ("What is my favourite {x}?", "Which {x} did I say I like best?",
                   "Remind me: what is my favourite {x}?", "Tell me my favourite {x}."),
+    "tool": ("What's the weather like in {x} today?", "Is it raining in {x} right now?",
+             "Tell me the current weather in {x}.", "How warm is it in {x} at the moment?"),
+    "json": ("Extract the person's name and age from this sentence: {x}", "Give the name and age of the person "
+             "described here: {x}", "From the text below, pull out the name and age.\n\n{x}",
+             "Who is described, and how old are they? Text: {x}"),
 }
 SKILL_CHECK: dict[str, Check] = {"capital": "word", "sum": "number", "opposite": "word", "rag_short": "word",
-                                 "rag_long": "word", "multiturn": "word"}
+                                 "rag_long": "word", "multiturn": "word", "tool": "tool", "json": "json"}
 PER_SKILL = {"tuning": 12, "heldout": 20}
 """Items drawn per skill and part (fewer where the part has fewer combinations)."""
 LONG_PASSAGES = 9
@@ -91,6 +113,8 @@ class EverydayItem:
     turns: tuple[tuple[str, str], ...]
     """(role, content) turns; the last is the user's question."""
     accepted: tuple[str, ...]
+    call: dict[str, Any] = field(default_factory=dict)
+    """OpenAI-style call options (``tools``/``tool_choice`` or ``response_format``); empty for plain chat."""
 
     @property
     def check(self) -> Check:
@@ -104,6 +128,17 @@ class EverydayItem:
 
     def extract(self, answer: str) -> str | None:
         """The accepted answer the reply gives, or None (see the module docstring)."""
+        if self.check == "tool":
+            found = re.search(r'"city"\s*:\s*"([^"]*)"', answer)
+            return found.group(1) if found and _fold(found.group(1)) == _fold(self.accepted[0]) else None
+        if self.check == "json":
+            try:
+                value = json.loads(answer)
+            except ValueError:
+                return None
+            right = isinstance(value, dict) and _fold(str(value.get("name", ""))) == _fold(self.accepted[0]) \
+                and str(value.get("age")) == self.accepted[1]
+            return "|".join(self.accepted) if right else None
         if self.check == "number":
             operands = {int(n) for n in re.findall(r"\d+", self.turns[-1][1])}
             for match in re.finditer(r"-?\d+", answer.replace(",", "")):
@@ -128,7 +163,7 @@ def _skill_items(skill: str, part: Part) -> list[EverydayItem]:
     rng = random.Random(f"everyday/{skill}/{part}")
     forms = TEMPLATES[skill][:2] if part == "tuning" else TEMPLATES[skill][2:]
     entities = [key for key in _entities(skill) if entity_part(f"{skill}/{key}") == part]
-    suffixes = NUMBER_SUFFIXES if SKILL_CHECK[skill] == "number" else WORD_SUFFIXES
+    suffixes = {"number": NUMBER_SUFFIXES, "word": WORD_SUFFIXES}.get(SKILL_CHECK[skill], ("",))
     combos = [(form, entity, suffix) for form in forms for entity in entities for suffix in suffixes]
     chosen = rng.sample(combos, min(PER_SKILL[part], len(combos)))
     return [_item(skill, part, form, entity, suffix, rng) for form, entity, suffix in chosen]
@@ -143,6 +178,10 @@ def _entities(skill: str) -> list[str]:
         return [f"{a},{b}" for a in range(1, 10) for b in range(1, 10) if a + b < 10]
     if skill == "multiturn":
         return [f"{kind}:{value}" for kind, values in FAVOURITES.items() for value in values]
+    if skill == "tool":
+        return list(CITIES)
+    if skill == "json":
+        return [f"{first} Dalby,{age}" for first in FIRST_NAMES for age in (23, 35, 41, 58)]
     return [f"{first} {last}" for first in FIRST_NAMES for last in ("Kolt", "Brenner", "Dalby", "Orsini")]
 
 
@@ -161,6 +200,14 @@ def _item(skill: str, part: Part, form: str, entity: str, suffix: str, rng: rand
                  ("assistant", f"Nice to meet you! We could talk about anything you like, maybe why you like {value}."),
                  ("user", form.format(x=kind) + suffix))
         accepted = (value,)
+    elif skill == "tool":
+        call = {"tools": [WEATHER_TOOL], "tool_choice": "required"}
+        return EverydayItem(item_id, skill, part, form, entity, (("user", form.format(x=entity)),), (entity,), call)
+    elif skill == "json":
+        name, age = entity.split(",")
+        sentence = f"{name} is {age} years old and {rng.choice(JOBS)}."
+        return EverydayItem(item_id, skill, part, form, entity, (("user", form.format(x=sentence)),), (name, age),
+                            {"response_format": PERSON_FORMAT})
     else:
         turns, accepted = _retrieval(form, entity, suffix, rng, long=skill == "rag_long")
     return EverydayItem(item_id, skill, part, form, entity, turns, accepted)
