@@ -11,8 +11,8 @@ Configurations, all greedy with the same ``max_new_tokens`` and the chat templat
 * with ``--lookup K[,K...]``: ``exact (LLM + lookup K)`` for each K, what ``quality='exact'`` runs
   (the engine with ``AlwaysLLMRouter`` and prompt lookup of K tokens, ``decoding.lookup``); with
   ``--stitch-lookup`` also each tau again with prompt lookup (``R-Stitch tau=... lookup=K``);
-* with ``--auto``: ``quality='auto'`` (``PromptLengthRouter``: the default tau up to 256 prompt
-  tokens, the LLM alone with prompt lookup beyond).
+* with ``--auto``: ``quality='auto'``, the default preset (what the pair's calibration profile proves
+  faithful to the LLM alone, else the LLM alone with prompt lookup: ``decoding.policy``).
 
 Fairness on a shared, noisy machine: for each item every configuration runs back to back, in an
 order rotated by one per item, so load drifts hit all of them alike. Each answer is timed with
@@ -49,8 +49,8 @@ from typing import Any, Literal
 import torch
 from tqdm.auto import tqdm
 
-from rstitch_engine import EntropyRouter, GenerationSettings, StitchEngine
-from rstitch_engine.decoding.routers import LONG_PROMPT_TOKENS, QUALITY_THRESHOLDS, AlwaysLLMRouter, router_for_quality
+from rstitch_engine import EntropyRouter, GenerationSettings, Routing, StitchEngine
+from rstitch_engine.decoding.routers import AlwaysLLMRouter
 from rstitch_engine.decoding.routing import Router
 from rstitch_engine.measure.generalisation import generalisation_suite
 from rstitch_engine.measure.quality import QualityItem, quality_suite
@@ -116,8 +116,7 @@ def configs_for(taus: Sequence[float], baselines: Sequence[str] = ("slm", "llm",
     exact = [Config(f"exact (LLM + lookup {k})", "exact", lookup=k) for k in lookups]
     with_lookup = [Config(f"R-Stitch tau={tau:g} lookup={k}", "stitch", tau, lookup=k)
                    for k in lookups for tau in taus] if stitch_lookup else []
-    presets = [Config(f"auto (tau {QUALITY_THRESHOLDS['auto']:g} up to {LONG_PROMPT_TOKENS} prompt tokens, else exact)",
-                      "auto", QUALITY_THRESHOLDS["auto"], lookup=None)] if auto else []
+    presets = [Config("auto (the default preset)", "auto", None, lookup=None)] if auto else []
     return chosen + exact + presets + stitched_configs(taus, hand_backs) + with_lookup
 
 
@@ -150,9 +149,9 @@ def run_config(engine: StitchEngine, config: Config, prompt_ids: list[int], sett
     if config.kind == "assisted":
         return _assisted(engine, prompt_ids, settings)
     if config.kind == "exact":
-        router: Router = AlwaysLLMRouter()
+        router: Router | Routing = AlwaysLLMRouter()
     elif config.kind == "auto":
-        router = router_for_quality("auto")
+        router = Routing(quality="auto")
     else:
         router = EntropyRouter(config.tau, hand_back_threshold=config.hand_back)  # type: ignore[arg-type]
     settings = settings.replace(prompt_lookup_tokens=config.lookup)
@@ -503,7 +502,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="also run quality='exact' (the LLM through the engine) with prompt lookup of K tokens, "
                              "for each K (default: none)")
     parser.add_argument("--auto", action="store_true",
-                        help="also run quality='auto' (the default tau for short prompts, exact for long ones)")
+                        help="also run quality='auto', the default preset (decoding.policy)")
     parser.add_argument("--stitch-lookup", action="store_true",
                         help="with --lookup: also run every tau with prompt lookup")
     parser.add_argument("--skills", default="",

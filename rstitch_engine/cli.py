@@ -258,7 +258,7 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
     stream = engine.stream(prompt, settings, routing)
     policy = stream.policy
     console.print(Text("SLM", style=STYLES["slm"]) + Text(" / ") + Text("LLM", style=STYLES["llm"])
-                  + Text(f"  policy {policy.name} ({policy.reason})", style="dim"))
+                  + Text(f"  policy {policy.name} ({policy.reason})", style="dim"), soft_wrap=True)
     for event in stream:
         console.print(_styled(event), end="")
     console.print()

@@ -176,11 +176,12 @@ class StitchEngine:
     @property
     def router(self) -> Router:
         """The router of the engine's default routing (the policy's, for a request that names none)."""
-        return self.policy().router
+        return self.policy(warn=False).router
 
-    def policy(self, routing: Routing | None = None) -> Policy:
-        """The policy a request runs under ``routing`` (None: the engine's), with this pair's profile."""
-        return resolve_policy(routing if routing is not None else self.routing, self.profile)
+    def policy(self, routing: Routing | None = None, warn: bool = False) -> Policy:
+        """The policy a request runs under ``routing`` (None: the engine's), with this pair's profile;
+        ``warn`` as ``resolve_policy``'s (requests warn, inspection does not)."""
+        return resolve_policy(routing if routing is not None else self.routing, self.profile, warn)
 
     @classmethod
     def from_pretrained(
@@ -260,7 +261,8 @@ class StitchEngine:
         settings = settings if settings is not None else self.settings
         prompt_ids = self.encode(prompt)
         self._check_fits(len(prompt_ids), settings)
-        policy = self.policy(router if isinstance(router, Routing) or router is None else Routing(router=router))
+        policy = self.policy(router if isinstance(router, Routing) or router is None else Routing(router=router),
+                             warn=True)
         grammar = self._grammar_state(settings)
         request = StitchRequest.start(self.pair, prompt_ids, settings.max_new_tokens)
         decoder = RequestDecoder(self.pair, request, settings, policy, self._llm_history, grammar)

@@ -21,7 +21,7 @@ When it is on: ``GenerationSettings.prompt_lookup_tokens`` > 0, or None (the def
 that turns it on (``policy.Policy.prompt_lookup_tokens``): the LLM alone (``quality='exact'``) does, since there it
 is a pure speedup of the LLM's own answer; the stitched routers do not, since in Algorithm 1 the LLM
 hands back as soon as it is confident, which is where copied spans are, and the measured gain was
-small (README, "Prompt lookup").
+small (docs/prompt-lookup.md).
 
 Where it applies: greedy decoding (a sampled token would need a rejection rule that changes the
 random stream), with or without a grammar (each position is masked by the grammar's state after the
@@ -40,7 +40,7 @@ import numpy as np
 
 LLM_ALONE_LOOKUP_TOKENS = 6
 """Proposal length where the LLM writes every token (the LLM-alone policies), on by default
-there, chosen on the generalisation suite's tuning part (README, "Prompt lookup")."""
+there, chosen on the generalisation suite's tuning part (benchmarks/RESULTS.md, "Prompt lookup")."""
 MAX_NGRAM = 3
 """The longest suffix of x + y looked up in the context."""
 MIN_NGRAM = 1

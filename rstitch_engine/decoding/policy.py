@@ -30,7 +30,7 @@ from .settings import validate_threshold
 Quality = Literal["auto", "exact", "balanced", "fast"]
 """A quality preset: 'auto' (the default) what the pair's profile proves faithful, else 'exact';
 'exact' the LLM alone (its own answer, sped up by prompt lookup only); 'balanced' and 'fast' R-Stitch at
-a fixed tau (``QUALITY_THRESHOLDS``), a measured trade-off of answers for speed (README, presets)."""
+a fixed tau (``QUALITY_THRESHOLDS``), a measured trade-off of answers for speed (docs/presets.md)."""
 QUALITIES: tuple[Quality, ...] = ("auto", "exact", "balanced", "fast")
 QUALITY_THRESHOLDS: dict[str, float] = {"balanced": 0.05, "fast": DEFAULT_THRESHOLD}
 """tau of the stitched presets."""
@@ -105,12 +105,13 @@ class Policy:
     """One sentence: why this policy runs."""
 
 
-def resolve_policy(routing: Routing, profile: PairProfile | None) -> Policy:
-    """The policy ``routing`` asks for, given the pair's profile (None: the pair has none)."""
+def resolve_policy(routing: Routing, profile: PairProfile | None, warn: bool = True) -> Policy:
+    """The policy ``routing`` asks for, given the pair's profile (None: the pair has none). ``warn``: say once
+    per process that 'auto' fell back for want of a profile (requests do; inspecting a policy need not)."""
     preset = routing.preset
     if preset == "auto":
         return _auto(profile, routing.agreement_target if routing.agreement_target is not None
-                     else DEFAULT_AGREEMENT_TARGET)
+                     else DEFAULT_AGREEMENT_TARGET, warn)
     if preset == "exact":
         return _llm_alone("exact", "quality='exact' asks for the LLM's own answer")
     if preset is not None:
@@ -124,14 +125,15 @@ def resolve_policy(routing: Routing, profile: PairProfile | None) -> Policy:
     name = routing.router or "entropy"
     router = router_named(name, routing.threshold if routing.threshold is not None else DEFAULT_THRESHOLD,
                           routing.router_path)
-    label = f"tau={router.threshold:g}" if name == "entropy" else name
-    return Policy(router, LLM_ALONE_LOOKUP_TOKENS if router.llm_only else 0, label,
-                  f"the caller named router={name!r}" + (f" at tau={router.threshold:g}" if name == "entropy" else ""))
+    label = {"entropy": "R-Stitch", "learned": "R-Stitch+ (learned)", "slm": "SLM alone", "llm": "LLM alone"}[name]
+    return Policy(router, LLM_ALONE_LOOKUP_TOKENS if router.llm_only else 0, f"{label} tau={router.threshold:g}",
+                  f"the caller asked for router={name!r}" + (f" at tau={router.threshold:g}" if name == "entropy" else ""))
 
 
-def _auto(profile: PairProfile | None, target: float) -> Policy:
+def _auto(profile: PairProfile | None, target: float, warn: bool) -> Policy:
     if profile is None:
-        _warn_no_profile()
+        if warn:
+            _warn_no_profile()
         return _llm_alone("auto", "this pair has no calibration profile (run `rstitch calibrate`); "
                                   "the safe default is the LLM alone")
     chosen, best_stitched = profile.choose(target)

@@ -82,8 +82,10 @@ def default_candidates(taus: Sequence[float] = DEFAULT_TAUS, hand_backs: Sequenc
 
 def builtin_prompts(limit: int | None = None) -> list[CalibrationPrompt]:
     """The everyday suite's tuning part (``measure.everyday``; its plain chat items): prompts the LLM alone
-    mostly gets right."""
-    items = [item for item in everyday_suite("tuning") if not item.call][:limit]
+    mostly gets right. ``limit``: that many, spread evenly over the part (every skill keeps its share)."""
+    items = [item for item in everyday_suite("tuning") if not item.call]
+    if limit is not None and limit < len(items):
+        items = [items[i * len(items) // limit] for i in range(limit)]
     return [CalibrationPrompt(item.messages(), item.extract) for item in items]
 
 

@@ -95,7 +95,7 @@ def test_cli_generate_streams_and_prints_stats(real_engine, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert "R-Stitch stats" in out and "written by SLM / LLM" in out and "speedup vs LLM alone" in out
-    assert "entropy router, tau=0.1" in out  # a threshold names the entropy router, whatever the prompt's length
+    assert "policy R-Stitch tau=0.1 (the caller asked for router='entropy' at tau=0.1)" in out  # a threshold: R-Stitch
 
 
 @pytest.mark.real_model
@@ -112,14 +112,14 @@ def test_from_pretrained_routers(real_engine):
 def test_cli_json_stats_and_clear_errors(real_engine, capsys):
     assert main(["generate", "Hi", "--max-tokens", "4", "--json"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("SLM / LLM  auto router, tau=0.1")  # no quality, router or threshold: the default preset
+    assert out.startswith("SLM / LLM  policy auto: ")  # no quality, router or threshold: the default preset
     stats = json.loads(out.split("\n", 2)[2])
-    assert stats["router"] == "EntropyRouter"  # 'auto' stitches a short prompt
+    assert out.startswith(f"SLM / LLM  policy {stats['policy']} ({stats['policy_reason']})")
     assert stats["output_tokens"] == 4 and stats["slm_tokens"] + stats["llm_tokens"] == 4
     assert main(["generate", "Hi", "--threshold", "nan"]) == 2
     assert "threshold (tau) must be a real number" in capsys.readouterr().err
     assert main(["generate", "Hi", "--quality", "exact", "--threshold", "0.3"]) == 2  # a preset or a tau, not both
-    assert "give either --quality or --router/--threshold" in capsys.readouterr().err
+    assert "give either quality or router/threshold, not both" in capsys.readouterr().err
     assert main(["generate", "Hi", "--max-tokens", "4", "--quality", "exact", "--json"]) == 0
     exact = json.loads(capsys.readouterr().out.split("\n", 2)[2])
     assert exact["llm_tokens"] == exact["output_tokens"] == 4

@@ -64,7 +64,7 @@ def test_the_shipped_router_gives_stable_output_and_is_asked_only_above_tau(real
 def test_cli_and_both_adapters_use_the_shipped_router_from_one_field(real_engine, capsys):
     assert main(["generate", "What is the capital of France?", "--router", "learned", "--max-tokens", "24"]) == 0
     out = capsys.readouterr().out
-    assert "learned router, tau=0.1" in out and "R-Stitch stats" in out
+    assert "policy R-Stitch+ (learned) tau=0.1" in out and "R-Stitch stats" in out
 
     pytest.importorskip("langchain_core")
     from rstitch_integrations.langchain import ChatRStitch
