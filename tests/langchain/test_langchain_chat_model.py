@@ -136,8 +136,10 @@ def test_quality_presets_pick_the_router_and_a_call_may_change_its_preset(real_e
         ChatRStitch(quality="exact", threshold=0.2)
     with pytest.raises(InvalidSettingError, match="quality must be"):
         exact.invoke(QUESTION, quality="best")
-    with pytest.raises(InvalidSettingError, match="either quality or threshold"):
+    with pytest.raises(InvalidSettingError, match="give either quality or router/threshold, not both"):
         exact.invoke(QUESTION, quality="fast", threshold=0.2)
+    assert reply.response_metadata["stitch"]["policy"] == "exact: LLM alone + lookup"
+    assert fast.response_metadata["stitch"]["policy"] == "fast: R-Stitch tau=0.1"
     assert exact.invoke(QUESTION).content == reply.content  # a refused call leaves the model as it was
 
 
@@ -386,24 +388,26 @@ def test_the_default_preset_is_auto_unless_a_router_or_threshold_is_named() -> N
 
 
 @pytest.mark.parametrize("options", [{"quality": "auto"}, {}], ids=["auto", "default"])
-def test_auto_quality_gives_a_retrieval_prompt_to_the_llm_and_stitches_a_short_question(
-    real_engine: StitchEngine, options: dict[str, str]
-) -> None:
-    """'auto' is also the default: a retrieval prompt is decoded by the LLM alone, which starts on
-    the LLM (no SLM pass at all), and a short question is stitched at the default tau."""
+def test_auto_runs_the_shipped_profile_s_choice_and_says_so(real_engine: StitchEngine, options: dict[str, str]) -> None:
+    """'auto' is also the default: the default pair's shipped profile decides, and the metadata names the
+    policy and the reason. Where it is the LLM alone, requests start on the LLM (no SLM pass at all)."""
+    from rstitch_engine import Routing
     from rstitch_engine.measure.generalisation import generalisation_suite
 
+    expected = real_engine.policy(Routing())
+    assert real_engine.profile is not None and "profile" in expected.reason  # the default pair ships one
     item = next(i for i in generalisation_suite("heldout") if i.skill == "rag")
     messages = [(m["role"].replace("user", "human").replace("assistant", "ai"), m["content"]) for m in item.messages()]
     auto = ChatRStitch(max_tokens=12, **options)
-    retrieval = auto.invoke(messages)
-    stitch = retrieval.response_metadata["stitch"]
-    assert stitch["router"] == "AlwaysLLMRouter" and stitch["prompt_tokens"] > 256
-    assert set(retrieval.response_metadata["token_sources"]) == {"llm"}
-    assert stitch["slm_forward_passes"] == 0 and stitch["switches_to_llm"] == 0 and stitch["confirmed_tokens"] > 0
-    short = auto.invoke(QUESTION)
-    assert short.response_metadata["stitch"]["router"] == "EntropyRouter"
-    assert short.content == ChatRStitch(quality="fast", max_tokens=12).invoke(QUESTION).content
+    for reply in (auto.invoke(messages), auto.invoke(QUESTION)):
+        stitch = reply.response_metadata["stitch"]
+        assert (stitch["policy"], stitch["policy_reason"]) == (expected.name, expected.reason)
+        if expected.router.llm_only:
+            assert set(reply.response_metadata["token_sources"]) == {"llm"}
+            assert stitch["slm_forward_passes"] == 0 and stitch["switches_to_llm"] == 0
+    same = (ChatRStitch(max_tokens=12, quality="exact") if expected.router.llm_only
+            else ChatRStitch(max_tokens=12, threshold=expected.router.threshold))
+    assert auto.invoke(QUESTION).content == same.invoke(QUESTION).content
 
 
 def test_prompt_lookup_under_the_tool_call_grammar_keeps_the_llm_alone_s_calls(real_engine: StitchEngine) -> None:

@@ -123,6 +123,8 @@ def test_call_options_override_fields(rstitch_llm, expected):
     assert llm_alone.additional_kwargs["token_sources"] == ["llm"] * 4
     exact = rstitch_llm.chat(user(QUESTION), max_tokens=4, quality="exact")  # the preset for the LLM's own answer
     assert exact.message.content == llm_alone.message.content and exact.additional_kwargs["token_sources"] == ["llm"] * 4
+    assert exact.additional_kwargs["stitch"]["policy"] == "exact: LLM alone + lookup"
+    assert slm_only.additional_kwargs["stitch"]["policy"] == "R-Stitch tau=1"  # a call's tau: R-Stitch at it
     measured = RStitchLLM(measure_speedup=True, max_tokens=4).chat(user(QUESTION)).additional_kwargs["stitch"]
     assert measured["speedup_basis"] == "measured" and measured["speedup"] > 0
     first_word = expected.text.split()[1]  # "capital" in "The capital of France ..."
