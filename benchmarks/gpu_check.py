@@ -50,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402  (benchmarks/harness.py: shapes, tokenizer, lockstep replay)
 
 from rstitch_engine import EntropyRouter, GenerationSettings, ModelPair, StitchEngine  # noqa: E402
-from rstitch_engine.decoding.slot import Slot  # noqa: E402
+from rstitch_engine.models.runner import RowPlan  # noqa: E402
 from rstitch_engine.models.execution import ExecutionConfig  # noqa: E402
 from rstitch_engine.models.hardware import processor_name  # noqa: E402
 from rstitch_engine.models.loaded import LoadedModel, ModelRole  # noqa: E402
@@ -130,19 +130,20 @@ def decode_loop(loaded: LoadedModel, prompt_tokens: int, steps: int, around: Cal
     """Seconds of each of ``steps`` engine-style decode steps (pass, argmax, the host sync) after a prefill."""
     rng = random.Random(0)
     tokens = [rng.randrange(loaded.vocab_size) for _ in range(prompt_tokens)]
-    slot = Slot(loaded, prompt_tokens + steps + 1)
+    runner = loaded.runner
+    slot = runner.new_slot(prompt_tokens + steps + 1)
     try:
-        tokens.append(int(torch.argmax(slot.catch_up(tokens, "catchup", False).logits)))
+        tokens.append(int(torch.argmax(runner.run_one(RowPlan(slot, tokens, "catchup")).logits)))
         context = around() if around is not None else None
         times = []
         with context if context is not None else contextlib.nullcontext():
             for _ in range(steps):
                 start = time.perf_counter()
-                tokens.append(int(torch.argmax(slot.catch_up(tokens, "decode", False).logits)))
+                tokens.append(int(torch.argmax(runner.run_one(RowPlan(slot, tokens, "decode")).logits)))
                 times.append(time.perf_counter() - start)
         return times
     finally:
-        slot.release()
+        runner.release(slot)
 
 
 def kernel_ms(loaded: LoadedModel, prompt_tokens: int, steps: int) -> float | None:

@@ -48,7 +48,8 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
 
 from rstitch_engine import DEFAULT_LLM, DEFAULT_SLM, GenerationSettings, ModelPair, ModelSpec, StitchEngine
-from rstitch_engine.decoding.slot import Slot
+from rstitch_engine.models.runner import RowPlan
+from rstitch_engine.models.transformers_runner import Slot
 from rstitch_engine.measure.cost_calibration import measure_passes
 from rstitch_engine.measure.trace import (
     STEP_ROLE,
@@ -151,17 +152,18 @@ def pick_device(name: str) -> torch.device:
 
 
 class AloneLoop:
-    """One model decoding alone: the tightest cached greedy loop, on the engine's own pass (``Slot``, so
-    the same cache backend and compiled step as the engine's)."""
+    """One model decoding alone: the tightest cached greedy loop, on the engine's own passes (its runner,
+    so the same cache backend and compiled step as the engine's)."""
 
     def __init__(self, loaded: LoadedModel, prompt_ids: list[int], needed_tokens: int) -> None:
-        self.slot = Slot(loaded, needed_tokens)
+        self.runner = loaded.runner
+        self.slot: Slot = self.runner.new_slot(needed_tokens)  # type: ignore[assignment]
         self.tokens = list(prompt_ids)
 
     @torch.inference_mode()
     def __next__(self) -> int:
         kind = "decode" if self.slot.n_cached else "catchup"
-        token = int(torch.argmax(self.slot.catch_up(self.tokens, kind, False).logits))
+        token = int(torch.argmax(self.runner.run_one(RowPlan(self.slot, self.tokens, kind)).logits))
         self.tokens.append(token)
         return token
 
@@ -169,22 +171,25 @@ class AloneLoop:
         return [self.slot.cache]
 
     def close(self) -> None:
-        self.slot.release()
+        self.runner.release(self.slot)
 
 
 class IdealReplay:
-    """The trace's forward passes on bare ``Slot`` passes: what R-Stitch would cost with a free engine."""
+    """The trace's forward passes on the bare runners' passes: what R-Stitch would cost with a free engine."""
 
     def __init__(self, pair: ModelPair, trace: Trace, prompt_ids: list[int], needed_tokens: int) -> None:
-        self.slots: dict[ModelRole, Slot] = {"slm": Slot(pair.slm, needed_tokens), "llm": Slot(pair.llm, needed_tokens)}
+        self.runners = {"slm": pair.slm.runner, "llm": pair.llm.runner}
+        self.slots: dict[ModelRole, Slot] = {role: runner.new_slot(needed_tokens)  # type: ignore[misc]
+                                             for role, runner in self.runners.items()}
         self.tokens = list(prompt_ids)
         self.steps = iter(trace.steps)
 
     @torch.inference_mode()
     def __next__(self) -> int:
         for code in self.steps:
-            slot = self.slots[STEP_ROLE[code]]
-            token = int(torch.argmax(slot.catch_up(self.tokens, "catchup", False).logits))
+            role = STEP_ROLE[code]
+            plan = RowPlan(self.slots[role], self.tokens, "catchup")
+            token = int(torch.argmax(self.runners[role].run_one(plan).logits))
             if code != "x":
                 self.tokens.append(token)
                 return token
@@ -194,8 +199,8 @@ class IdealReplay:
         return [slot.cache for slot in self.slots.values()]
 
     def close(self) -> None:
-        for slot in self.slots.values():
-            slot.release()
+        for role, slot in self.slots.items():
+            self.runners[role].release(slot)
 
 
 class EngineReplay:

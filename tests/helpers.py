@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from transformers import DynamicCache
 
 from rstitch_engine.decoding.routing import Router, RouterBase, RouterState
-from rstitch_engine.decoding.slot import Slot
+from rstitch_engine.models.transformers_runner import Slot
 from rstitch_engine.models.loaded import cache_keyword
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -9,11 +9,11 @@ from typing import Any
 import torch
 
 from ..models.loaded import LoadedModel
+from ..models.runner import RowPlan
 from .constraints import GrammarState
 from .detokenize import TextAssembler
 from .sampling import RequestRandomness, choose_token
 from .settings import GenerationSettings
-from .slot import Slot
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,8 @@ def decode_alone(
     With a grammar, each step's logits are masked to the allowed tokens as in the stitched loop, a
     position with no allowed token ends the output, and a forced position (one allowed token) is
     kept without a pass, as the stitched loop keeps it: the next pass feeds it with the token before."""
-    slot = Slot(loaded, len(prompt_ids) + settings.max_new_tokens)  # the engine's own pass, cache backend too
+    runner = loaded.runner  # the engine's own passes, cache backend too
+    slot = runner.new_slot(len(prompt_ids) + settings.max_new_tokens)
     randomness = RequestRandomness(settings.seed)
     text = TextAssembler(tokenizer, settings.stop)
     tokens = list(prompt_ids)  # x + y; the slot's cache covers tokens[:slot.n_cached]
@@ -50,7 +51,7 @@ def decode_alone(
             token = grammar.forced_token() if grammar is not None else None
             if token is None:
                 kind = "decode" if len(tokens) - slot.n_cached == 1 and len(tokens) > len(prompt_ids) else "catchup"
-                scores = slot.catch_up(tokens, kind, False).logits  # [V]
+                scores = runner.run_one(RowPlan(slot, tokens, kind)).logits  # [V]
                 if grammar is not None:
                     if grammar.dead_end:
                         break
@@ -64,6 +65,6 @@ def decode_alone(
             if token in eos_ids or text.stopped:
                 break
     finally:
-        slot.release()
+        runner.release(slot)
     output = tokens[len(prompt_ids):]
     return AloneResult(text=text.text, token_ids=tuple(output), seconds=time.perf_counter() - start)

@@ -1,9 +1,10 @@
 """The public entry points of stitched decoding: ``StitchEngine`` and its streams.
 
 A request's state and its Algorithm 1 step are in ``request`` (``StitchRequest``,
-``RequestDecoder``); this module runs those steps, either one request at a time with the forward
-passes serialised (``max_batch_size=1``), or through the ``scheduler``, which runs the steps of all
-concurrent requests together, one batched pass per model and step (the default).
+``RequestDecoder``); this module runs those steps through the ``scheduler``, which runs the steps of
+all concurrent requests together, each model's rows handed to its runner (``models.runner``).
+``max_batch_size=1`` is the same scheduler with one row per step: requests take turns. Which routing
+a request runs is decided once, before its first pass (``policy``).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from .policy import Policy, Quality, Routing, resolve_policy
 from .profile import PairProfile, find_profile
 from .routers import RouterName
 from .routing import Router
-from .scheduler import BatchScheduler, Ticket, idle_when_batched
+from .scheduler import BatchScheduler, Ticket
 from .settings import GenerationSettings
 from .speedup import LlmCostHistory
 from .stats import StitchStats, TokenEvent
@@ -132,7 +133,7 @@ class StitchEngine:
     in turn) each keep their own caches and routing, and their steps run together, one batched
     pass per model (``scheduler``), up to ``max_batch_size`` requests a step. Greedy results equal
     those of the same requests run one by one, up to floating-point summation order.
-    ``max_batch_size=1`` serialises the passes instead (one request's pass at a time).
+    ``max_batch_size=1`` runs one request's step at a time (requests take turns).
     ``llm_wait_steps`` > 0 lets the LLM's rows of a batch wait up to that many steps for company
     while other requests decode on the SLM (fewer, fuller LLM passes: more throughput where a pass
     costs about the same for one row as for several; same tokens, later LLM tokens).
@@ -167,8 +168,9 @@ class StitchEngine:
         """Ended requests whose static caches go back to their pools before the next pass (``_retire``)."""
         self._retired_lock = threading.Lock()
         self.llm_wait_steps = llm_wait_steps
-        self._scheduler = BatchScheduler(max_batch_size, self._forward_lock, before_step=self._release_retired,
-                                         llm_wait_steps=llm_wait_steps)
+        self._scheduler = BatchScheduler(max_batch_size, self._forward_lock,
+                                         {"slm": pair.slm.runner, "llm": pair.llm.runner},
+                                         before_step=self._release_retired, llm_wait_steps=llm_wait_steps)
         self._grammar_tokenizer = GrammarTokenizer(pair.tokenizer, pair.vocab_size, pair.eos_token_ids)
         self._llm_history = LlmCostHistory(model=shipped_cost_model(pair.slm.name, pair.llm.name, pair.llm.device, pair.llm.dtype))
         warm_up_compiled(pair, self.router, self.settings)
@@ -266,8 +268,6 @@ class StitchEngine:
         grammar = self._grammar_state(settings)
         request = StitchRequest.start(self.pair, prompt_ids, settings.max_new_tokens)
         decoder = RequestDecoder(self.pair, request, settings, policy, self._llm_history, grammar)
-        if self.max_batch_size == 1:
-            return StitchStream(self._serial(decoder), request, policy)
         ticket = self._scheduler.admit(decoder)  # joins the next step, whoever drives it
         return StitchStream(self._scheduled(ticket), request, policy, on_close=lambda: self._scheduler.leave(ticket))
 
@@ -328,42 +328,6 @@ class StitchEngine:
 
     # ----------------------------------------------------------------- the loop
 
-    def _serial(self, decoder: RequestDecoder) -> Generator[TokenEvent, None, StitchStats]:
-        """Algorithm 1 with this request's passes run one at a time on the engine. Yields each kept token."""
-        request = decoder.request
-        decoder.started = time.perf_counter()
-        try:
-            return (yield from self._serial_steps(decoder))
-        finally:
-            self._retire(request)
-
-    def _serial_steps(self, decoder: RequestDecoder) -> Generator[TokenEvent, None, StitchStats]:
-        request = decoder.request
-        while not decoder.finished:
-            event = decoder.forced()  # a position the grammar decides: no pass
-            if event is not None:
-                events = [event]
-            elif decoder.finished:
-                break
-            else:
-                events = self._serial_step(decoder)  # none: the SLM token was discarded, the LLM decodes it next
-            for event in events:
-                suspended_since = time.perf_counter()
-                yield event
-                request.idle_seconds += time.perf_counter() - suspended_since  # the consumer's time
-        return decoder.stats()
-
-    @releasing_openmp_team  # the next step may run on another caller's thread (``models.openmp``)
-    def _serial_step(self, decoder: RequestDecoder) -> list[TokenEvent]:
-        """One pass of the request's active model and its routing: the kept tokens' events."""
-        need = decoder.next_pass()
-        waiting_since = time.perf_counter()
-        with self._forward_lock:
-            decoder.request.idle_seconds += time.perf_counter() - waiting_since  # another request's pass
-            self._release_retired()
-            nxt = need.slot.catch_up(need.tokens, need.kind, need.want_hidden, need.proposal)
-        return decoder.advance(nxt)
-
     def _scheduled(self, ticket: Ticket) -> Generator[TokenEvent, None, StitchStats]:
         """The request's events as the scheduler's steps decide them (this consumer may drive steps)."""
         try:
@@ -372,16 +336,14 @@ class StitchEngine:
             self._scheduler.leave(ticket)
             self._retire(ticket.decoder.request)
         decoder = ticket.decoder
-        wall = time.perf_counter() - decoder.started
-        decoder.request.idle_seconds = idle_when_batched(decoder, wall)  # busy: the passes it took part in
-        return decoder.stats(wall)
+        return decoder.stats(time.perf_counter() - decoder.started)
 
     # ----------------------------------------------------------------- helpers
 
     def _retire(self, request: StitchRequest) -> None:
         """Queue an ended request's caches for release. Not released here: this may run while a pass
         (another consumer's step, or the garbage collector inside one) still uses them."""
-        if any(slot.loaded.static_steps is not None for slot in request.slots.values()):
+        if request.pools_caches:
             with self._retired_lock:  # a dynamic cache needs no release: the collector takes it with the request
                 self._retired.append(request)
             if self._forward_lock.acquire(blocking=False):  # no pass running: release now (else before the next)

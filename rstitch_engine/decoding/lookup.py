@@ -4,7 +4,7 @@ Answers to retrieval prompts, multi-turn chats and tool results copy spans of th
 (names, numbers, whole phrases). Before a pass, ``propose`` looks for the most recent earlier
 occurrence of the request's last n tokens (n = ``MAX_NGRAM`` down to ``MIN_NGRAM``) in x + y and
 proposes up to k tokens that followed it. The active model is fed them after its unseen tokens in
-the same forward pass (``Slot.catch_up``), so the pass also yields its next-token distribution
+the same forward pass (the model's runner, ``models.runner``), so the pass also yields its next-token distribution
 after each proposed token.
 
 Exactness. ``RequestDecoder.advance`` then applies Algorithm 1 position by position, exactly as
@@ -13,7 +13,7 @@ step would see only if p_1..p_i are the tokens the request kept, so it walks on 
 token equals the next proposed one and the same model stays in control, and stops at the first
 position where either fails (a different token, an SLM token discarded, the LLM handing back, or
 the end of the request). The proposal's cache entries beyond what was kept are dropped
-(``Slot.rewind``). Every decision is made on the same distribution as without lookup, so tokens and
+(``ModelRunner.rewind``). Every decision is made on the same distribution as without lookup, so tokens and
 sources are the same, up to floating-point summation order (a pass over several tokens is a
 different kernel from a one-token pass; bit-equal in float64 on the tests' pairs).
 

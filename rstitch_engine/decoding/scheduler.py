@@ -1,13 +1,12 @@
 """Continuous batching of concurrent requests: each step runs every live request once.
 
 A step takes up to ``max_batch_size`` runnable requests (those served longest ago first, so a
-bounded batch rotates fairly), asks each ``RequestDecoder`` which pass it needs, and runs one
-batched pass per model (``decoding.batch``): all of a model's rows in one pass, packed where their
-lengths differ, while their keys are few (``PACKED_KEYS_LIMIT``); otherwise (long caches, or a model
-whose attention takes no block mask) one pass per group of similar numbers of new tokens: decodes
-and short catch-ups together, long prompt prefills apart, so that a decode row never pays for a
-prefill's padding. Then every decoder applies its own routing to its own row, exactly as it would
-alone. Requests join (``admit``) and leave (``leave``: finished, closed, abandoned) between steps.
+bounded batch rotates fairly), keeps the tokens their grammars force (no pass), asks each
+``RequestDecoder`` for its plan (one ``RowPlan`` for its active model), hands each model's rows to
+that model's runner (``models.runner.ModelRunner``: it chooses how the rows share passes), and
+gives every decoder its own row's result, which it applies exactly as it would alone. Serial
+decoding is this scheduler with ``max_batch_size=1``. Requests join (``admit``) and leave
+(``leave``: finished, closed, abandoned) between steps.
 
 There is no scheduler thread. A consumer that wants its request's next event and finds none
 decided yet runs a step for everyone if no other consumer is running one; otherwise it waits for
@@ -20,23 +19,21 @@ Faults stay with their request:
 
 * a request whose consumer stops reading pauses once ``MAX_EVENTS_AHEAD`` events wait unread, and
   the others go on;
-* a batched pass that raises is rerun row by row, and only the rows that fail again get the error
-  (raised to their consumer at its next read);
+* a row whose pass fails gets the error (the runner reruns a failed shared pass row by row), raised
+  to its consumer at its next read;
 * an error in a request's own routing (a router that raises) ends that request only;
 * a stream closed, cancelled or garbage-collected leaves before the next step.
 
-A step waits for both models' groups: a request on the SLM waits for the LLM's pass of the same
-step. Grouping by length keeps a long catch-up from stretching everyone's pass, and rotation keeps a
-bounded batch from starving anyone; the step's order (SLM groups first) never changes a result.
+A step waits for both models' passes: a request on the SLM waits for the LLM's pass of the same
+step. Rotation keeps a bounded batch from starving anyone; the step's order (the SLM's rows first)
+never changes a result.
 
 Gathering LLM rows (``llm_wait_steps`` > 0). Where a pass costs nearly the same for 1 row as for 8
-(a GPU, or a CPU with native bf16 matmuls: the LLM's pass here costs 41 ms for 1 token and 46 ms
-for 8), running the LLM's pass in every step that has one LLM row pays its whole cost for that row,
+(a GPU, or a CPU with native bf16 matmuls), running the LLM's pass in every step that has one LLM row pays its whole cost for that row,
 and the requests on the SLM wait for it. So while some requests are on the SLM, the LLM's rows wait
 for company: the LLM's pass runs in a step when at least ``LLM_GATHER_FRACTION`` of the step's
 requests need it, when no request of the step is on the SLM, or when one of its rows has waited
-``llm_wait_steps`` steps; otherwise the step runs the SLM's pass alone (about a quarter of the LLM's)
-and the waiting rows keep their place. No decision depends on when a pass runs, so every request's
+``llm_wait_steps`` steps; otherwise the step runs the SLM's pass alone and the waiting rows keep their place. No decision depends on when a pass runs, so every request's
 tokens and sources are the same as with no waiting; only its latency moves: an LLM row waits at most
 ``llm_wait_steps`` SLM-only steps, in exchange for fewer, fuller LLM passes for the batch.
 """
@@ -45,23 +42,17 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Mapping
 
 from ..models.openmp import releasing_openmp_team
-from .batch import batchable, catch_up_batch
-from .request import PassNeed, RequestDecoder
-from .slot import NextToken
+from ..models.runner import ModelRole, ModelRunner, RowPlan, RowResult
+from .request import RequestDecoder
 from .stats import TokenEvent
 
 MAX_EVENTS_AHEAD = 32
 """A request with this many unread events sits out the next steps until its consumer reads."""
 LLM_GATHER_FRACTION = 0.75
 """With LLM rows waiting for company, the LLM's pass runs once this share of a step's requests need it."""
-LENGTH_SPREAD = 8
-"""Rows that cannot be packed share a pass while the longest feeds at most 2x + this many tokens more than the shortest."""
-PACKED_KEYS_LIMIT = 2048
-"""All of a step's rows on one model share one pass while their cached plus new tokens are at most this many."""
-
 
 class Ticket:
     """One admitted request: its decoder, events decided but not read yet, and how it ended."""
@@ -86,9 +77,11 @@ class Ticket:
 class BatchScheduler:
     """Runs the steps of every admitted request together (see the module docstring)."""
 
-    def __init__(self, max_batch_size: int, step_lock: threading.Lock,
+    def __init__(self, max_batch_size: int, step_lock: threading.Lock, runners: Mapping[ModelRole, ModelRunner],
                  before_step: Callable[[], None] | None = None, llm_wait_steps: int = 0) -> None:
         self.max_batch_size = max_batch_size
+        self._runners = runners
+        """Each model's runner: all of a step's rows on that model go to it together."""
         self.llm_wait_steps = llm_wait_steps
         """At most this many steps an LLM row waits for company (0: the LLM's pass runs in every step that needs it)."""
         self._step_lock = step_lock
@@ -168,13 +161,14 @@ class BatchScheduler:
         if self._before_step is not None:
             self._before_step()
         members = [ticket for ticket in self._take_members() if not _keep_forced(ticket)]
-        needs = self._gather_llm_rows([(ticket, ticket.decoder.next_pass()) for ticket in members])
-        self._mark_served([ticket for ticket, _ in needs])
-        for group in _groups(needs):
-            results = _run_group(group)
-            for (ticket, _), nxt in zip(group, results):
-                if nxt is not None:
-                    _advance(ticket, nxt)
+        rows = self._gather_llm_rows([(ticket, ticket.decoder.plan()) for ticket in members])
+        self._mark_served([ticket for ticket, _ in rows])
+        for role in ("slm", "llm"):
+            on_model = [(ticket, plan) for ticket, plan in rows if plan.slot.role == role]
+            if on_model:
+                results = self._runners[role].run([plan for _, plan in on_model])  # type: ignore[index]
+                for (ticket, _), result in zip(on_model, results):
+                    _advance(ticket, result)
         with self._members_lock:
             self._live = [t for t in self._live if not t.done]
 
@@ -189,68 +183,19 @@ class BatchScheduler:
         with self._members_lock:  # a ticket that left meanwhile (another thread's ``leave``) stays out
             self._live = [t for t in self._live if t not in moved] + [t for t in served if not t.left]
 
-    def _gather_llm_rows(self, needs: list[tuple[Ticket, PassNeed]]) -> list[tuple[Ticket, PassNeed]]:
+    def _gather_llm_rows(self, rows: list[tuple[Ticket, RowPlan]]) -> list[tuple[Ticket, RowPlan]]:
         """The step's rows, less the LLM's rows while they wait for company (see the module docstring)."""
-        on_llm = [ticket for ticket, need in needs if need.role == "llm"]
+        on_llm = [ticket for ticket, plan in rows if plan.slot.role == "llm"]
         if self.llm_wait_steps == 0 or not on_llm:
-            return needs
+            return rows
         waited_enough = max(ticket.steps_waited_for_llm for ticket in on_llm) >= self.llm_wait_steps
-        if len(on_llm) == len(needs) or waited_enough or len(on_llm) >= LLM_GATHER_FRACTION * len(needs):
+        if len(on_llm) == len(rows) or waited_enough or len(on_llm) >= LLM_GATHER_FRACTION * len(rows):
             for ticket in on_llm:
                 ticket.steps_waited_for_llm = 0
-            return needs
+            return rows
         for ticket in on_llm:
             ticket.steps_waited_for_llm += 1
-        return [(ticket, need) for ticket, need in needs if need.role != "llm"]
-
-
-def _groups(needs: list[tuple[Ticket, PassNeed]]) -> list[list[tuple[Ticket, PassNeed]]]:
-    """Rows that share a pass: one model; all its rows if they can be packed into one pass, else rows
-    of similar numbers of new tokens (shortest first)."""
-    groups: list[list[tuple[Ticket, PassNeed]]] = []
-    for role in ("slm", "llm"):
-        rows = sorted((item for item in needs if item[1].role == role), key=lambda item: item[1].new_tokens)
-        if rows and _one_packed_pass(rows):
-            groups.append(rows)
-            continue
-        current: list[tuple[Ticket, PassNeed]] = []
-        for item in rows:
-            if current and item[1].new_tokens > 2 * current[0][1].new_tokens + LENGTH_SPREAD:
-                groups.append(current)
-                current = []
-            current.append(item)
-        if current:
-            groups.append(current)
-    return groups
-
-
-def _one_packed_pass(rows: list[tuple[Ticket, PassNeed]]) -> bool:
-    """Whether these rows of one model can share one pass (packed, when their lengths differ: ``decoding.batch``).
-
-    A packed pass's attention covers every row's keys for every query, so its cost grows with the
-    product of new tokens and all keys; below ``PACKED_KEYS_LIMIT`` keys the weights' matmuls, which
-    grow with the new tokens alone, dominate, and one pass costs less than one per length group.
-    """
-    slots = [need.slot for _, need in rows]
-    keys = sum(slot.n_cached for slot in slots) + sum(need.new_tokens for _, need in rows)
-    return batchable(slots) and slots[0].loaded.packs_rows and keys <= PACKED_KEYS_LIMIT
-
-
-def _run_group(group: list[tuple[Ticket, PassNeed]]) -> list[NextToken | None]:
-    """One batched pass; if it raises, each row alone, with the error kept by the rows that fail."""
-    needs = [need for _, need in group]
-    try:
-        return catch_up_batch([n.slot for n in needs], [n.tokens for n in needs], [n.kind for n in needs],
-                              any(n.want_hidden for n in needs), [n.proposal for n in needs])
-    except Exception:  # noqa: BLE001 - find the row at fault; the others go on
-        results: list[NextToken | None] = []
-        for ticket, need in group:
-            try:
-                results.append(need.slot.catch_up(need.tokens, need.kind, need.want_hidden, need.proposal))
-            except Exception as error:  # noqa: BLE001 - delivered to this request's consumer
-                ticket.error = error
-                results.append(None)
-        return results
+        return [(ticket, plan) for ticket, plan in rows if plan.slot.role != "llm"]
 
 
 def _keep_forced(ticket: Ticket) -> bool:
@@ -263,16 +208,14 @@ def _keep_forced(ticket: Ticket) -> bool:
     return ticket.done
 
 
-def _advance(ticket: Ticket, nxt: NextToken) -> None:
+def _advance(ticket: Ticket, result: RowResult) -> None:
+    """Apply a row's result to its request: its events, or the error of its pass or of its routing."""
+    if result.error is not None:
+        ticket.error = result.error
+        return
     try:
-        events = ticket.decoder.advance(nxt)
+        events = ticket.decoder.advance(result)
     except Exception as error:  # noqa: BLE001 - a router that raises ends its own request only
         ticket.error = error
         return
     ticket.events.extend(events)
-
-
-def idle_when_batched(decoder: RequestDecoder, wall_seconds: float) -> float:
-    """Idle time of a batched request: its wall time minus the wall time of the passes it took part in."""
-    busy = sum(record.seconds for record in decoder.request.records())
-    return max(wall_seconds - busy, 0.0)

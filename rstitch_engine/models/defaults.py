@@ -105,7 +105,7 @@ def _default_gguf() -> Path | None:
 
 
 def _convert_gguf_to_folder(gguf: Path, folder: Path) -> None:
-    """Dequantise once to float32 safetensors (loading GGUF takes ~30 s on a 2-core CPU)."""
+    """Dequantise once to float32 safetensors (loading a GGUF dequantises every tensor: slow to repeat)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -10,9 +10,8 @@ import torch
 
 def native_bfloat16(device: torch.device | str) -> bool:
     """True where bfloat16 matmuls run in hardware: CUDA GPUs that support them, and CPUs with
-    AVX512-BF16 or AMX. There, bfloat16 beats float32 for this workload: on a 2-core AVX512-BF16 CPU,
-    SmolLM2-135M decodes in 38 ms against 62 ms, and a catch-up pass of 3 tokens costs what one decode
-    step costs (94 ms in float32, where small multi-token matmuls are slow).
+    AVX512-BF16 or AMX. There, bfloat16 beats float32 for this workload, decodes and short multi-token
+    catch-ups alike (benchmarks/default_pair.py measures both dtypes).
     Elsewhere (older CPUs) bfloat16 is emulated and slower, so float32 stays the choice."""
     device = torch.device(device)
     if device.type == "cuda":

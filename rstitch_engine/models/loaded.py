@@ -1,4 +1,4 @@
-"""One model of a pair, loaded and shared by every request, and the record of one forward pass.
+"""One model of a pair, loaded and shared by every request; its ``runner`` runs every pass the engine needs.
 
 ``LoadedModel.forward`` is the one cached pass that the engine, the LLM-alone baseline, the cost
 model's calibration and the benchmark harness all run, so their timings describe the same work.
@@ -10,15 +10,16 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
 from .execution import ExecutionConfig, StaticSteps
+from .runner import ForwardKind, ForwardRecord, ModelRole, ModelRunner
+from .transformers_runner import TransformersRunner
 
-ModelRole = Literal["slm", "llm"]
-ForwardKind = Literal["decode", "catchup"]
+__all__ = ["ForwardKind", "ForwardRecord", "LoadedModel", "ModelRole", "cache_keyword"]
 
 
 def cache_keyword(model: PreTrainedModel) -> str:
@@ -63,7 +64,7 @@ class LoadedModel:
     def forward_rows(self, new: list[list[int]], cached: list[int], cache: DynamicCache, past: int,
                      want_hidden: bool = False, keep: list[int] | None = None, packed: bool = False
                      ) -> tuple[list[torch.Tensor], torch.Tensor | None]:
-        """One cached pass over several rows, laid out by ``decoding.batch``.
+        """One cached pass over several rows, laid out by ``transformers_runner``.
 
         Padded (``packed`` False): row r's ``new[r]`` tokens at positions ``cached[r] ..``, right-padded
         to N = max len; ``cache`` holds each row's ``cached[r]`` keys/values left-padded to ``past``.
@@ -112,6 +113,11 @@ class LoadedModel:
         """The static-cache pass runner (pool, buckets, compiled step); None with the dynamic cache."""
         return StaticSteps(self, self.execution) if self.execution.static else None
 
+    @functools.cached_property
+    def runner(self) -> ModelRunner:
+        """The one runner of this model's passes (``transformers_runner``)."""
+        return TransformersRunner(self)
+
     @property
     def cache_keyword(self) -> str:
         return self._cache_keyword
@@ -143,25 +149,6 @@ class LoadedModel:
     @functools.cached_property
     def _cache_keyword(self) -> str:
         return cache_keyword(self.model)
-
-
-@dataclass(frozen=True)
-class ForwardRecord:
-    """What one forward pass of one model did."""
-
-    role: ModelRole
-    kind: ForwardKind
-    """'decode': fed only the token this model wrote itself on the step before.
-    'catchup': fed tokens it had not seen yet (the prompt, or tokens the other model wrote)."""
-    new_tokens: int
-    cached_tokens: int
-    """Tokens the cache covered before this pass."""
-    seconds: float
-    """Wall time of the pass; in a batched pass, of the whole pass (shared by its rows)."""
-    batch_size: int = 1
-    """Requests that shared this pass (1: the request ran alone)."""
-    proposed_tokens: int = 0
-    """Of ``new_tokens``, those proposed by prompt lookup (``decoding.lookup``) after the unseen ones."""
 
 
 Layout = tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[list[tuple[int, int]]]]

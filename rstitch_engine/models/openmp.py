@@ -7,8 +7,7 @@ spin only briefly before it sleeps, so each of a decode pass's many small region
 wake-up, on *any* thread once a second team lives, the first thread's included. Concurrent callers
 drive the engine from several threads (LangChain's ``batch`` thread pool, ``asyncio.to_thread``, a
 web server's workers), each of which would keep its team, so every later pass of the process ran
-throttled: on 2 cores, 8 threads calling ``generate`` on the default pair ran at 48.2 tok/s without
-this release and 78.0 with it (``benchmarks/batched_throughput.py``, "batched from threads", and its
+throttled (``benchmarks/batched_throughput.py`` measures it: "batched from threads", and its
 ``--keep-openmp-teams`` ablation).
 
 So every unit of the engine's torch work (a scheduler step, a one-request pass, a model decoding

@@ -29,11 +29,11 @@ from rstitch_engine import (
     InvalidSettingError,
     StitchEngine,
 )
-from rstitch_engine.decoding import batch as batch_module
-from rstitch_engine.decoding import scheduler as scheduler_module
 from rstitch_engine.decoding.engine import read_in_turn
 from rstitch_engine.decoding.scheduler import MAX_EVENTS_AHEAD
-from rstitch_engine.decoding.slot import Slot
+from rstitch_engine.models import transformers_runner as runner_module
+from rstitch_engine.models.runner import RowPlan
+from rstitch_engine.models.transformers_runner import Slot
 
 PROMPTS = ["The quick brown", "What is 3 + 4? It is", "def add(a, b):", "Café 東京", "When the small model",
            "x", "12 * 3", "lazy dog and the quick fox jumps over"]
@@ -179,13 +179,13 @@ def test_llm_rows_waiting_for_company_change_no_token_and_share_fewer_llm_passes
 
 def test_pass_shares_add_up_to_the_passes_each_model_ran(pair, monkeypatch):
     ran = {"slm": 0, "llm": 0}
-    run_group = scheduler_module._run_group
+    account = runner_module.TransformersRunner._account  # called once per pass the runner runs
 
-    def counting_run_group(group):
-        ran[group[0][1].role] += 1
-        return run_group(group)
+    def counting_account(runner, rows, cached, start):
+        ran[runner.role] += 1
+        return account(runner, rows, cached, start)
 
-    monkeypatch.setattr(scheduler_module, "_run_group", counting_run_group)
+    monkeypatch.setattr(runner_module.TransformersRunner, "_account", counting_account)
     engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, 8, 4)
     stats = [s for _, s in _read_in_turn([engine.stream(p, SETTINGS, EntropyRouter(t))
                                           for p, t in zip(PROMPTS, MIXED_TAUS)])]
@@ -335,13 +335,13 @@ def test_a_dropped_unread_stream_leaves_the_batch(batched):
 def test_memory_returns_to_idle_after_200_requests(pair):
     engine = StitchEngine(pair, EntropyRouter(0.7), GenerationSettings(max_new_tokens=8), max_batch_size=16)
     caches: list[weakref.ref] = []
-    original_init = Slot.__post_init__
+    original_init = Slot.__init__
 
-    def tracking_init(slot):
-        original_init(slot)
+    def tracking_init(slot, *args, **kwargs):
+        original_init(slot, *args, **kwargs)
         caches.append(weakref.ref(slot.cache))
 
-    Slot.__post_init__ = tracking_init
+    Slot.__init__ = tracking_init
     try:
         for start in range(0, 200, 20):
             chunk = [PROMPTS[(start + k) % len(PROMPTS)] for k in range(20)]
@@ -352,7 +352,7 @@ def test_memory_returns_to_idle_after_200_requests(pair):
                     list(stream)
         del stream  # the loop variable holds the last request
     finally:
-        Slot.__post_init__ = original_init
+        Slot.__init__ = original_init
     gc.collect()
     assert len(caches) == 400  # two slots per request
     assert engine._scheduler.live_requests == 0
@@ -383,20 +383,22 @@ def test_a_pass_gives_each_row_its_lone_logits_and_cache_in_either_layout(pair, 
     """Rows of different cached lengths and new tokens (decodes beside catch-ups), packed into one
     sequence with a block mask or padded: each row's logits equal its lone pass and its cache
     equals a fresh prefill (float64)."""
-    monkeypatch.setattr(batch_module, "PACKING_WASTE", 1 if packed else 10**9)
+    monkeypatch.setattr(runner_module, "PACKING_WASTE", 1 if packed else 10**9)
     prefixes = [[5, 9, 14], [7, 3, 22, 11, 8, 30, 2], [], [40, 41]]
     new_tokens = [[6], [19], [12, 13, 15, 16, 17], [8, 9, 10, 11, 12, 13, 14]]
     for loaded in (pair.slm, pair.llm):
-        assert batch_module.should_pack(loaded, [len(n) for n in new_tokens]) is packed
+        assert runner_module.should_pack(loaded, [len(n) for n in new_tokens]) is packed
+        runner = loaded.runner
         rows = [prefix + new for prefix, new in zip(prefixes, new_tokens)]
         batched, lone = [Slot(loaded) for _ in rows], [Slot(loaded) for _ in rows]
         for slots in (batched, lone):
             for slot, prefix in zip(slots, prefixes):
                 if prefix:
-                    slot.catch_up(prefix, "catchup", False)
-        results = batch_module.catch_up_batch(batched, rows, ["catchup"] * len(rows), want_hidden=True)
+                    runner.run_one(RowPlan(slot, prefix, "catchup"))
+        monkeypatch.setattr(runner_module, "PACKED_KEYS_LIMIT", 10**9)  # one pass for all rows
+        results = runner.run([RowPlan(slot, row, "catchup", want_hidden=True) for slot, row in zip(batched, rows)])
         for slot, lone_slot, row, result in zip(batched, lone, rows, results):
-            expected = lone_slot.catch_up(row, "catchup", want_hidden=True)
+            expected = runner.run_one(RowPlan(lone_slot, row, "catchup", want_hidden=True))
             torch.testing.assert_close(result.logits, expected.logits, rtol=0, atol=1e-9)
             torch.testing.assert_close(result.hidden, expected.hidden, rtol=0, atol=1e-9)
             assert result.logits.argmax() == expected.logits.argmax()
@@ -408,8 +410,8 @@ def test_a_pass_gives_each_row_its_lone_logits_and_cache_in_either_layout(pair, 
 def test_a_batch_is_exact_whichever_layout_its_passes_take(pair, alone, monkeypatch, layout):
     """Every pass packed (one pass per model and step) or every pass padded (length groups): each
     request keeps its lone tokens, sources and stats."""
-    monkeypatch.setattr(batch_module, "PACKING_WASTE", 1 if layout == "packed" else 10**9)
-    monkeypatch.setattr(scheduler_module, "PACKED_KEYS_LIMIT", 10**9 if layout == "packed" else 0)
+    monkeypatch.setattr(runner_module, "PACKING_WASTE", 1 if layout == "packed" else 10**9)
+    monkeypatch.setattr(runner_module, "PACKED_KEYS_LIMIT", 10**9 if layout == "packed" else 0)
     engine = StitchEngine(pair, EntropyRouter(0.7), SETTINGS, max_batch_size=8, llm_wait_steps=0)
     streams = [engine.stream(p, SETTINGS, EntropyRouter(t)) for p, t in zip(PROMPTS, TAUS)]
     results = [SimpleNamespace(token_ids=tuple(e.token_id for e in events), events=events, stats=stats)
@@ -430,12 +432,12 @@ def test_a_step_packs_all_rows_of_a_model_into_one_pass_unless_their_keys_are_ma
         next(iter(stream))  # each has decoded a token: the next passes are decodes
     late = engine.stream(long_prompt, SETTINGS)  # its first pass is a prefill of its whole prompt
     tickets = [t for t in engine._scheduler._live]
-    needs = [(t, t.decoder.next_pass()) for t in tickets]
-    by_role = {role: [n for _, n in needs if n.role == role] for role in ("slm", "llm")}
-    prefill = [n for n in by_role["slm"] if n.slot.n_cached == 0]
-    assert prefill and prefill[0].new_tokens > 2 * min(n.new_tokens for n in by_role["slm"]) + scheduler_module.LENGTH_SPREAD
-    assert sum(1 for g in scheduler_module._groups(needs) if g[0][1].role == "slm") == 1
-    monkeypatch.setattr(scheduler_module, "PACKED_KEYS_LIMIT", 0)
-    assert sum(1 for g in scheduler_module._groups(needs) if g[0][1].role == "slm") == 2
+    plans = [t.decoder.plan() for t in tickets]
+    by_role = {role: [p for p in plans if p.role == role] for role in ("slm", "llm")}
+    prefill = [p for p in by_role["slm"] if p.slot.n_cached == 0]
+    assert prefill and prefill[0].new_tokens > 2 * min(p.new_tokens for p in by_role["slm"]) + runner_module.LENGTH_SPREAD
+    assert len(engine.pair.slm.runner.pass_groups(by_role["slm"])) == 1
+    monkeypatch.setattr(runner_module, "PACKED_KEYS_LIMIT", 0)
+    assert len(engine.pair.slm.runner.pass_groups(by_role["slm"])) == 2
     for stream in streams + [late]:
         stream.close()
