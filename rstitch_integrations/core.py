@@ -44,12 +44,25 @@ from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_B
 from rstitch_engine.decoding.settings import validate_threshold
 from rstitch_engine.models.facts import pair_facts
 
-from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_tool_schema, to_template_prompt
-from .constrained import answer_shape, tool_choice_name, with_json_instruction
+from .chat_format import (
+    TOOL_CALL_OPEN,
+    AnswerParser,
+    AnswerStep,
+    TemplateSupport,
+    normalise_tool_schema,
+    to_template_prompt,
+)
+from .constrained import ANSWER, ToolPolicy, answer_shape, policy_tool_choice, tool_choice_name, with_json_instruction
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
-                "tool_choice", "parallel_tool_calls", "response_format", "constrained", "prompt_lookup_tokens")
+                "tool_choice", "parallel_tool_calls", "response_format", "constrained", "prompt_lookup_tokens",
+                "timeout", "tool_policy")
 """Keyword arguments one call may set (each overrides the option of the same name for that call)."""
+
+REMOTE_ONLY_OPTIONS = ("api_key", "base_url", "max_retries")
+"""Constructor options of remote chat models. rstitch decodes in this process: there is no key to send
+and no request to retry (a failed local call fails the same way again), so a value is refused, not dropped
+(``StitchOptions._refuse_remote_only``; None is accepted and means nothing)."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -110,7 +123,29 @@ class StitchOptions(BaseModel):
         "Decode tool calls and structured output under a grammar (always well-formed, schema-valid); "
         "False: free generation, parsed after."))
     timeout: float | None = Field(default=None, description=(
-        "Seconds one call may take before it raises TimeoutError; None: no limit."))
+        "Seconds one call may take before it raises TimeoutError; None: no limit. A call may set its own."))
+    context_window: int | None = Field(default=None, description=(
+        "Most tokens a call may use, prompt plus max_tokens (a call over it raises InvalidSettingError before "
+        "any work); None: the pair's own window. LlamaIndex sizes its prompts to it (metadata.context_window)."))
+    tool_policy: ToolPolicy = Field(default="auto", description=(
+        "How a call with tools and no explicit tool_choice picks: 'auto': the model decides each turn; "
+        "'until_result': a tool call is required until a tool result follows the latest user message, then "
+        "the model answers (text, or the response format) without tools, so it cannot repeat a call. "
+        "For small pairs that do not choose tools on their own (the default 135M pair)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_remote_only(cls, values: Any) -> Any:
+        """The one place remote-only options (``REMOTE_ONLY_OPTIONS``) are refused in local mode."""
+        if not isinstance(values, dict):
+            return values
+        given = sorted(key for key in REMOTE_ONLY_OPTIONS if values.get(key) is not None)
+        if given:
+            raise InvalidSettingError(
+                f"{', '.join(given)}: options of remote chat models; rstitch decodes locally, with no key to send "
+                "and no request to retry. Remove them."
+            )
+        return {key: value for key, value in values.items() if key not in REMOTE_ONLY_OPTIONS}
 
     @field_validator("threshold", mode="before")
     @classmethod
@@ -125,8 +160,9 @@ class StitchOptions(BaseModel):
         self.request_router({})
         ExecutionConfig(kv_cache=self.kv_cache, compile=self.compile, cache_tokens=self.cache_tokens)  # raises if invalid
         validate_batching(self.max_batch_size, self.llm_wait_steps)
-        if self.timeout is not None and not self.timeout > 0:
-            raise InvalidSettingError(f"timeout must be > 0 seconds or None, got {self.timeout!r}")
+        validate_timeout(self.timeout)
+        if self.context_window is not None and not self.context_window > 0:
+            raise InvalidSettingError(f"context_window must be a token count > 0 or None, got {self.context_window!r}")
         return self
 
     def load_engine(self) -> StitchEngine:
@@ -218,7 +254,12 @@ def prepare_call(
     if unknown:
         raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {', '.join(CALL_OPTIONS)}")
     settings, router = options.request_settings(call), options.request_router(call)
-    tool_choice = tool_choice_name(call.get("tool_choice"))
+    timeout = validate_timeout(call.get("timeout", options.timeout))
+    tool_choice = policy_tool_choice(tool_choice_name(call.get("tool_choice")), call.get("tool_policy", options.tool_policy),
+                                     messages, bool(call.get("tools")))
+    answer_now = tool_choice == ANSWER  # the policy's last turn: tools off, the answer ends where a call would open
+    if answer_now:
+        tool_choice = "none"
     try:
         tools = [normalise_tool_schema(t) for t in call.get("tools") or ()] if tool_choice != "none" else []
         shape = answer_shape(tools, tool_choice, call.get("response_format"), call.get("constrained", options.constrained),
@@ -229,14 +270,20 @@ def prepare_call(
         )
     except ValueError as error:  # chat_format's one error type: a message or tool it cannot render
         raise InvalidSettingError(str(error)) from error
-    settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys((*settings.stop, *shape.stop))))
+    stop = (*settings.stop, *shape.stop, *((TOOL_CALL_OPEN,) if answer_now else ()))
+    settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys(stop)))
     template_messages = prompt.messages
     if shape.json_answer is not None:
         template_messages = with_json_instruction(template_messages, shape.json_answer)
     ids = engine.encode(template_messages, tools=prompt.tools)
     if shape.prefix:
         ids += engine.pair.tokenizer.encode(shape.prefix, add_special_tokens=False)
-    deadline = time.monotonic() + options.timeout if options.timeout is not None else None
+    if options.context_window is not None and len(ids) + settings.max_new_tokens > options.context_window:
+        raise InvalidSettingError(
+            f"the prompt ({len(ids)} tokens) plus max_tokens ({settings.max_new_tokens}) is over context_window "
+            f"({options.context_window}); shorten the prompt, lower max_tokens or raise context_window"
+        )
+    deadline = time.monotonic() + timeout if timeout is not None else None
     tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
     return PreparedCall(ids, settings, router, shape.prefix, tool_names, shape.forced_call, deadline)
 
@@ -287,6 +334,15 @@ def _steps(
         yield CallStep(pending.then(rest), parser, stats=stats)
     finally:
         stream.close()
+
+
+def validate_timeout(timeout: Any) -> float | None:
+    """``timeout`` if it is None or a number of seconds > 0, else ``InvalidSettingError``."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidSettingError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+    return float(timeout)
 
 
 def _check_deadline(deadline: float | None) -> None:

@@ -61,7 +61,7 @@ def add_up(chunks: list[AIMessageChunk]) -> AIMessageChunk:
 
 def test_construction_is_cheap_and_validated() -> None:
     started = time.perf_counter()
-    chat = ChatRStitch(model="smollm2-135m-instruct", threshold=0.2, api_key="unused", max_retries=3)
+    chat = ChatRStitch(model="smollm2-135m-instruct", threshold=0.2)
     assert time.perf_counter() - started < 0.5
     assert chat._loaded is None  # nothing loaded until the first call
     assert chat.llm == "smollm2-135m-instruct"
