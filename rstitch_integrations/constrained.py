@@ -42,7 +42,18 @@ from typing import Any, Literal
 from rstitch_engine import Grammar, InvalidSettingError
 from rstitch_engine.decoding.constraints import lark_json
 
-from .chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
+from .tool_calls import (
+    BLOCK_CLOSE,
+    BLOCK_OPEN,
+    END_OF_CALL,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    call_schema,
+    opening_before_arguments,
+    opening_before_name,
+    rest_of_name,
+    tool_call_prefix,
+)
 
 
 ToolPolicy = Literal["auto", "until_result"]
@@ -152,25 +163,24 @@ def _tool_shape(
     if tool_choice is None:  # the model decides; blocks it opens must be valid calls
         if not constrained:
             return AnswerShape()
-        grammar = Grammar.tagged_json(f"{TOOL_CALL_OPEN}\n", _call_schema(by_name), f"\n{TOOL_CALL_CLOSE}",
-                                      required=False, trigger=TOOL_CALL_OPEN)
+        grammar = Grammar.tagged_json(BLOCK_OPEN, call_schema(by_name), BLOCK_CLOSE, required=False,
+                                      trigger=TOOL_CALL_OPEN)
         return AnswerShape(grammar=grammar)
     forced = tool_choice if tool_choice in by_name else (next(iter(by_name)) if len(by_name) == 1 else None)
     close = (TOOL_CALL_CLOSE,)
     if not constrained:
         return AnswerShape(prefix=tool_call_prefix(forced), stop=close, forced_call=True)
     if forced is not None:  # the prefix ends at '"arguments":'; the grammar writes ' {...}}' and the close
-        grammar = Grammar.lark(f'start: " " arguments "}}\\n{TOOL_CALL_CLOSE}"\narguments: {lark_json(by_name[forced])}\n')
-        return AnswerShape(grammar, f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(forced)}, "arguments":', close, True)
+        grammar = Grammar.lark(f'start: " " arguments {json.dumps(END_OF_CALL)}\narguments: {lark_json(by_name[forced])}\n')
+        return AnswerShape(grammar, opening_before_arguments(forced), close, True)
     # the prefix ends at '"name": "'; the grammar picks a tool and writes its arguments (and, in
     # parallel, the blocks of further calls: then the text holds every closing tag and nothing stops it early)
-    opening = f'{TOOL_CALL_OPEN}\n{{"name": "'
+    opening = opening_before_name()
     start = f"start: block (\"\\n\" {json.dumps(opening)} block){{0,{len(by_name) - 1}}}" if parallel_calls else "start: block"
-    rules = [start, f'block: call "}}\\n{TOOL_CALL_CLOSE}"',
+    rules = [start, f"block: call {json.dumps(END_OF_CALL)}",
              "call: " + " | ".join(f"call_{i}" for i in range(len(by_name)))]
     for i, (name, parameters) in enumerate(by_name.items()):
-        rest_of_name = json.dumps(name)[1:] + ', "arguments": '  # the closing quote of the name, then the key
-        rules.append(f"call_{i}: {json.dumps(rest_of_name)} arguments_{i}")
+        rules.append(f"call_{i}: {json.dumps(rest_of_name(name))} arguments_{i}")
         rules.append(f"arguments_{i}: {lark_json(parameters)}")
     grammar = Grammar.lark("\n".join(rules) + "\n")
     if parallel_calls:
@@ -191,24 +201,13 @@ def _tool_or_json_shape(
         return AnswerShape(json_answer=response_format)
     by_name = {tool["function"]["name"]: strict_schema(tool["function"]["parameters"]) for tool in tools}
     answer = {"type": "object"} if schema is None else strict_schema(schema)
-    open_tag, close_tag = json.dumps(f"{TOOL_CALL_OPEN}\n"), json.dumps(f"\n{TOOL_CALL_CLOSE}")
     grammar = Grammar.lark(
         f"start: call_block | answer\n"
-        f"call_block: {open_tag} call {close_tag}\n"
-        f"call: {lark_json(_call_schema(by_name))}\n"
+        f"call_block: {json.dumps(BLOCK_OPEN)} call {json.dumps(BLOCK_CLOSE)}\n"
+        f"call: {lark_json(call_schema(by_name))}\n"
         f"answer: {lark_json(answer)}\n"
     )
     return AnswerShape(grammar=grammar, json_answer=response_format)
-
-
-def _call_schema(parameters_by_name: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """JSON schema of one ``{"name": ..., "arguments": ...}`` call to any of the tools (name first)."""
-    calls = [
-        {"type": "object", "properties": {"name": {"const": name}, "arguments": parameters},
-         "required": ["name", "arguments"], "additionalProperties": False}
-        for name, parameters in parameters_by_name.items()
-    ]
-    return calls[0] if len(calls) == 1 else {"anyOf": calls}
 
 
 # ---------------------------------------------------------------------- JSON answers

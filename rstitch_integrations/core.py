@@ -44,14 +44,9 @@ from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_B
 from rstitch_engine.decoding.settings import validate_threshold
 from rstitch_engine.models.facts import pair_facts
 
-from .chat_format import (
-    TOOL_CALL_OPEN,
-    AnswerParser,
-    AnswerStep,
-    TemplateSupport,
-    normalise_tool_schema,
-    to_template_prompt,
-)
+from .answer_parsing import AnswerParser, AnswerStep
+from .prompt import TemplateSupport, normalise_tool_schema, to_template_prompt
+from .tool_calls import TOOL_CALL_OPEN
 from .constrained import ANSWER, ToolPolicy, answer_shape, policy_tool_choice, tool_choice_name, with_json_instruction
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
@@ -268,7 +263,7 @@ def prepare_call(
             messages, tools, support=TemplateSupport.of(getattr(engine.pair.tokenizer, "chat_template", None)),
             tool_choice=tool_choice,
         )
-    except ValueError as error:  # chat_format's one error type: a message or tool it cannot render
+    except ValueError as error:  # the prompt module's one error type: a message or tool it cannot render
         raise InvalidSettingError(str(error)) from error
     stop = (*settings.stop, *shape.stop, *((TOOL_CALL_OPEN,) if answer_now else ()))
     settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys(stop)))

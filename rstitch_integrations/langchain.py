@@ -37,7 +37,8 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, TokenEvent, release_openmp_team
 
-from .chat_format import THINK_OPEN, AnswerStep, InvalidToolCall, ParsedCall, ToolCall
+from .answer_parsing import THINK_OPEN, AnswerStep
+from .tool_calls import InvalidToolCall, ParsedCall, ToolCall
 from .constrained import check_tool_choice, tool_choice_name
 from .core import PreparedCall, StitchOptions, decode_call, prepare_call
 

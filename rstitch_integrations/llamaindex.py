@@ -56,7 +56,8 @@ from llama_index.core.types import PydanticProgramMode
 
 from rstitch_engine import StitchEngine, release_openmp_team
 
-from .chat_format import AnswerParser, AnswerStep, ToolCall
+from .answer_parsing import AnswerParser, AnswerStep
+from .tool_calls import ToolCall
 from .core import CALL_OPTIONS, CallStep, StitchOptions, decode_call, prepare_call
 
 if TYPE_CHECKING:
@@ -174,7 +175,7 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
         tool_choice: str | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Messages plus ``tools``/``tool_choice`` for ``chat``; the tools are rendered by ``chat_format``.
+        """Messages plus ``tools``/``tool_choice`` for ``chat``; the tools are rendered by ``prompt``.
 
         With ``allow_parallel_tool_calls`` a required call may be several, up to one per tool
         (``constrained.answer_shape``); otherwise the answer is one call.
@@ -325,11 +326,11 @@ def _openai_call(call: ToolCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
 
 
-# ---------------------------------------------------------------------- LlamaIndex -> chat_format
+# ---------------------------------------------------------------------- LlamaIndex -> prompt
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
-    """A LlamaIndex message as an OpenAI-style dict (``chat_format`` renders it)."""
+    """A LlamaIndex message as an OpenAI-style dict (``prompt`` renders it)."""
     role = _ROLE_NAMES.get(message.role, message.role.value)
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
@@ -341,7 +342,7 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
         elif isinstance(block, CachePoint):
             continue  # a prompt-caching hint for remote APIs; a local KV cache needs none
         else:
-            parts.append({"type": block.block_type})  # chat_format skips thinking, rejects media by name
+            parts.append({"type": block.block_type})  # prompt skips thinking, rejects media by name
     # OpenAI-style calls kept by other integrations (as dicts or as SDK objects), and by this one next to
     # its ToolCallBlocks: a call is rendered once per id
     seen = {call["id"] for call in calls if call["id"]}

@@ -13,7 +13,8 @@ from tiny import byte_level_tokenizer
 
 from rstitch_engine import Grammar, InvalidSettingError
 from rstitch_engine.decoding.constraints import GrammarTokenizer
-from rstitch_integrations.chat_format import normalise_tool_schema, tool_call_prefix
+from rstitch_integrations.prompt import normalise_tool_schema
+from rstitch_integrations.tool_calls import tool_call_prefix
 from rstitch_integrations.constrained import (
     answer_shape,
     json_schema_of,

@@ -175,7 +175,7 @@ def test_any_message_order_renders_through_the_chat_template(chat: ChatRStitch, 
     expected = real_engine.encode([
         {"role": "user", "content": "Add 2 and 3."},
         {"role": "assistant", "content": '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'},
-        {"role": "tool", "content": "5", "tool_call_id": "c1"},
+        {"role": "user", "content": "The tool add returned: 5.\nAnswer the question."},  # SmolLM2 has no tool role
         {"role": "system", "content": "Answer in one word."},
         {"role": "assistant", "content": "Five"},
     ])
