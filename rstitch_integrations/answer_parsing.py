@@ -23,6 +23,7 @@ from .tool_calls import (
     new_call_id,
     parse_tool_call,
     unclosed_call,
+    unless_repeated,
 )
 
 THINK_OPEN = "<think>"
@@ -145,9 +146,13 @@ class ToolCallStream:
     ``tool_names``: when given, a call to any other name is invalid. ``new_id`` makes call ids.
     """
 
-    def __init__(self, tool_names: Iterable[str] | None = None, new_id: Callable[[], str] = new_call_id) -> None:
+    def __init__(
+        self, tool_names: Iterable[str] | None = None, new_id: Callable[[], str] = new_call_id,
+        earlier_calls: frozenset[str] = frozenset(),
+    ) -> None:
         self._tags = TagSplitter(TOOL_CALL_OPEN, TOOL_CALL_CLOSE)
         self._names = frozenset(tool_names) if tool_names is not None else None
+        self._earlier = earlier_calls  # call_key()s of calls made since the user's message: a repeat is invalid
         self._new_id = new_id
         self._block: list[str] = []
 
@@ -179,7 +184,8 @@ class ToolCallStream:
             elif kind == "inside":
                 self._block.append(text)
             elif kind == "close":
-                calls.append(parse_tool_call("".join(self._block), self._new_id(), self._names))
+                call = parse_tool_call("".join(self._block), self._new_id(), self._names)
+                calls.append(unless_repeated(call, self._earlier))
                 self._block = []
         return ToolStep("".join(content), calls)
 
@@ -206,12 +212,15 @@ class AnswerParser:
     """A streamed answer split into content, ``<think>`` reasoning and tool calls, with running totals.
 
     ``ThinkSplitter`` runs first (when ``separate_reasoning``), then ``ToolCallStream`` on the
-    content (when ``tool_names``, the names of the tools offered, is not None).
+    content (when ``tool_names``, the names of the tools offered, is not None). A call repeating one
+    of ``earlier_calls`` (``tool_calls.call_key``) with the same arguments becomes an invalid call.
     """
 
-    def __init__(self, separate_reasoning: bool, tool_names: Iterable[str] | None) -> None:
+    def __init__(
+        self, separate_reasoning: bool, tool_names: Iterable[str] | None, earlier_calls: frozenset[str] = frozenset()
+    ) -> None:
         self._think = ThinkSplitter() if separate_reasoning else None
-        self._tools = ToolCallStream(tool_names) if tool_names is not None else None
+        self._tools = ToolCallStream(tool_names, earlier_calls=earlier_calls) if tool_names is not None else None
         self.content = ""
         """All content so far."""
         self.reasoning = ""

@@ -15,6 +15,7 @@ out (``CallStep``) into chunks or responses.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -46,7 +47,7 @@ from rstitch_engine.models.facts import pair_facts
 
 from .answer_parsing import AnswerParser, AnswerStep
 from .prompt import TemplateSupport, normalise_tool_schema, to_template_prompt
-from .tool_calls import TOOL_CALL_OPEN
+from .tool_calls import TOOL_CALL_OPEN, call_key
 from .constrained import ANSWER, ToolPolicy, answer_shape, policy_tool_choice, tool_choice_name, with_json_instruction
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
@@ -235,6 +236,8 @@ class PreparedCall:
     """The answer is one tool call, ended by its closing tag as a stop string."""
     deadline: float | None
     """``time.monotonic()`` past which the call raises TimeoutError."""
+    earlier_calls: frozenset[str] = frozenset()
+    """``call_key``s of the calls made since the latest user message: the answer repeating one is an invalid call."""
 
 
 def prepare_call(
@@ -280,7 +283,8 @@ def prepare_call(
         )
     deadline = time.monotonic() + timeout if timeout is not None else None
     tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
-    return PreparedCall(ids, settings, router, shape.prefix, tool_names, shape.forced_call, deadline)
+    return PreparedCall(ids, settings, router, shape.prefix, tool_names, shape.forced_call, deadline,
+                        calls_since_user(messages))
 
 
 @dataclass(frozen=True)
@@ -314,7 +318,7 @@ def decode_call(
 def _steps(
     engine: StitchEngine, stream: StitchStream, call: PreparedCall, separate_reasoning: bool, measure_speedup: bool
 ) -> Generator[CallStep, None, None]:
-    parser = AnswerParser(separate_reasoning, call.tool_names)
+    parser = AnswerParser(separate_reasoning, call.tool_names, call.earlier_calls)
     pending = parser.feed(call.prefix)  # the forced prefix is part of the answer
     try:
         for event in stream:
@@ -329,6 +333,25 @@ def _steps(
         yield CallStep(pending.then(rest), parser, stats=stats)
     finally:
         stream.close()
+
+
+def calls_since_user(messages: Sequence[Mapping[str, Any]]) -> frozenset[str]:
+    """``call_key``s of the assistant's tool calls after the latest user message (OpenAI-style messages)."""
+    keys: set[str] = set()
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            break
+        for call in message.get("tool_calls") or ():
+            function = call.get("function", call)
+            arguments = function.get("arguments", function.get("args", {}))
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments or "{}")
+                except json.JSONDecodeError:
+                    continue  # a malformed earlier call cannot be repeated exactly
+            if isinstance(function.get("name"), str):
+                keys.add(call_key(function["name"], arguments))
+    return frozenset(keys)
 
 
 def validate_timeout(timeout: Any) -> float | None:

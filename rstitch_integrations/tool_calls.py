@@ -153,6 +153,22 @@ def _name_in(raw: str) -> str | None:
 
 
 
+def call_key(name: str, arguments: Mapping[str, Any]) -> str:
+    """A call's identity for spotting repeats: its name and arguments, key order ignored."""
+    return json.dumps([name, arguments], sort_keys=True, ensure_ascii=False)
+
+
+def unless_repeated(call: ParsedCall, earlier: frozenset[str]) -> ParsedCall:
+    """``call``, or an invalid call when it repeats one of the ``earlier`` calls (``call_key``) with the
+    same arguments: its result is already in the conversation, and an agent loop that runs it again
+    would run until its step limit (a small model copies its last call)."""
+    if isinstance(call, ToolCall) and call_key(call.name, call.arguments) in earlier:
+        raw = format_tool_call(call.name, call.arguments)[len(TOOL_CALL_OPEN):-len(TOOL_CALL_CLOSE)]
+        return InvalidToolCall(call.id, call.name, raw, f"repeats the call {call.name}({json.dumps(call.arguments)}) "
+                               "whose result is already in the conversation")
+    return call
+
+
 def unclosed_call(raw: str, call_id: str) -> InvalidToolCall:
     """A block the text ended inside (no closing tag), as an invalid call."""
     return InvalidToolCall(call_id, _name_in(raw), raw, f"the text ended before {TOOL_CALL_CLOSE}", closed=False)

@@ -13,9 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rstitch_integrations.answer_parsing import TagSplitter, ThinkSplitter, ToolCallStream, parse_output
+from rstitch_integrations.answer_parsing import AnswerParser, TagSplitter, ThinkSplitter, ToolCallStream, parse_output
+from rstitch_integrations.core import calls_since_user
 from rstitch_integrations.prompt import TemplateSupport, normalise_tool_schema, to_template_prompt
-from rstitch_integrations.tool_calls import InvalidToolCall, ToolCall, format_tool_call, tool_call_prefix
+from rstitch_integrations.tool_calls import InvalidToolCall, ToolCall, call_key, format_tool_call, tool_call_prefix
 
 ADD = {"type": "function", "function": {"name": "add", "description": "Add two integers.",
                                         "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
@@ -236,3 +237,18 @@ def test_a_bare_function_schema_is_wrapped_and_a_nameless_one_rejected() -> None
     }
     with pytest.raises(ValueError, match="needs a function name"):
         normalise_tool_schema({"type": "function", "function": {"description": "x"}})
+
+
+def test_a_call_repeating_an_earlier_one_with_the_same_arguments_is_invalid() -> None:
+    earlier = frozenset({call_key("add", {"a": 1, "b": 2})})
+    parser = AnswerParser(False, ["add"], earlier)
+    text = format_tool_call("add", {"b": 2, "a": 1}) + format_tool_call("add", {"a": 1, "b": 3})
+    step = parser.feed(text).then(parser.finish())
+    repeated, fresh = step.calls
+    assert isinstance(repeated, InvalidToolCall) and repeated.name == "add"
+    assert repeated.error.startswith('repeats the call add({"b": 2, "a": 1})')  # key order does not hide a repeat
+    assert isinstance(fresh, ToolCall) and fresh.arguments == {"a": 1, "b": 3}
+    assert calls_since_user([{"role": "user", "content": "?"}, {"role": "assistant", "tool_calls": [
+        {"id": "c", "function": {"name": "add", "arguments": '{"b": 2, "a": 1}'}}]}]) == earlier
+    assert calls_since_user([{"role": "assistant", "tool_calls": [{"function": {"name": "add", "arguments": {}}}]},
+                             {"role": "user", "content": "?"}]) == frozenset()  # before the question: not a repeat
