@@ -93,6 +93,7 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         options): all shared options but ``timeout``, the quality preset calls resolve to, the adapter's
         own output options, and a given engine's identity (its pair is not named by ``llm``/``slm``)."""
         options = {name: getattr(self, name) for name in StitchOptions.model_fields if name not in _NOT_IN_CACHE_KEY}
+        options["option_stop"] = options.pop("stop")  # LangChain writes the call's stop over the key's "stop"
         return {"model_name": self.model_name, **options, "quality": self.preset,
                 "separate_reasoning": self.separate_reasoning, "output_version": self.output_version,
                 "engine": None if self.engine is None else f"{type(self.engine).__name__}@{id(self.engine):x}"}
