@@ -16,6 +16,8 @@ from rstitch_engine import InvalidSettingError, StitchEngine
 from rstitch_integrations.callbacks import RStitchCallbackHandler
 from rstitch_integrations.langchain import ChatRStitch
 
+pytestmark = pytest.mark.real_model
+
 QUESTION = "What is the capital of France?"
 
 
