@@ -1,0 +1,245 @@
+"""Agent tasks on the default pair through LangChain's ``create_agent``: completion, right tool, right arguments,
+steps and speed, the adapter's default routing side by side with the LLM alone.
+
+Each task is one user question to ``langchain.agents.create_agent(ChatRStitch(...), tools=TOOLS)``
+(three real Python tools: multiply, add, capital_of), written as LangChain's docs write an agent.
+Tasks either need one tool (an expected call) or need none (the expected answer is text and no
+call). Configurations, run side by side on every task (alternating order, so the shared machine's
+load hits all alike):
+
+* **policy, default routing**: ``tool_policy="until_result"`` (a call is required until a tool
+  result is in, then the answer), the adapter's default routing (``quality`` unset);
+* **policy, LLM alone**: the same policy, ``quality="exact"`` (the LLM alone, prompt lookup only);
+* **model chooses, default routing**: ``tool_policy="auto"`` (no policy: the 135M model decides).
+
+Per configuration: **completed** (the agent ended on its own with a final answer, within the
+recursion limit, with no error), **right tool** (the first call names the expected tool; for a
+task needing no tool: no call), **right arguments** (the first call's arguments equal the expected
+ones), **answer** (the expected text is in the final answer), **steps** (model calls), **seconds**
+per task, and the **speed** of each configuration against the policy on the LLM alone (its seconds
+over theirs on the same tasks). The policy forces a call on every first turn, so on tasks that
+need no tool it always calls one: that cost is in the table, not hidden.
+
+    python benchmarks/agent_tasks.py --json benchmarks/results/agent_tasks.json
+    python benchmarks/agent_tasks.py --table-from benchmarks/results/agent_tasks.json   # the table again
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from langchain.agents import create_agent
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from rich.console import Console
+from rich.table import Table
+
+from rstitch_engine.models.hardware import processor_name
+from rstitch_integrations.langchain import ChatRStitch
+
+CAPITALS = {"France": "Paris", "Japan": "Tokyo", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin",
+            "Egypt": "Cairo", "Canada": "Ottawa", "Kenya": "Nairobi"}
+
+
+@tool
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers and return the product."""
+    return a * b
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers and return the sum."""
+    return a + b
+
+
+@tool
+def capital_of(country: str) -> str:
+    """Look up the capital city of a country."""
+    return CAPITALS.get(country, f"unknown country {country!r}")
+
+
+TOOLS = [multiply, add, capital_of]
+SYSTEM_PROMPT = "You are a helpful assistant. Use the tools when they help."
+
+
+@dataclass(frozen=True)
+class Task:
+    """One question; ``tool`` None: no tool is needed."""
+
+    question: str
+    tool: str | None
+    arguments: dict[str, Any] | None
+    answer: str
+    """Text the final answer should contain."""
+
+
+TASKS = [
+    Task("What is 6 times 7?", "multiply", {"a": 6, "b": 7}, "42"),
+    Task("What is 12 times 3?", "multiply", {"a": 12, "b": 3}, "36"),
+    Task("Multiply 9 by 8.", "multiply", {"a": 9, "b": 8}, "72"),
+    Task("What is 15 multiplied by 4?", "multiply", {"a": 15, "b": 4}, "60"),
+    Task("What is 25 times 11?", "multiply", {"a": 25, "b": 11}, "275"),
+    Task("What is 17 plus 26?", "add", {"a": 17, "b": 26}, "43"),
+    Task("Add 120 and 35.", "add", {"a": 120, "b": 35}, "155"),
+    Task("What is the sum of 48 and 52?", "add", {"a": 48, "b": 52}, "100"),
+    Task("What is 7 plus 5?", "add", {"a": 7, "b": 5}, "12"),
+    Task("What is the capital of France?", "capital_of", {"country": "France"}, "Paris"),
+    Task("What is the capital of Japan?", "capital_of", {"country": "Japan"}, "Tokyo"),
+    Task("Which city is the capital of Italy?", "capital_of", {"country": "Italy"}, "Rome"),
+    Task("Tell me the capital of Egypt.", "capital_of", {"country": "Egypt"}, "Cairo"),
+    Task("What is the capital city of Kenya?", "capital_of", {"country": "Kenya"}, "Nairobi"),
+    Task("Say hello to me.", None, None, "ello"),
+    Task("What colour is the sky on a clear day?", None, None, "blue"),
+    Task("Name a fruit that is yellow.", None, None, "anana"),
+    Task("What do bees make?", None, None, "honey"),
+    Task("Is water wet? Answer yes or no.", None, None, "es"),
+    Task("What animal says moo?", None, None, "cow"),
+]
+
+CONFIGS = {
+    "policy, default routing": {"tool_policy": "until_result"},
+    "policy, LLM alone": {"tool_policy": "until_result", "quality": "exact"},
+    "model chooses, default routing": {"tool_policy": "auto"},
+}
+"""Configuration name -> ChatRStitch options (besides max_tokens)."""
+BASELINE = "policy, LLM alone"
+
+
+@dataclass
+class Outcome:
+    """One task under one configuration."""
+
+    task: str
+    config: str
+    completed: bool
+    right_tool: bool
+    right_arguments: bool
+    answer_ok: bool
+    steps: int
+    seconds: float
+    calls: list[list[Any]]
+    final_answer: str
+    error: str | None = None
+
+
+def run_task(config: str, model: ChatRStitch, task: Task, recursion_limit: int) -> Outcome:
+    agent = create_agent(model, tools=TOOLS, system_prompt=SYSTEM_PROMPT)
+    started = time.perf_counter()
+    try:
+        result = agent.invoke({"messages": [{"role": "user", "content": task.question}]},
+                              {"recursion_limit": recursion_limit})
+    except Exception as error:  # noqa: BLE001 - a failed run is a result (not completed), with its reason
+        seconds = time.perf_counter() - started
+        return Outcome(task.question, config, False, False, False, False, 0, seconds, [], "", repr(error)[:200])
+    seconds = time.perf_counter() - started
+    replies = [m for m in result["messages"] if isinstance(m, AIMessage)]
+    calls = [[c["name"], c["args"]] for m in replies for c in m.tool_calls]
+    final = replies[-1] if replies else None
+    completed = final is not None and not final.tool_calls and bool(str(final.content).strip())
+    if task.tool is None:
+        right_tool = right_arguments = not calls
+    else:
+        right_tool = bool(calls) and calls[0][0] == task.tool
+        right_arguments = right_tool and calls[0][1] == task.arguments
+    answer = str(final.content) if final is not None else ""
+    return Outcome(task.question, config, completed, right_tool, right_arguments,
+                   completed and task.answer.lower() in answer.lower(), len(replies), seconds, calls, answer)
+
+
+def summarise(outcomes: list[Outcome], tasks: Sequence[Task]) -> dict[str, Any]:
+    by_config: dict[str, Any] = {}
+    baseline = {o.task: o.seconds for o in outcomes if o.config == BASELINE}
+    needs = {t.question: t.tool is not None for t in tasks}
+    for config in CONFIGS:
+        mine = [o for o in outcomes if o.config == config]
+        row: dict[str, Any] = {"tasks": len(mine)}
+        for group, members in (("all", mine), ("tool needed", [o for o in mine if needs[o.task]]),
+                               ("no tool needed", [o for o in mine if not needs[o.task]])):
+            row[group] = {
+                "tasks": len(members),
+                "completed": sum(o.completed for o in members),
+                "right_tool": sum(o.right_tool for o in members),
+                "right_arguments": sum(o.right_arguments for o in members),
+                "answer_ok": sum(o.answer_ok for o in members),
+                "mean_steps": statistics.fmean(o.steps for o in members) if members else None,
+            }
+        row["seconds_total"] = sum(o.seconds for o in mine)
+        row["median_seconds_per_task"] = statistics.median(o.seconds for o in mine)
+        row["speed_vs_llm_alone"] = sum(baseline[o.task] for o in mine) / row["seconds_total"]
+        by_config[config] = row
+    return by_config
+
+
+def table(summary: dict[str, Any]) -> Table:
+    out = Table(title="Agent tasks: create_agent on the default pair (counts out of each group's tasks)")
+    for column in ("configuration", "group", "completed", "right tool", "right args", "answer", "steps",
+                   "s / task (median)", "speed vs policy+LLM alone"):
+        out.add_column(column)
+    for config, row in summary.items():
+        for group in ("tool needed", "no tool needed", "all"):
+            cells = row[group]
+            n = cells["tasks"]
+            last = group == "all"
+            out.add_row(config if group == "tool needed" else "", group, f"{cells['completed']}/{n}",
+                        f"{cells['right_tool']}/{n}", f"{cells['right_arguments']}/{n}", f"{cells['answer_ok']}/{n}",
+                        f"{cells['mean_steps']:.2f}" if n else "", f"{row['median_seconds_per_task']:.1f}" if last else "",
+                        f"x{row['speed_vs_llm_alone']:.2f}" if last else "")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the outcomes and the summary here")
+    parser.add_argument("--max-tokens", type=int, default=32, help="per model call")
+    parser.add_argument("--recursion-limit", type=int, default=8, help="LangGraph steps before an agent is stopped")
+    parser.add_argument("--tasks", type=int, default=len(TASKS), help="the first N tasks only (a quick look)")
+    parser.add_argument("--table-from", type=Path, help="print the table of a JSON report written before, and stop")
+    args = parser.parse_args(argv)
+    console = Console(width=160)
+    if args.table_from:
+        console.print(table(json.loads(args.table_from.read_text())["summary"]))
+        return 0
+
+    tasks = TASKS[: args.tasks]
+    models = {name: ChatRStitch(max_tokens=args.max_tokens, **options) for name, options in CONFIGS.items()}
+    models[BASELINE].invoke("Hi", max_tokens=1)  # load the pair before any timing
+    outcomes: list[Outcome] = []
+    for index, task in enumerate(tasks):
+        order = list(CONFIGS)[index % len(CONFIGS):] + list(CONFIGS)[: index % len(CONFIGS)]  # rotate who goes first
+        for config in order:
+            outcome = run_task(config, models[config], task, args.recursion_limit)
+            outcomes.append(outcome)
+            console.print(f"{index + 1}/{len(tasks)} {config}: {task.question!r} -> calls {outcome.calls}, "
+                          f"answer {outcome.final_answer[:60]!r}, {outcome.seconds:.1f} s"
+                          + (f", error {outcome.error}" if outcome.error else ""), markup=False)
+    summary = summarise(outcomes, tasks)
+    console.print(table(summary))
+    if args.json:
+        report = {
+            "benchmark": "agent_tasks",
+            "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+            "machine": {"processor": processor_name(), "platform": platform.platform(),
+                        "torch_threads": torch.get_num_threads()},
+            "settings": {"max_tokens": args.max_tokens, "recursion_limit": args.recursion_limit,
+                         "configs": CONFIGS, "baseline": BASELINE, "system_prompt": SYSTEM_PROMPT},
+            "summary": summary,
+            "outcomes": [asdict(o) for o in outcomes],
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
