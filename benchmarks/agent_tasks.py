@@ -10,7 +10,8 @@ load hits all alike):
 * **policy, default routing**: ``tool_policy="until_result"`` (a call is required until a tool
   result is in, then the answer), the adapter's default routing (``quality`` unset);
 * **policy, LLM alone**: the same policy, ``quality="exact"`` (the LLM alone, prompt lookup only);
-* **model chooses, default routing**: ``tool_policy="auto"`` (no policy: the 135M model decides).
+* **model chooses, default routing**: ``tool_policy="auto"`` (no policy: the 135M model decides);
+  only with ``--configs`` (it triples a run that takes about an hour on a loaded 2-core CPU).
 
 Per configuration: **completed** (the agent ended on its own with a final answer, within the
 recursion limit, with no error), **right tool** (the first call names the expected tool; for a
@@ -157,11 +158,11 @@ def run_task(config: str, model: ChatRStitch, task: Task, recursion_limit: int) 
                    completed and task.answer.lower() in answer.lower(), len(replies), seconds, calls, answer)
 
 
-def summarise(outcomes: list[Outcome], tasks: Sequence[Task]) -> dict[str, Any]:
+def summarise(outcomes: list[Outcome], tasks: Sequence[Task], configs: Sequence[str]) -> dict[str, Any]:
     by_config: dict[str, Any] = {}
     baseline = {o.task: o.seconds for o in outcomes if o.config == BASELINE}
     needs = {t.question: t.tool is not None for t in tasks}
-    for config in CONFIGS:
+    for config in configs:
         mine = [o for o in outcomes if o.config == config]
         row: dict[str, Any] = {"tasks": len(mine)}
         for group, members in (("all", mine), ("tool needed", [o for o in mine if needs[o.task]]),
@@ -204,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-tokens", type=int, default=32, help="per model call")
     parser.add_argument("--recursion-limit", type=int, default=8, help="LangGraph steps before an agent is stopped")
     parser.add_argument("--tasks", type=int, default=len(TASKS), help="the first N tasks only (a quick look)")
+    parser.add_argument("--configs", default=",".join(list(CONFIGS)[:2]),
+                        help=f"comma-separated configurations, from: {', '.join(CONFIGS)} (default: the first two)")
     parser.add_argument("--table-from", type=Path, help="print the table of a JSON report written before, and stop")
     args = parser.parse_args(argv)
     console = Console(width=160)
@@ -212,18 +215,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     tasks = TASKS[: args.tasks]
-    models = {name: ChatRStitch(max_tokens=args.max_tokens, **options) for name, options in CONFIGS.items()}
+    configs = args.configs.split(",")
+    if BASELINE not in configs or not set(configs) <= set(CONFIGS):
+        parser.error(f"--configs must name configurations from {list(CONFIGS)}, {BASELINE!r} among them")
+    models = {name: ChatRStitch(max_tokens=args.max_tokens, **CONFIGS[name]) for name in configs}
     models[BASELINE].invoke("Hi", max_tokens=1)  # load the pair before any timing
     outcomes: list[Outcome] = []
     for index, task in enumerate(tasks):
-        order = list(CONFIGS)[index % len(CONFIGS):] + list(CONFIGS)[: index % len(CONFIGS)]  # rotate who goes first
+        order = configs[index % len(configs):] + configs[: index % len(configs)]  # rotate who goes first
         for config in order:
             outcome = run_task(config, models[config], task, args.recursion_limit)
             outcomes.append(outcome)
             console.print(f"{index + 1}/{len(tasks)} {config}: {task.question!r} -> calls {outcome.calls}, "
                           f"answer {outcome.final_answer[:60]!r}, {outcome.seconds:.1f} s"
                           + (f", error {outcome.error}" if outcome.error else ""), markup=False)
-    summary = summarise(outcomes, tasks)
+    summary = summarise(outcomes, tasks, configs)
     console.print(table(summary))
     if args.json:
         report = {
@@ -232,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "machine": {"processor": processor_name(), "platform": platform.platform(),
                         "torch_threads": torch.get_num_threads()},
             "settings": {"max_tokens": args.max_tokens, "recursion_limit": args.recursion_limit,
-                         "configs": CONFIGS, "baseline": BASELINE, "system_prompt": SYSTEM_PROMPT},
+                         "configs": {name: CONFIGS[name] for name in configs}, "baseline": BASELINE, "system_prompt": SYSTEM_PROMPT},
             "summary": summary,
             "outcomes": [asdict(o) for o in outcomes],
         }
