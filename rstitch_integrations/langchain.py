@@ -444,3 +444,41 @@ def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
 
 
 # ---------------------------------------------------------------------- small helpers
+
+
+# ---------------------------------------------------------------------- reaching the model by name
+
+PROVIDER = "rstitch"
+"""The provider name in ``"rstitch:<llm>"`` model strings."""
+
+
+def init_chat_model(model: str, *, model_provider: str | None = None, **kwargs: Any) -> BaseChatModel:
+    """``langchain.chat_models.init_chat_model`` that also knows rstitch: a drop-in for code that picks
+    its chat model by name.
+
+    ``"rstitch:<llm>"``, ``"rstitch:<llm>+<slm>"`` (the form of ``ChatRStitch.model_name``; ``+draft``
+    is the default pair's shipped draft) or ``model_provider="rstitch"`` give a ``ChatRStitch`` with
+    ``kwargs`` as its options (unknown ones raise); any other model goes to LangChain's own
+    ``init_chat_model`` unchanged. LangChain's provider list is closed, so its function cannot be
+    taught the name; from a server, ``rstitch serve`` is reached with its OpenAI provider instead
+    (``init_chat_model(model, model_provider="openai", base_url=...)``).
+
+    Example:
+        .. code-block:: python
+
+            from rstitch_integrations.langchain import init_chat_model
+
+            chat = init_chat_model("rstitch:smollm2-135m-instruct", max_tokens=64, tool_policy="until_result")
+    """
+    name = model
+    if model_provider is None and model.startswith(f"{PROVIDER}:"):
+        model_provider, name = PROVIDER, model.split(":", 1)[1]
+    if model_provider != PROVIDER:
+        from langchain.chat_models import init_chat_model as langchain_init_chat_model
+
+        return langchain_init_chat_model(model, model_provider=model_provider, **kwargs)
+    llm, _, slm = name.partition("+")
+    if not llm:
+        raise InvalidSettingError(f"an rstitch model name is 'rstitch:<llm>' or 'rstitch:<llm>+<slm>', got {model!r}")
+    pair = {"llm": llm} if not slm or slm == "draft" else {"llm": llm, "slm": slm}
+    return ChatRStitch(**pair, **kwargs)
