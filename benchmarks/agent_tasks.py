@@ -7,10 +7,10 @@ Tasks either need one tool (an expected call) or need none (the expected answer 
 call). Configurations, run side by side on every task (alternating order, so the shared machine's
 load hits all alike):
 
-* **policy, default routing**: ``tool_policy="until_result"`` (a call is required until a tool
+* **policy / default routing**: ``tool_policy="until_result"`` (a call is required until a tool
   result is in, then the answer), the adapter's default routing (``quality`` unset);
-* **policy, LLM alone**: the same policy, ``quality="exact"`` (the LLM alone, prompt lookup only);
-* **model chooses, default routing**: ``tool_policy="auto"`` (no policy: the 135M model decides);
+* **policy / LLM alone**: the same policy, ``quality="exact"`` (the LLM alone, prompt lookup only);
+* **model chooses / default routing**: ``tool_policy="auto"`` (no policy: the 135M model decides);
   only with ``--configs`` (it triples a run that takes about an hour on a loaded 2-core CPU).
 
 Per configuration: **completed** (the agent ended on its own with a final answer, within the
@@ -109,12 +109,12 @@ TASKS = [
 ]
 
 CONFIGS = {
-    "policy, default routing": {"tool_policy": "until_result"},
-    "policy, LLM alone": {"tool_policy": "until_result", "quality": "exact"},
-    "model chooses, default routing": {"tool_policy": "auto"},
+    "policy / default routing": {"tool_policy": "until_result"},
+    "policy / LLM alone": {"tool_policy": "until_result", "quality": "exact"},
+    "model chooses / default routing": {"tool_policy": "auto"},
 }
 """Configuration name -> ChatRStitch options (besides max_tokens)."""
-BASELINE = "policy, LLM alone"
+BASELINE = "policy / LLM alone"
 
 
 @dataclass
