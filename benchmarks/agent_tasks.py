@@ -4,8 +4,9 @@ steps and speed, the adapter's default routing side by side with the LLM alone.
 Each task is one user question to ``langchain.agents.create_agent(ChatRStitch(...), tools=TOOLS)``
 (three real Python tools: multiply, add, capital_of), written as LangChain's docs write an agent.
 Tasks either need one tool (an expected call) or need none (the expected answer is text and no
-call). Configurations, run side by side on every task (alternating order, so the shared machine's
-load hits all alike):
+call). All tasks of a configuration run at once (``agent.batch``: the adapter shares forward passes
+between concurrent requests, up to ``max_batch_size``), and the configurations take turns, in the
+order A B ... then ... B A (``--rounds`` 2), so the shared machine's load hits all alike:
 
 * **policy / default routing**: ``tool_policy="until_result"`` (a call is required until a tool
   result is in, then the answer), the adapter's default routing (``quality`` unset);
@@ -16,9 +17,10 @@ load hits all alike):
 Per configuration: **completed** (the agent ended on its own with a final answer, within the
 recursion limit, with no error), **right tool** (the first call names the expected tool; for a
 task needing no tool: no call), **right arguments** (the first call's arguments equal the expected
-ones), **answer** (the expected text is in the final answer), **steps** (model calls), **seconds**
-per task, and the **speed** of each configuration against the policy on the LLM alone (its seconds
-over theirs on the same tasks). The policy forces a call on every first turn, so on tasks that
+ones), **answer** (the expected text is in the final answer), **steps** (model calls), the wall
+**seconds** of each configuration's batches, and its **speed** against the policy on the LLM alone
+(the baseline's seconds over this configuration's, summed over the rounds). Greedy decoding: every round
+must give the same answers (checked; ``rounds_agree``). The policy forces a call on every first turn, so on tasks that
 need no tool it always calls one: that cost is in the table, not hidden.
 
     python benchmarks/agent_tasks.py --json benchmarks/results/agent_tasks.json
@@ -128,22 +130,25 @@ class Outcome:
     right_arguments: bool
     answer_ok: bool
     steps: int
-    seconds: float
     calls: list[list[Any]]
     final_answer: str
     error: str | None = None
 
 
-def run_task(config: str, model: ChatRStitch, task: Task, recursion_limit: int) -> Outcome:
+def run_batch(config: str, model: ChatRStitch, tasks: Sequence[Task], recursion_limit: int) -> tuple[list[Outcome], float]:
+    """Every task through one agent at once; the outcomes and the batch's wall seconds."""
     agent = create_agent(model, tools=TOOLS, system_prompt=SYSTEM_PROMPT)
+    inputs = [{"messages": [{"role": "user", "content": task.question}]} for task in tasks]
     started = time.perf_counter()
-    try:
-        result = agent.invoke({"messages": [{"role": "user", "content": task.question}]},
-                              {"recursion_limit": recursion_limit})
-    except Exception as error:  # noqa: BLE001 - a failed run is a result (not completed), with its reason
-        seconds = time.perf_counter() - started
-        return Outcome(task.question, config, False, False, False, False, 0, seconds, [], "", repr(error)[:200])
+    results = agent.batch(inputs, {"recursion_limit": recursion_limit, "max_concurrency": len(tasks)},
+                          return_exceptions=True)
     seconds = time.perf_counter() - started
+    return [outcome(config, task, result) for task, result in zip(tasks, results, strict=True)], seconds
+
+
+def outcome(config: str, task: Task, result: Any) -> Outcome:
+    if isinstance(result, Exception):  # a failed run is a result (not completed), with its reason
+        return Outcome(task.question, config, False, False, False, False, 0, [], "", repr(result)[:200])
     replies = [m for m in result["messages"] if isinstance(m, AIMessage)]
     calls = [[c["name"], c["args"]] for m in replies for c in m.tool_calls]
     final = replies[-1] if replies else None
@@ -155,12 +160,13 @@ def run_task(config: str, model: ChatRStitch, task: Task, recursion_limit: int) 
         right_arguments = right_tool and calls[0][1] == task.arguments
     answer = str(final.content) if final is not None else ""
     return Outcome(task.question, config, completed, right_tool, right_arguments,
-                   completed and task.answer.lower() in answer.lower(), len(replies), seconds, calls, answer)
+                   completed and task.answer.lower() in answer.lower(), len(replies), calls, answer)
 
 
-def summarise(outcomes: list[Outcome], tasks: Sequence[Task], configs: Sequence[str]) -> dict[str, Any]:
+def summarise(outcomes: list[Outcome], tasks: Sequence[Task], configs: Sequence[str],
+              seconds: dict[str, list[float]]) -> dict[str, Any]:
+    """Counts per configuration and group (``outcomes``: the first round's), seconds and speed over all rounds."""
     by_config: dict[str, Any] = {}
-    baseline = {o.task: o.seconds for o in outcomes if o.config == BASELINE}
     needs = {t.question: t.tool is not None for t in tasks}
     for config in configs:
         mine = [o for o in outcomes if o.config == config]
@@ -175,9 +181,8 @@ def summarise(outcomes: list[Outcome], tasks: Sequence[Task], configs: Sequence[
                 "answer_ok": sum(o.answer_ok for o in members),
                 "mean_steps": statistics.fmean(o.steps for o in members) if members else None,
             }
-        row["seconds_total"] = sum(o.seconds for o in mine)
-        row["median_seconds_per_task"] = statistics.median(o.seconds for o in mine)
-        row["speed_vs_llm_alone"] = sum(baseline[o.task] for o in mine) / row["seconds_total"]
+        row["batch_seconds"] = seconds[config]
+        row["speed_vs_llm_alone"] = sum(seconds[BASELINE]) / sum(seconds[config])
         by_config[config] = row
     return by_config
 
@@ -185,7 +190,7 @@ def summarise(outcomes: list[Outcome], tasks: Sequence[Task], configs: Sequence[
 def table(summary: dict[str, Any]) -> Table:
     out = Table(title="Agent tasks: create_agent on the default pair (counts out of each group's tasks)")
     for column in ("configuration", "group", "completed", "right tool", "right args", "answer", "steps",
-                   "s / task (median)", "speed vs policy+LLM alone"):
+                   "batch seconds (rounds)", "speed vs policy / LLM alone"):
         out.add_column(column)
     for config, row in summary.items():
         for group in ("tool needed", "no tool needed", "all"):
@@ -194,7 +199,8 @@ def table(summary: dict[str, Any]) -> Table:
             last = group == "all"
             out.add_row(config if group == "tool needed" else "", group, f"{cells['completed']}/{n}",
                         f"{cells['right_tool']}/{n}", f"{cells['right_arguments']}/{n}", f"{cells['answer_ok']}/{n}",
-                        f"{cells['mean_steps']:.2f}" if n else "", f"{row['median_seconds_per_task']:.1f}" if last else "",
+                        f"{cells['mean_steps']:.2f}" if n else "",
+                        " + ".join(f"{x:.0f}" for x in row["batch_seconds"]) if last else "",
                         f"x{row['speed_vs_llm_alone']:.2f}" if last else "")
     return out
 
@@ -204,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the outcomes and the summary here")
     parser.add_argument("--max-tokens", type=int, default=32, help="per model call")
     parser.add_argument("--recursion-limit", type=int, default=8, help="LangGraph steps before an agent is stopped")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of every configuration (alternating order)")
     parser.add_argument("--tasks", type=int, default=len(TASKS), help="the first N tasks only (a quick look)")
     parser.add_argument("--configs", default=",".join(list(CONFIGS)[:2]),
                         help=f"comma-separated configurations, from: {', '.join(CONFIGS)} (default: the first two)")
@@ -220,27 +227,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--configs must name configurations from {list(CONFIGS)}, {BASELINE!r} among them")
     models = {name: ChatRStitch(max_tokens=args.max_tokens, **CONFIGS[name]) for name in configs}
     models[BASELINE].invoke("Hi", max_tokens=1)  # load the pair before any timing
-    outcomes: list[Outcome] = []
-    for index, task in enumerate(tasks):
-        order = configs[index % len(configs):] + configs[: index % len(configs)]  # rotate who goes first
+    rounds: list[list[Outcome]] = []
+    seconds: dict[str, list[float]] = {config: [] for config in configs}
+    for round_index in range(args.rounds):
+        order = configs if round_index % 2 == 0 else configs[::-1]  # A B, then B A: load drifts hit both
+        outcomes: list[Outcome] = []
         for config in order:
-            outcome = run_task(config, models[config], task, args.recursion_limit)
-            outcomes.append(outcome)
-            console.print(f"{index + 1}/{len(tasks)} {config}: {task.question!r} -> calls {outcome.calls}, "
-                          f"answer {outcome.final_answer[:60]!r}, {outcome.seconds:.1f} s"
-                          + (f", error {outcome.error}" if outcome.error else ""), markup=False)
-    summary = summarise(outcomes, tasks, configs)
+            batch, took = run_batch(config, models[config], tasks, args.recursion_limit)
+            outcomes += batch
+            seconds[config].append(took)
+            print(f"round {round_index + 1}, {config}: {took:.1f} s", flush=True)
+            for one in batch:
+                print(f"  {one.task!r} -> calls {one.calls}, answer {one.final_answer[:60]!r}"
+                      + (f", error {one.error}" if one.error else ""), flush=True)
+        rounds.append(outcomes)
+    first = rounds[0]
+    key = lambda o: (o.config, o.task)  # noqa: E731
+    rounds_agree = all(sorted(map(asdict, r), key=lambda d: (d["config"], d["task"]))
+                       == sorted(map(asdict, first), key=lambda d: (d["config"], d["task"])) for r in rounds)
+    summary = summarise(sorted(first, key=key), tasks, configs, seconds)
     console.print(table(summary))
+    console.print(f"rounds agree: {rounds_agree}")
     if args.json:
         report = {
             "benchmark": "agent_tasks",
             "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
             "machine": {"processor": processor_name(), "platform": platform.platform(),
                         "torch_threads": torch.get_num_threads()},
-            "settings": {"max_tokens": args.max_tokens, "recursion_limit": args.recursion_limit,
+            "settings": {"max_tokens": args.max_tokens, "rounds": args.rounds, "tasks": len(tasks), "recursion_limit": args.recursion_limit,
                          "configs": {name: CONFIGS[name] for name in configs}, "baseline": BASELINE, "system_prompt": SYSTEM_PROMPT},
             "summary": summary,
-            "outcomes": [asdict(o) for o in outcomes],
+            "rounds_agree": rounds_agree,
+            "outcomes": [asdict(o) for o in first],
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
