@@ -44,7 +44,8 @@ from rstitch_engine import GenerationSettings, StitchEngine, shared_engine
 from rstitch_engine.models.defaults import DEFAULT_THRESHOLD
 from rstitch_engine.models.hardware import processor_name
 from rstitch_engine.models.loaded import cache_keyword
-from rstitch_integrations.chat_format import normalise_tool_schema, parse_output
+from rstitch_integrations.answer_parsing import parse_output
+from rstitch_integrations.prompt import normalise_tool_schema
 from rstitch_integrations.core import PreparedCall, StitchOptions, prepare_call
 
 CONFIGS = ("constrained_stitched", "constrained_llm_alone", "free_llm_alone")

@@ -5,6 +5,8 @@ Import the adapter you need (each needs only its own framework):
 * ``rstitch_integrations.langchain.ChatRStitch`` and ``rstitch_integrations.callbacks.RStitchCallbackHandler``
 * ``rstitch_integrations.llamaindex.RStitchLLM`` and ``rstitch_integrations.llamaindex_events.RStitchEventHandler``
 
-``chat_format`` (messages, tools, tool-call and reasoning parsing) and ``accounting`` (the cost
-ledger) are framework-free and shared by both.
+Framework-free and shared by both: ``core`` (options, a call's preparation and decoding),
+``prompt`` (messages and tools to chat-template input), ``answer_parsing`` (streamed text to content,
+reasoning and tool calls), ``tool_calls`` (the ``<tool_call>`` wire format, its one owner),
+``constrained`` (the grammar of a tools or JSON answer) and ``accounting`` (the cost ledger).
 """

@@ -14,6 +14,14 @@ tool's parameters, and a JSON answer always matches its schema:
   budget runs out); a tool name: exactly one call to that tool;
 * ``response_format`` json_schema / json_object: one JSON value of the schema / one JSON object;
   ``{"type": "regex", "pattern": ...}``: text fully matching the regex (Rust regex syntax).
+* tools and a JSON ``response_format`` together, ``tool_choice`` None/'auto': either one
+  ``<tool_call>`` block or the final answer in the format (an agent's turn: call, or finish); a
+  forced choice is a call (the format applies to a later turn); 'none': the answer in the format.
+  A regex format cannot be combined with tools (``InvalidSettingError``).
+
+``tool_policy`` (``policy_tool_choice``) turns an automatic choice into a forced one for models too
+small to choose: 'until_result' requires a call until a tool result follows the latest user
+message, then asks for the answer (``ANSWER``: tools off, the answer cut where it would open a call).
 
 What the grammar forces anyway (the opening of a forced call, up to its name or arguments) is put in
 the model's mouth as ``prefix`` (prompt tokens cost one batched prefill instead of one step each);
@@ -29,12 +37,32 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from rstitch_engine import Grammar, InvalidSettingError
 from rstitch_engine.decoding.constraints import lark_json
 
-from .chat_format import TOOL_CALL_CLOSE, TOOL_CALL_OPEN, tool_call_prefix
+from .tool_calls import (
+    BLOCK_CLOSE,
+    BLOCK_OPEN,
+    END_OF_CALL,
+    TOOL_CALL_CLOSE,
+    TOOL_CALL_OPEN,
+    call_schema,
+    opening_before_arguments,
+    opening_before_name,
+    rest_of_name,
+    tool_call_prefix,
+)
+
+
+ToolPolicy = Literal["auto", "until_result"]
+"""How an automatic tool choice ('auto'/None) is resolved: 'auto': the model decides each turn;
+'until_result': a call is required until a tool result follows the latest user message, then the
+model answers (in text, or in the response format) and calls no tool again, so it cannot repeat a call."""
+
+ANSWER = "answer"
+"""The tool choice 'until_result' turns into once a tool result is in: the final answer, no tools."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +100,28 @@ def tool_choice_name(tool_choice: Any) -> str | None:
     )
 
 
+def policy_tool_choice(
+    tool_choice: str | None, policy: ToolPolicy, messages: Sequence[Mapping[str, Any]], has_tools: bool
+) -> str | None:
+    """The tool choice ``policy`` makes of ``tool_choice`` (as ``tool_choice_name`` returns it) for a
+    conversation of OpenAI-style ``messages``: an explicit choice, or no tools, stay as they are."""
+    if policy not in ("auto", "until_result"):
+        raise InvalidSettingError(f"tool_policy must be 'auto' or 'until_result', got {policy!r}")
+    if policy == "auto" or tool_choice is not None or not has_tools:
+        return tool_choice
+    return ANSWER if has_tool_result(messages) else "any"
+
+
+def has_tool_result(messages: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether a tool result (a 'tool' message) follows the latest user message."""
+    for message in reversed(messages):
+        if message.get("role") == "tool":
+            return True
+        if message.get("role") == "user":
+            return False
+    return False
+
+
 def check_tool_choice(tools: Sequence[Mapping[str, Any]], tool_choice: str | None) -> None:
     """Raise ``InvalidSettingError`` when ``tool_choice`` (as ``tool_choice_name`` returns it) names no bound tool."""
     names = [tool["function"]["name"] for tool in tools]
@@ -90,7 +140,9 @@ def answer_shape(
     ``tool_choice_name`` returns it. Raises ``InvalidSettingError`` for a tool choice naming no bound
     tool and for a schema the grammar engine cannot compile."""
     check_tool_choice(tools, tool_choice)
-    if tools and tool_choice != "none":
+    if tools and tool_choice is None and response_format:
+        shape = _tool_or_json_shape(tools, response_format, constrained)
+    elif tools and tool_choice != "none":
         shape = _tool_shape(tools, tool_choice, constrained, parallel_calls)
     elif response_format:
         shape = _json_shape(response_format, constrained)
@@ -111,25 +163,24 @@ def _tool_shape(
     if tool_choice is None:  # the model decides; blocks it opens must be valid calls
         if not constrained:
             return AnswerShape()
-        grammar = Grammar.tagged_json(f"{TOOL_CALL_OPEN}\n", _call_schema(by_name), f"\n{TOOL_CALL_CLOSE}",
-                                      required=False, trigger=TOOL_CALL_OPEN)
+        grammar = Grammar.tagged_json(BLOCK_OPEN, call_schema(by_name), BLOCK_CLOSE, required=False,
+                                      trigger=TOOL_CALL_OPEN)
         return AnswerShape(grammar=grammar)
     forced = tool_choice if tool_choice in by_name else (next(iter(by_name)) if len(by_name) == 1 else None)
     close = (TOOL_CALL_CLOSE,)
     if not constrained:
         return AnswerShape(prefix=tool_call_prefix(forced), stop=close, forced_call=True)
     if forced is not None:  # the prefix ends at '"arguments":'; the grammar writes ' {...}}' and the close
-        grammar = Grammar.lark(f'start: " " arguments "}}\\n{TOOL_CALL_CLOSE}"\narguments: {lark_json(by_name[forced])}\n')
-        return AnswerShape(grammar, f'{TOOL_CALL_OPEN}\n{{"name": {json.dumps(forced)}, "arguments":', close, True)
+        grammar = Grammar.lark(f'start: " " arguments {json.dumps(END_OF_CALL)}\narguments: {lark_json(by_name[forced])}\n')
+        return AnswerShape(grammar, opening_before_arguments(forced), close, True)
     # the prefix ends at '"name": "'; the grammar picks a tool and writes its arguments (and, in
     # parallel, the blocks of further calls: then the text holds every closing tag and nothing stops it early)
-    opening = f'{TOOL_CALL_OPEN}\n{{"name": "'
+    opening = opening_before_name()
     start = f"start: block (\"\\n\" {json.dumps(opening)} block){{0,{len(by_name) - 1}}}" if parallel_calls else "start: block"
-    rules = [start, f'block: call "}}\\n{TOOL_CALL_CLOSE}"',
+    rules = [start, f"block: call {json.dumps(END_OF_CALL)}",
              "call: " + " | ".join(f"call_{i}" for i in range(len(by_name)))]
     for i, (name, parameters) in enumerate(by_name.items()):
-        rest_of_name = json.dumps(name)[1:] + ', "arguments": '  # the closing quote of the name, then the key
-        rules.append(f"call_{i}: {json.dumps(rest_of_name)} arguments_{i}")
+        rules.append(f"call_{i}: {json.dumps(rest_of_name(name))} arguments_{i}")
         rules.append(f"arguments_{i}: {lark_json(parameters)}")
     grammar = Grammar.lark("\n".join(rules) + "\n")
     if parallel_calls:
@@ -137,14 +188,26 @@ def _tool_shape(
     return AnswerShape(grammar, opening, close, True)
 
 
-def _call_schema(parameters_by_name: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """JSON schema of one ``{"name": ..., "arguments": ...}`` call to any of the tools (name first)."""
-    calls = [
-        {"type": "object", "properties": {"name": {"const": name}, "arguments": parameters},
-         "required": ["name", "arguments"], "additionalProperties": False}
-        for name, parameters in parameters_by_name.items()
-    ]
-    return calls[0] if len(calls) == 1 else {"anyOf": calls}
+def _tool_or_json_shape(
+    tools: Sequence[Mapping[str, Any]], response_format: Mapping[str, Any], constrained: bool
+) -> AnswerShape:
+    """One ``<tool_call>`` block, or the final answer in the response format (an agent turn that may finish)."""
+    if response_format.get("type") == "regex":
+        raise InvalidSettingError(
+            "a regex response_format cannot be combined with tools; give a JSON schema, or tool_choice='none'"
+        )
+    schema = json_schema_of(response_format)
+    if not constrained:  # parsed after: a call if the model writes one, else the content is the JSON answer
+        return AnswerShape(json_answer=response_format)
+    by_name = {tool["function"]["name"]: strict_schema(tool["function"]["parameters"]) for tool in tools}
+    answer = {"type": "object"} if schema is None else strict_schema(schema)
+    grammar = Grammar.lark(
+        f"start: call_block | answer\n"
+        f"call_block: {json.dumps(BLOCK_OPEN)} call {json.dumps(BLOCK_CLOSE)}\n"
+        f"call: {lark_json(call_schema(by_name))}\n"
+        f"answer: {lark_json(answer)}\n"
+    )
+    return AnswerShape(grammar=grammar, json_answer=response_format)
 
 
 # ---------------------------------------------------------------------- JSON answers

@@ -5,7 +5,7 @@ Framework-free (no LangChain or LlamaIndex import). ``ChatRStitch`` and ``RStitc
 OpenAI-style dicts, call ``prepare_call`` and iterate ``decode_call``; they only convert what comes
 out (``CallStep``) into chunks or responses.
 
-* ``prepare_call``: call options checked, ``GenerationSettings`` and router built, tools and the
+* ``prepare_call``: call options checked, ``GenerationSettings`` and routing built, tools and the
   answer shape set up (``constrained``), the prompt rendered through the chat template and encoded,
   a forced opening appended. No forward pass yet, so bad input raises before any work.
 * ``decode_call``: the engine's token events, each with what it made final in the answer (content,
@@ -15,6 +15,7 @@ out (``CallStep``) into chunks or responses.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -42,13 +43,20 @@ from rstitch_engine import (
 from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE, validate_batching
 from rstitch_engine.models.facts import pair_facts
 
-from .chat_format import AnswerParser, AnswerStep, TemplateSupport, normalise_tool_schema, to_template_prompt
-from .constrained import answer_shape, tool_choice_name, with_json_instruction
+from .answer_parsing import AnswerParser, AnswerStep
+from .prompt import TemplateSupport, normalise_tool_schema, to_template_prompt
+from .tool_calls import TOOL_CALL_OPEN, call_key
+from .constrained import ANSWER, ToolPolicy, answer_shape, policy_tool_choice, tool_choice_name, with_json_instruction
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
                 "tool_choice", "parallel_tool_calls", "response_format", "constrained", "prompt_lookup_tokens",
-                "agreement_target")
+                "timeout", "tool_policy", "agreement_target")
 """Keyword arguments one call may set (each overrides the option of the same name for that call)."""
+
+REMOTE_ONLY_OPTIONS = ("api_key", "base_url", "max_retries")
+"""Constructor options of remote chat models. rstitch decodes in this process: there is no key to send
+and no request to retry (a failed local call fails the same way again), so a value is refused, not dropped
+(``StitchOptions._refuse_remote_only``; None is accepted and means nothing)."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -113,7 +121,29 @@ class StitchOptions(BaseModel):
         "Decode tool calls and structured output under a grammar (always well-formed, schema-valid); "
         "False: free generation, parsed after."))
     timeout: float | None = Field(default=None, description=(
-        "Seconds one call may take before it raises TimeoutError; None: no limit."))
+        "Seconds one call may take before it raises TimeoutError; None: no limit. A call may set its own."))
+    context_window: int | None = Field(default=None, description=(
+        "Most tokens a call may use, prompt plus max_tokens (a call over it raises InvalidSettingError before "
+        "any work); None: the pair's own window. LlamaIndex sizes its prompts to it (metadata.context_window)."))
+    tool_policy: ToolPolicy = Field(default="auto", description=(
+        "How a call with tools and no explicit tool_choice picks: 'auto': the model decides each turn; "
+        "'until_result': a tool call is required until a tool result follows the latest user message, then "
+        "the model answers (text, or the response format) without tools, so it cannot repeat a call. "
+        "For small pairs that do not choose tools on their own (the default 135M pair)."))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_remote_only(cls, values: Any) -> Any:
+        """The one place remote-only options (``REMOTE_ONLY_OPTIONS``) are refused in local mode."""
+        if not isinstance(values, dict):
+            return values
+        given = sorted(key for key in REMOTE_ONLY_OPTIONS if values.get(key) is not None)
+        if given:
+            raise InvalidSettingError(
+                f"{', '.join(given)}: options of remote chat models; rstitch decodes locally, with no key to send "
+                "and no request to retry. Remove them."
+            )
+        return {key: value for key, value in values.items() if key not in REMOTE_ONLY_OPTIONS}
 
     @model_validator(mode="after")
     def _check_options(self) -> StitchOptions:
@@ -122,8 +152,9 @@ class StitchOptions(BaseModel):
         self.request_settings({})  # GenerationSettings too
         ExecutionConfig(kv_cache=self.kv_cache, compile=self.compile, cache_tokens=self.cache_tokens)  # raises if invalid
         validate_batching(self.max_batch_size, self.llm_wait_steps)
-        if self.timeout is not None and not self.timeout > 0:
-            raise InvalidSettingError(f"timeout must be > 0 seconds or None, got {self.timeout!r}")
+        validate_timeout(self.timeout)
+        if self.context_window is not None and not self.context_window > 0:
+            raise InvalidSettingError(f"context_window must be a token count > 0 or None, got {self.context_window!r}")
         return self
 
     def load_engine(self) -> StitchEngine:
@@ -191,6 +222,8 @@ class PreparedCall:
     """The answer is one tool call, ended by its closing tag as a stop string."""
     deadline: float | None
     """``time.monotonic()`` past which the call raises TimeoutError."""
+    earlier_calls: frozenset[str] = frozenset()
+    """``call_key``s of the calls made since the latest user message: the answer repeating one is an invalid call."""
 
 
 def prepare_call(
@@ -205,7 +238,12 @@ def prepare_call(
     if unknown:
         raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {', '.join(CALL_OPTIONS)}")
     settings, routing = options.request_settings(call), options.request_routing(call)
-    tool_choice = tool_choice_name(call.get("tool_choice"))
+    timeout = validate_timeout(call.get("timeout", options.timeout))
+    tool_choice = policy_tool_choice(tool_choice_name(call.get("tool_choice")), call.get("tool_policy", options.tool_policy),
+                                     messages, bool(call.get("tools")))
+    answer_now = tool_choice == ANSWER  # the policy's last turn: tools off, the answer ends where a call would open
+    if answer_now:
+        tool_choice = "none"
     try:
         tools = [normalise_tool_schema(t) for t in call.get("tools") or ()] if tool_choice != "none" else []
         shape = answer_shape(tools, tool_choice, call.get("response_format"), call.get("constrained", options.constrained),
@@ -214,18 +252,25 @@ def prepare_call(
             messages, tools, support=TemplateSupport.of(getattr(engine.pair.tokenizer, "chat_template", None)),
             tool_choice=tool_choice,
         )
-    except ValueError as error:  # chat_format's one error type: a message or tool it cannot render
+    except ValueError as error:  # the prompt module's one error type: a message or tool it cannot render
         raise InvalidSettingError(str(error)) from error
-    settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys((*settings.stop, *shape.stop))))
+    stop = (*settings.stop, *shape.stop, *((TOOL_CALL_OPEN,) if answer_now else ()))
+    settings = settings.replace(grammar=shape.grammar, stop=tuple(dict.fromkeys(stop)))
     template_messages = prompt.messages
     if shape.json_answer is not None:
         template_messages = with_json_instruction(template_messages, shape.json_answer)
     ids = engine.encode(template_messages, tools=prompt.tools)
     if shape.prefix:
         ids += engine.pair.tokenizer.encode(shape.prefix, add_special_tokens=False)
-    deadline = time.monotonic() + options.timeout if options.timeout is not None else None
+    if options.context_window is not None and len(ids) + settings.max_new_tokens > options.context_window:
+        raise InvalidSettingError(
+            f"the prompt ({len(ids)} tokens) plus max_tokens ({settings.max_new_tokens}) is over context_window "
+            f"({options.context_window}); shorten the prompt, lower max_tokens or raise context_window"
+        )
+    deadline = time.monotonic() + timeout if timeout is not None else None
     tool_names = frozenset(t["function"]["name"] for t in tools) if tools else None
-    return PreparedCall(ids, settings, routing, shape.prefix, tool_names, shape.forced_call, deadline)
+    return PreparedCall(ids, settings, routing, shape.prefix, tool_names, shape.forced_call, deadline,
+                        calls_since_user(messages))
 
 
 @dataclass(frozen=True)
@@ -259,7 +304,7 @@ def decode_call(
 def _steps(
     engine: StitchEngine, stream: StitchStream, call: PreparedCall, separate_reasoning: bool, measure_speedup: bool
 ) -> Generator[CallStep, None, None]:
-    parser = AnswerParser(separate_reasoning, call.tool_names)
+    parser = AnswerParser(separate_reasoning, call.tool_names, call.earlier_calls)
     pending = parser.feed(call.prefix)  # the forced prefix is part of the answer
     try:
         for event in stream:
@@ -274,6 +319,34 @@ def _steps(
         yield CallStep(pending.then(rest), parser, stats=stats)
     finally:
         stream.close()
+
+
+def calls_since_user(messages: Sequence[Mapping[str, Any]]) -> frozenset[str]:
+    """``call_key``s of the assistant's tool calls after the latest user message (OpenAI-style messages)."""
+    keys: set[str] = set()
+    for message in reversed(messages):
+        if message.get("role") == "user":
+            break
+        for call in message.get("tool_calls") or ():
+            function = call.get("function", call)
+            arguments = function.get("arguments", function.get("args", {}))
+            if isinstance(arguments, str):
+                try:
+                    arguments = json.loads(arguments or "{}")
+                except json.JSONDecodeError:
+                    continue  # a malformed earlier call cannot be repeated exactly
+            if isinstance(function.get("name"), str):
+                keys.add(call_key(function["name"], arguments))
+    return frozenset(keys)
+
+
+def validate_timeout(timeout: Any) -> float | None:
+    """``timeout`` if it is None or a number of seconds > 0, else ``InvalidSettingError``."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise InvalidSettingError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
+    return float(timeout)
 
 
 def _check_deadline(deadline: float | None) -> None:

@@ -33,20 +33,19 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, TokenEvent, release_openmp_team
 
-from .chat_format import THINK_OPEN, AnswerStep, InvalidToolCall, ParsedCall, ToolCall
+from .answer_parsing import THINK_OPEN, AnswerStep
+from .tool_calls import InvalidToolCall, ParsedCall, ToolCall
 from .constrained import check_tool_choice, tool_choice_name
 from .core import PreparedCall, StitchOptions, decode_call, prepare_call
 
 _IGNORED_CALL_OPTIONS = ("ls_structured_output_format", "stream")
 """Keyword arguments LangChain itself passes through to the model; they change nothing here."""
-_IGNORED_INIT_ARGS = ("api_key", "max_retries")
-"""Standard constructor arguments of remote chat models; meaningless for local decoding, accepted and dropped."""
-
-
+_NOT_IN_CACHE_KEY = ("timeout", "quality")
+"""Options left out of the cache key: ``timeout`` bounds the time only; ``quality`` goes in resolved (``preset``)."""
 class ChatRStitch(StitchOptions, BaseChatModel):
     """A chat model whose answer a small and a large model write together (R-Stitch).
 
@@ -74,17 +73,13 @@ class ChatRStitch(StitchOptions, BaseChatModel):
     """Move ``<think>...</think>`` text to ``additional_kwargs["reasoning_content"]``; False keeps it in content."""
     streaming: bool = False
     """Route ``invoke`` through the streaming path (LangChain's standard switch)."""
+    stream_usage: bool = True
+    """Put token usage on streamed chunks (LangChain's standard switch; a call may set ``stream_usage``).
+    ``invoke`` results always carry usage."""
     engine: StitchEngine | None = Field(default=None, exclude=True)
     """A ready engine to use instead of loading ``llm``/``slm`` (e.g. a pair loaded from custom ModelSpecs)."""
 
     _loaded: StitchEngine | None = PrivateAttr(default=None)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_remote_only_args(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            return {key: value for key, value in values.items() if key not in _IGNORED_INIT_ARGS}
-        return values
 
     # ------------------------------------------------------------------ LangChain identity
 
@@ -94,9 +89,30 @@ class ChatRStitch(StitchOptions, BaseChatModel):
 
     @property
     def _identifying_params(self) -> dict[str, Any]:
-        return {"model_name": self.model_name, "threshold": self.threshold, "router": self.router,
-                "quality": self.preset, "temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k,
-                "max_tokens": self.max_tokens, "seed": self.seed}
+        """Every option that can change an answer (LangChain's cache key is built from these and the call's
+        options): all shared options but ``timeout``, the quality preset calls resolve to, the adapter's
+        own output options, and a given engine's identity (its pair is not named by ``llm``/``slm``)."""
+        options = {name: getattr(self, name) for name in StitchOptions.model_fields if name not in _NOT_IN_CACHE_KEY}
+        options["option_stop"] = options.pop("stop")  # LangChain writes the call's stop over the key's "stop"
+        return {"model_name": self.model_name, **options, "quality": self.preset,
+                "separate_reasoning": self.separate_reasoning, "output_version": self.output_version,
+                "engine": None if self.engine is None else f"{type(self.engine).__name__}@{id(self.engine):x}"}
+
+    def _convert_cached_generations(self, cache_val: list[Any]) -> list[ChatGeneration]:
+        """A cache hit, said so: ``response_metadata["cache_hit"]`` is True and the stitch stats of the call
+        that was cached move to ``"cached_stitch"``, so cost handlers reading ``"stitch"`` do not count them twice.
+
+        (LangChain's hook for cached generations, run on every hit of ``set_llm_cache`` or ``cache=``.)
+        """
+        hits = []
+        for generation in super()._convert_cached_generations(cache_val):
+            metadata = dict(generation.message.response_metadata)
+            metadata["cache_hit"] = True
+            if "stitch" in metadata:
+                metadata["cached_stitch"] = metadata.pop("stitch")
+            message = generation.message.model_copy(update={"response_metadata": metadata})
+            hits.append(ChatGeneration(message=message, generation_info=generation.generation_info))
+        return hits
 
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
@@ -115,13 +131,16 @@ class ChatRStitch(StitchOptions, BaseChatModel):
 
         Tool calls and structured output work for any pair: with ``constrained`` they are decoded
         under a grammar, without it parsed from the ``<tool_call>`` format the prompt asks for.
+        Tool calls are not streamed in pieces (``tool_call_streaming=False``): each arrives whole, in
+        the chunk of the token that closes it. ``structured_output=True`` makes LangChain's agents ask
+        for the answer format natively (``response_format`` next to the tools; see ``bind_tools``).
         Reasoning output is there when the chat template knows ``<think>`` spans.
         """
         window, template = self.pair_window_and_template(self.engine)
         profile = ModelProfile(
             text_inputs=True, image_inputs=False, audio_inputs=False, video_inputs=False, pdf_inputs=False,
             text_outputs=True, image_outputs=False, audio_outputs=False, video_outputs=False,
-            tool_calling=True, tool_choice=True, tool_call_streaming=True, structured_output=True,
+            tool_calling=True, tool_choice=True, tool_call_streaming=False, structured_output=True,
             reasoning_output=THINK_OPEN in (template or ""), open_weights=True,
         )
         if window is not None:
@@ -148,9 +167,23 @@ class ChatRStitch(StitchOptions, BaseChatModel):
     # ------------------------------------------------------------------ the core generator
 
     def _chunks(
+        self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any], streamed: bool = True
+    ) -> Generator[ChatGenerationChunk, None, None]:
+        """The one place the core's steps become chunks; closing it early closes the engine stream.
+
+        ``streamed``: the chunks go to a stream consumer, so ``stream_usage`` (the call's, else the
+        field) decides whether they carry usage; chunks added up into an ``invoke`` result always do.
+        """
+        options = dict(kwargs)
+        with_usage = bool(options.pop("stream_usage", self.stream_usage)) or not streamed
+        for chunk in self._usage_chunks(messages, stop, options):
+            if not with_usage:
+                chunk.message.usage_metadata = None  # type: ignore[attr-defined]
+            yield chunk
+
+    def _usage_chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
     ) -> Generator[ChatGenerationChunk, None, None]:
-        """The one place the core's steps become chunks; closing it early closes the engine stream."""
         call = self._prepare(messages, stop, kwargs)
         input_tokens, call_index = len(call.prompt_ids), 0  # input tokens go on the first chunk only
         with closing(decode_call(self._engine(), call, self.separate_reasoning, self.measure_speedup)) as steps:
@@ -169,7 +202,13 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
-        for chunk in self._chunks(messages, stop, kwargs):
+        return self._reported(self._chunks(messages, stop, kwargs), run_manager)
+
+    @staticmethod
+    def _reported(
+        chunks: Iterator[ChatGenerationChunk], run_manager: CallbackManagerForLLMRun | None
+    ) -> Iterator[ChatGenerationChunk]:
+        for chunk in chunks:
             if run_manager:
                 run_manager.on_llm_new_token(chunk.text, chunk=chunk)
             yield chunk
@@ -181,7 +220,7 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return _result(list(self._stream(messages, stop, run_manager, **kwargs)))
+        return _result(list(self._reported(self._chunks(messages, stop, kwargs, streamed=False), run_manager)))
 
     async def _astream(
         self,
@@ -190,7 +229,13 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        chunks = self._chunks(messages, stop, kwargs)  # nothing runs until the first next()
+        async for chunk in self._achunks(self._chunks(messages, stop, kwargs), run_manager):
+            yield chunk
+
+    async def _achunks(
+        self, chunks: Generator[ChatGenerationChunk, None, None], run_manager: AsyncCallbackManagerForLLMRun | None
+    ) -> AsyncIterator[ChatGenerationChunk]:
+        """``chunks`` driven from worker threads (nothing runs until the first ``next``), with callbacks."""
         release_openmp_team()  # torch work of the loop's thread (retrieval embeddings) must not throttle the passes
         done = object()
         step: asyncio.Future | None = None  # the worker thread's current next(chunks)
@@ -215,7 +260,8 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return _result([chunk async for chunk in self._astream(messages, stop, run_manager, **kwargs)])
+        chunks = self._chunks(messages, stop, kwargs, streamed=False)
+        return _result([chunk async for chunk in self._achunks(chunks, run_manager)])
 
     # ------------------------------------------------------------------ tokens
 
@@ -246,7 +292,14 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         and a forced choice makes the answer exactly one such call (``parallel_tool_calls=True`` with
         'any': up to one call per tool). A forced call's opening is written for the model, so it only
         chooses the tool (for 'any') and the arguments.
+
+        ``response_format`` (a JSON schema, as LangChain's agents pass it with ``ProviderStrategy``) next
+        to tools: with an automatic choice the answer is either one call or the final answer in that
+        format. ``strict`` is accepted and changes nothing: the grammar always holds calls to the schema.
+        With ``tool_policy='until_result'`` an automatic choice requires a call until a tool result is in
+        the conversation, then asks for the answer.
         """
+        kwargs.pop("strict", None)
         formatted = [convert_to_openai_tool(tool) for tool in tools]
         choice = tool_choice_name(tool_choice)
         check_tool_choice(formatted, choice)  # at bind time, not at the first call
@@ -391,3 +444,41 @@ def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
 
 
 # ---------------------------------------------------------------------- small helpers
+
+
+# ---------------------------------------------------------------------- reaching the model by name
+
+PROVIDER = "rstitch"
+"""The provider name in ``"rstitch:<llm>"`` model strings."""
+
+
+def init_chat_model(model: str, *, model_provider: str | None = None, **kwargs: Any) -> BaseChatModel:
+    """``langchain.chat_models.init_chat_model`` that also knows rstitch: a drop-in for code that picks
+    its chat model by name.
+
+    ``"rstitch:<llm>"``, ``"rstitch:<llm>+<slm>"`` (the form of ``ChatRStitch.model_name``; ``+draft``
+    is the default pair's shipped draft) or ``model_provider="rstitch"`` give a ``ChatRStitch`` with
+    ``kwargs`` as its options (unknown ones raise); any other model goes to LangChain's own
+    ``init_chat_model`` unchanged. LangChain's provider list is closed, so its function cannot be
+    taught the name; from a server, ``rstitch serve`` is reached with its OpenAI provider instead
+    (``init_chat_model(model, model_provider="openai", base_url=...)``).
+
+    Example:
+        .. code-block:: python
+
+            from rstitch_integrations.langchain import init_chat_model
+
+            chat = init_chat_model("rstitch:smollm2-135m-instruct", max_tokens=64, tool_policy="until_result")
+    """
+    name = model
+    if model_provider is None and model.startswith(f"{PROVIDER}:"):
+        model_provider, name = PROVIDER, model.split(":", 1)[1]
+    if model_provider != PROVIDER:
+        from langchain.chat_models import init_chat_model as langchain_init_chat_model
+
+        return langchain_init_chat_model(model, model_provider=model_provider, **kwargs)
+    llm, _, slm = name.partition("+")
+    if not llm:
+        raise InvalidSettingError(f"an rstitch model name is 'rstitch:<llm>' or 'rstitch:<llm>+<slm>', got {model!r}")
+    pair = {"llm": llm} if not slm or slm == "draft" else {"llm": llm, "slm": slm}
+    return ChatRStitch(**pair, **kwargs)

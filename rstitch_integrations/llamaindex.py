@@ -47,14 +47,17 @@ from llama_index.core.base.llms.types import (
     ThinkingBlock,
     ToolCallBlock,
 )
-from llama_index.core.bridge.pydantic import Field, PrivateAttr
+from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.prompts.base import BasePromptTemplate
+from llama_index.core.types import PydanticProgramMode
 
 from rstitch_engine import StitchEngine, release_openmp_team
 
-from .chat_format import AnswerParser, AnswerStep
+from .answer_parsing import AnswerParser, AnswerStep
+from .tool_calls import ToolCall
 from .core import CALL_OPTIONS, CallStep, StitchOptions, decode_call, prepare_call
 
 if TYPE_CHECKING:
@@ -79,7 +82,10 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
     The options it shares with ``ChatRStitch`` (pair, threshold, router, sampling, ``max_tokens``,
     ``stop``, ``constrained``, ...; ``model=`` names the LLM too) are declared once, in
     ``rstitch_integrations.core.StitchOptions``.
+    Options are strict: an unknown or misspelt one raises (``RStitchLLM(temprature=0.9)``), as in ``ChatRStitch``.
     """
+
+    model_config = ConfigDict(extra="forbid")
 
     separate_thinking: bool = Field(
         default=True, description="Move <think>...</think> text into a ThinkingBlock and thinking_delta."
@@ -112,8 +118,9 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
     def metadata(self) -> LLMMetadata:
         """Read when query engines and ``Settings`` are built: from the pair's config files, no weights loaded."""
         window, _ = self.pair_window_and_template(self._engine)
+        windows = [w for w in (window, self.context_window) if w is not None]  # the option may narrow the pair's
         return LLMMetadata(
-            context_window=window if window is not None else LLMMetadata.model_fields["context_window"].default,
+            context_window=min(windows) if windows else LLMMetadata.model_fields["context_window"].default,
             num_output=self.max_tokens,
             is_chat_model=True,
             is_function_calling_model=self.is_function_calling_model,
@@ -169,7 +176,7 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
         tool_choice: str | None = None,
         **kwargs: Any,
     ) -> dict[str, Any]:
-        """Messages plus ``tools``/``tool_choice`` for ``chat``; the tools are rendered by ``chat_format``.
+        """Messages plus ``tools``/``tool_choice`` for ``chat``; the tools are rendered by ``prompt``.
 
         With ``allow_parallel_tool_calls`` a required call may be several, up to one per tool
         (``constrained.answer_shape``); otherwise the answer is one call.
@@ -211,6 +218,41 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
             detail = f"; {len(invalid)} malformed: {[call['error'] for call in invalid]}" if invalid else ""
             raise ValueError(f"expected at least one tool call in the response, got none{detail}")
         return selections
+
+    # ------------------------------------------------------------------ streamed structured output
+
+    def _structured_stream_call(
+        self, output_cls: type[Any], prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """``stream_structured_predict`` (and ``as_structured_llm(...).stream_chat``) with the call forced.
+
+        LlamaIndex's streaming program does not pass ``tool_required`` on (its non-streaming one does),
+        so a model that may answer in prose does; here the program names its one tool as ``tool_choice``.
+        """
+        program = self._forced_program(output_cls, prompt)
+        if program is None:
+            return super()._structured_stream_call(output_cls, prompt, llm_kwargs, **prompt_args)
+        return program.stream_call(llm_kwargs=llm_kwargs, **prompt_args)
+
+    async def _structured_astream_call(
+        self, output_cls: type[Any], prompt: BasePromptTemplate, llm_kwargs: dict[str, Any] | None = None,
+        **prompt_args: Any,
+    ) -> Any:
+        """The async form of ``_structured_stream_call``."""
+        program = self._forced_program(output_cls, prompt)
+        if program is None:
+            return await super()._structured_astream_call(output_cls, prompt, llm_kwargs, **prompt_args)
+        return await program.astream_call(llm_kwargs=llm_kwargs, **prompt_args)
+
+    def _forced_program(self, output_cls: type[Any], prompt: BasePromptTemplate) -> Any:
+        """A function-calling program whose one tool is required; None for a program mode that is not function calling."""
+        from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
+
+        if self.pydantic_program_mode not in (PydanticProgramMode.DEFAULT, PydanticProgramMode.FUNCTION):
+            return None
+        name = get_function_tool(output_cls).metadata.name
+        return FunctionCallingProgram.from_defaults(output_cls=output_cls, llm=self, prompt=prompt, tool_choice=name)
 
     # ------------------------------------------------------------------ the core
 
@@ -270,22 +312,26 @@ def _response(parser: AnswerParser, step: AnswerStep, sources: list[str]) -> Cha
     if step.reasoning:
         extra["thinking_delta"] = step.reasoning
     invalid = [{"id": c.id, "name": c.name, "raw": c.raw, "error": c.error} for c in parser.invalid_tool_calls]
+    message_extra: dict[str, Any] = {"invalid_tool_calls": invalid} if invalid else {}
+    if parser.tool_calls:  # where llama-index-core's streaming structured output looks for calls
+        message_extra["tool_calls"] = [_openai_call(call) for call in parser.tool_calls]
     return ChatResponse(
-        message=ChatMessage(
-            role=MessageRole.ASSISTANT,
-            blocks=blocks,
-            additional_kwargs={"invalid_tool_calls": invalid} if invalid else {},
-        ),
+        message=ChatMessage(role=MessageRole.ASSISTANT, blocks=blocks, additional_kwargs=message_extra),
         delta=step.content,
         additional_kwargs=extra,
     )
 
 
-# ---------------------------------------------------------------------- LlamaIndex -> chat_format
+def _openai_call(call: ToolCall) -> dict[str, Any]:
+    """A call in OpenAI's form (arguments as JSON text), as other LlamaIndex integrations keep it."""
+    return {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": json.dumps(call.arguments)}}
+
+
+# ---------------------------------------------------------------------- LlamaIndex -> prompt
 
 
 def _message_dict(message: ChatMessage) -> dict[str, Any]:
-    """A LlamaIndex message as an OpenAI-style dict (``chat_format`` renders it)."""
+    """A LlamaIndex message as an OpenAI-style dict (``prompt`` renders it)."""
     role = _ROLE_NAMES.get(message.role, message.role.value)
     parts: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
@@ -297,9 +343,15 @@ def _message_dict(message: ChatMessage) -> dict[str, Any]:
         elif isinstance(block, CachePoint):
             continue  # a prompt-caching hint for remote APIs; a local KV cache needs none
         else:
-            parts.append({"type": block.block_type})  # chat_format skips thinking, rejects media by name
-    # OpenAI-style calls kept by other integrations (as dicts or as SDK objects)
-    calls += [c.model_dump() if hasattr(c, "model_dump") else c for c in message.additional_kwargs.get("tool_calls") or ()]
+            parts.append({"type": block.block_type})  # prompt skips thinking, rejects media by name
+    # OpenAI-style calls kept by other integrations (as dicts or as SDK objects), and by this one next to
+    # its ToolCallBlocks: a call is rendered once per id
+    seen = {call["id"] for call in calls if call["id"]}
+    for kept in message.additional_kwargs.get("tool_calls") or ():
+        kept = kept.model_dump() if hasattr(kept, "model_dump") else kept
+        if not kept.get("id") or kept["id"] not in seen:
+            calls.append(kept)
+            seen.add(kept.get("id"))
     out: dict[str, Any] = {"role": role, "content": parts}
     if calls:
         out["tool_calls"] = calls

@@ -13,14 +13,17 @@ from tiny import byte_level_tokenizer
 
 from rstitch_engine import Grammar, InvalidSettingError
 from rstitch_engine.decoding.constraints import GrammarTokenizer
-from rstitch_integrations.chat_format import normalise_tool_schema, tool_call_prefix
 from rstitch_integrations.constrained import (
+    ANSWER,
     answer_shape,
+    policy_tool_choice,
     json_schema_of,
     strict_schema,
     tool_choice_name,
     with_json_instruction,
 )
+from rstitch_integrations.prompt import normalise_tool_schema
+from rstitch_integrations.tool_calls import tool_call_prefix
 
 MULTIPLY = normalise_tool_schema({"name": "multiply", "parameters": {
     "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}, "required": ["a", "b"]}})
@@ -163,3 +166,53 @@ def test_the_json_instruction_joins_the_system_message():
                                      {"type": "json_object"})
     assert messages[0]["content"] == "Be brief.\n\nAnswer with a single JSON object and nothing else."
     assert with_json_instruction([{"role": "user", "content": "?"}], {"type": "json_object"})[0]["role"] == "system"
+
+
+# ---------------------------------------------------------------------- tools and a response format together
+
+PRODUCT_FORMAT = {"type": "json_schema", "json_schema": {"name": "Product", "schema": {
+    "type": "object", "properties": {"product": {"type": "integer"}}, "required": ["product"]}}}
+
+
+def test_tools_and_a_response_format_allow_a_call_or_the_answer_in_the_format(grammar_tokenizer):
+    shape = answer_shape(TOOLS, None, PRODUCT_FORMAT, constrained=True)
+    assert (shape.prefix, shape.stop, shape.forced_call, shape.json_answer) == ("", (), False, PRODUCT_FORMAT)
+    assert accepts(grammar_tokenizer, shape.grammar, call("multiply", {"a": 6, "b": 7}))
+    assert accepts(grammar_tokenizer, shape.grammar, '{"product": 42}')
+    assert not accepts(grammar_tokenizer, shape.grammar, "The product is 42.")  # prose: the format is not dropped
+    assert not accepts(grammar_tokenizer, shape.grammar, '{"product": "42"}')  # the answer holds to its schema
+    assert not accepts(grammar_tokenizer, shape.grammar, call("multiply", {"a": "6", "b": 7}))
+    assert not accepts(grammar_tokenizer, shape.grammar, call("multiply", {"a": 6, "b": 7}) + '{"product": 42}')
+
+
+def test_a_forced_choice_with_a_response_format_is_a_call_and_none_is_the_answer(grammar_tokenizer):
+    forced = answer_shape(TOOLS, "multiply", PRODUCT_FORMAT, constrained=True)
+    assert forced.forced_call and forced.json_answer is None  # the format applies to a later turn
+    answer = answer_shape(TOOLS, "none", PRODUCT_FORMAT, constrained=True)
+    assert accepts(grammar_tokenizer, answer.grammar, '{"product": 42}')
+    assert not accepts(grammar_tokenizer, answer.grammar, call("multiply", {"a": 6, "b": 7}))
+
+
+def test_tools_with_a_regex_format_is_a_clear_error_and_free_generation_keeps_the_format():
+    with pytest.raises(InvalidSettingError, match="regex response_format cannot be combined with tools"):
+        answer_shape(TOOLS, None, {"type": "regex", "pattern": "[0-9]+"}, constrained=True)
+    free = answer_shape(TOOLS, None, PRODUCT_FORMAT, constrained=False)
+    assert (free.grammar, free.prefix, free.json_answer) == (None, "", PRODUCT_FORMAT)  # the prompt still asks for it
+
+
+# ---------------------------------------------------------------------- tool policy
+
+
+def test_until_result_requires_a_call_until_a_tool_result_follows_the_user_message():
+    asked = [{"role": "system", "content": "s"}, {"role": "user", "content": "What is 6 times 7?"}]
+    called = [*asked, {"role": "assistant", "content": "", "tool_calls": [{"id": "c", "function": {"name": "m"}}]},
+              {"role": "tool", "tool_call_id": "c", "content": "42"}]
+    assert policy_tool_choice(None, "until_result", asked, has_tools=True) == "any"
+    assert policy_tool_choice(None, "until_result", called, has_tools=True) == ANSWER
+    assert policy_tool_choice(None, "until_result", [*called, {"role": "user", "content": "And 2 times 3?"}],
+                              has_tools=True) == "any"  # a new question needs a new call
+    assert policy_tool_choice("multiply", "until_result", called, has_tools=True) == "multiply"  # explicit wins
+    assert policy_tool_choice(None, "until_result", asked, has_tools=False) is None  # no tools: nothing to force
+    assert policy_tool_choice(None, "auto", asked, has_tools=True) is None
+    with pytest.raises(InvalidSettingError, match="tool_policy must be"):
+        policy_tool_choice(None, "always", asked, has_tools=True)  # type: ignore[arg-type]

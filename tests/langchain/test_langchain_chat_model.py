@@ -61,7 +61,7 @@ def add_up(chunks: list[AIMessageChunk]) -> AIMessageChunk:
 
 def test_construction_is_cheap_and_validated() -> None:
     started = time.perf_counter()
-    chat = ChatRStitch(model="smollm2-135m-instruct", threshold=0.2, api_key="unused", max_retries=3)
+    chat = ChatRStitch(model="smollm2-135m-instruct", threshold=0.2)
     assert time.perf_counter() - started < 0.5
     assert chat._loaded is None  # nothing loaded until the first call
     assert chat.llm == "smollm2-135m-instruct"
@@ -177,7 +177,7 @@ def test_any_message_order_renders_through_the_chat_template(chat: ChatRStitch, 
     expected = real_engine.encode([
         {"role": "user", "content": "Add 2 and 3."},
         {"role": "assistant", "content": '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'},
-        {"role": "tool", "content": "5", "tool_call_id": "c1"},
+        {"role": "user", "content": "The tool add returned: 5.\nAnswer the question."},  # SmolLM2 has no tool role
         {"role": "system", "content": "Answer in one word."},
         {"role": "assistant", "content": "Five"},
     ])

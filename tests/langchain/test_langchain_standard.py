@@ -41,7 +41,10 @@ class _Capabilities:
     @property
     def standard_chat_model_params(self) -> dict:
         # Short answers keep the real-model suite fast on a CPU (the standard default is 100 tokens).
-        return {**super().standard_chat_model_params, "max_tokens": 40}  # type: ignore[misc]
+        # api_key and max_retries are refused: a local call has no key to send nor request to retry
+        # (tests/langchain/test_strict_options.py).
+        params = {**super().standard_chat_model_params, "max_tokens": 40}  # type: ignore[misc]
+        return {key: value for key, value in params.items() if key not in ("api_key", "max_retries")}
 
     @property
     def has_tool_calling(self) -> bool:

@@ -16,7 +16,7 @@ from langchain_core.tools import tool
 
 from rstitch_engine import InvalidSettingError, StitchEngine
 from rstitch_integrations.callbacks import RStitchCallbackHandler
-from rstitch_integrations.chat_format import tool_call_prefix
+from rstitch_integrations.tool_calls import tool_call_prefix
 from rstitch_integrations.langchain import ChatRStitch
 
 pytestmark = pytest.mark.real_model  # the real tokenizer and template (loaded once per session)
@@ -155,7 +155,7 @@ def test_an_agent_loop_with_scripted_answers_runs_real_tools(scripted_chat) -> N
     assert costs.totals.output_tokens == sum(step.response_metadata["stitch"]["output_tokens"] for step in steps)
     second_prompt = engine.prompt_text(1)
     assert CALL in second_prompt  # the earlier call is shown to the model in its own format
-    assert "<|im_start|>tool\n5<|im_end|>" in second_prompt
+    assert "<|im_start|>user\nThe tool add returned: 5.\nAnswer the question.<|im_end|>" in second_prompt
 
 
 def test_the_real_model_forced_to_call_writes_a_valid_call(real_engine: StitchEngine) -> None:

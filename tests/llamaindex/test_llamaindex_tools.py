@@ -27,7 +27,7 @@ from llama_index.core.tools import FunctionTool
 from pydantic import BaseModel
 
 from rstitch_engine import InvalidSettingError
-from rstitch_integrations.chat_format import tool_call_prefix
+from rstitch_integrations.tool_calls import tool_call_prefix
 
 pytestmark = pytest.mark.real_model
 
@@ -72,7 +72,7 @@ def test_histories_from_other_integrations_render_through_the_template(scripted)
     assert llm.chat(history).message.content == "42."
     assert engine.prompts[0].endswith(
         "<|im_start|>user\nWhat is 6 times 7?<|im_end|>\n<|im_start|>assistant\n" + CALL + "<|im_end|>\n"
-        "<|im_start|>tool\n42<|im_end|>\n<|im_start|>assistant\n"
+        "<|im_start|>user\nThe tool multiply returned: 42.\nAnswer the question.<|im_end|>\n<|im_start|>assistant\n"
     )
 
 
@@ -182,7 +182,7 @@ async def test_function_agent_calls_a_tool_and_answers_from_its_result(scripted)
     # the second turn shows the model its own call and the tool's result through the chat template
     second = engine.prompts[1]
     assert "<|im_start|>assistant\n" + CALL + "<|im_end|>" in second
-    assert "<|im_start|>tool\n42<|im_end|>" in second
+    assert "<|im_start|>user\nThe tool multiply returned: 42.\nAnswer the question.<|im_end|>" in second
 
 
 async def test_react_agent_runs_on_plain_streamed_text(scripted):

@@ -1,4 +1,5 @@
-"""chat_format: messages/tools to template input, model text to content, reasoning and tool calls.
+"""prompt, answer_parsing and tool_calls: messages/tools to template input, model text to content, reasoning
+and tool calls.
 
 No model and no framework here: these are the helpers both adapters share.
 """
@@ -12,19 +13,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from rstitch_integrations.chat_format import (
-    InvalidToolCall,
-    TagSplitter,
-    TemplateSupport,
-    ThinkSplitter,
-    ToolCall,
-    ToolCallStream,
-    format_tool_call,
-    normalise_tool_schema,
-    parse_output,
-    to_template_prompt,
-    tool_call_prefix,
-)
+from rstitch_integrations.answer_parsing import AnswerParser, TagSplitter, ThinkSplitter, ToolCallStream, parse_output
+from rstitch_integrations.core import calls_since_user
+from rstitch_integrations.prompt import TemplateSupport, normalise_tool_schema, to_template_prompt
+from rstitch_integrations.tool_calls import InvalidToolCall, ToolCall, call_key, format_tool_call, tool_call_prefix
 
 ADD = {"type": "function", "function": {"name": "add", "description": "Add two integers.",
                                         "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}
@@ -185,8 +177,25 @@ def test_tools_and_calls_are_written_as_text_for_a_template_without_tool_support
     assert "<tool_call>" in system["content"]
     assert user == {"role": "user", "content": "What is 1+2?"}
     assert call == {"role": "assistant", "content": format_tool_call("add", {"a": 1})}
-    assert result == {"role": "tool", "content": "3", "tool_call_id": "c1"}
+    # no tool role the model knows: the result is a user message naming the tool (by the call's id)
+    assert result == {"role": "user", "content": "The tool add returned: 3.\nAnswer the question."}
     assert answer == {"role": "assistant", "content": "It is 3."}
+
+
+def test_a_run_of_tool_results_is_one_user_message_for_a_template_without_tool_support() -> None:
+    calls = {"role": "assistant", "content": "", "tool_calls": [
+        {"id": "c1", "function": {"name": "add", "arguments": {"a": 1}}},
+        {"id": "c2", "function": {"name": "capital_of", "arguments": {"country": "France"}}}]}
+    results = [{"role": "tool", "tool_call_id": "c1", "content": "3"},
+               {"role": "tool", "tool_call_id": "c2", "content": "Paris"},
+               {"role": "tool", "tool_call_id": "unknown", "name": "lookup", "content": "none"}]
+    prompt = to_template_prompt([{"role": "user", "content": "?"}, calls, *results], support=SMOL_LIKE)
+    assert prompt.messages[-1] == {"role": "user", "content": (
+        "The tool add returned: 3.\nThe tool capital_of returned: Paris.\nThe tool lookup returned: none.\n"
+        "Answer the question.")}
+    assert len(prompt.messages) == 3
+    native = to_template_prompt([{"role": "user", "content": "?"}, calls, *results], support=NATIVE)
+    assert [m["role"] for m in native.messages] == ["user", "assistant", "tool", "tool", "tool"]  # the template's own
 
 
 def test_tools_and_calls_go_to_a_template_that_renders_them() -> None:
@@ -228,3 +237,18 @@ def test_a_bare_function_schema_is_wrapped_and_a_nameless_one_rejected() -> None
     }
     with pytest.raises(ValueError, match="needs a function name"):
         normalise_tool_schema({"type": "function", "function": {"description": "x"}})
+
+
+def test_a_call_repeating_an_earlier_one_with_the_same_arguments_is_invalid() -> None:
+    earlier = frozenset({call_key("add", {"a": 1, "b": 2})})
+    parser = AnswerParser(False, ["add"], earlier)
+    text = format_tool_call("add", {"b": 2, "a": 1}) + format_tool_call("add", {"a": 1, "b": 3})
+    step = parser.feed(text).then(parser.finish())
+    repeated, fresh = step.calls
+    assert isinstance(repeated, InvalidToolCall) and repeated.name == "add"
+    assert repeated.error.startswith('repeats the call add({"b": 2, "a": 1})')  # key order does not hide a repeat
+    assert isinstance(fresh, ToolCall) and fresh.arguments == {"a": 1, "b": 3}
+    assert calls_since_user([{"role": "user", "content": "?"}, {"role": "assistant", "tool_calls": [
+        {"id": "c", "function": {"name": "add", "arguments": '{"b": 2, "a": 1}'}}]}]) == earlier
+    assert calls_since_user([{"role": "assistant", "tool_calls": [{"function": {"name": "add", "arguments": {}}}]},
+                             {"role": "user", "content": "?"}]) == frozenset()  # before the question: not a repeat
