@@ -149,7 +149,7 @@ def run_config(engine: StitchEngine, tasks: list[Task], config: str, max_new_tok
         ids, settings = call.prompt_ids, call.settings
         start = time.perf_counter()
         if config == "constrained_stitched":
-            result = engine.generate(ids, settings, call.router)
+            result = engine.generate(ids, settings, call.routing)
             seconds, text, slm = time.perf_counter() - start, result.text, result.stats.slm_tokens
             token_ids, finish = list(result.token_ids), result.finish_reason
             sources = [event.source for event in result.events]
