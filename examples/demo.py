@@ -21,8 +21,9 @@ from rich.text import Text
 
 from rstitch_engine import StitchEngine
 from rstitch_engine.measure.everyday import WEATHER_TOOL
-from rstitch_integrations.chat_format import TOOL_CALL_CLOSE, parse_output
+from rstitch_integrations.answer_parsing import parse_output
 from rstitch_integrations.core import PreparedCall, StitchOptions, decode_call, prepare_call
+from rstitch_integrations.tool_calls import TOOL_CALL_CLOSE
 
 STYLES = {"slm": "green", "llm": "magenta"}
 PASSAGE = ("Mira Kolt owns a blue car. She lives in a quiet street near the river and walks to the market on "
