@@ -74,8 +74,8 @@ def main() -> None:
     parser.add_argument("question", nargs="?", default="What does the router decide?")
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--quality", choices=["exact", "balanced", "fast", "auto"], default=None,
-                        help="a quality preset (default: auto, the LLM alone with prompt lookup for prompts over "
-                             "256 tokens, like these; fast: stitch them at the default tau)")
+                        help="a quality preset (default: auto, what the pair's calibration profile proves faithful, "
+                             "on the default pair the LLM alone with prompt lookup; fast: stitch at the default tau)")
     args = parser.parse_args()
 
     chunks = project_chunks()

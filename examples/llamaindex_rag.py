@@ -59,8 +59,8 @@ def main() -> None:
                         help=f"stitch at this tau whatever the prompt's length (the entropy router; its default: "
                              f"{DEFAULT_THRESHOLD})")
     parser.add_argument("--quality", choices=["exact", "balanced", "fast", "auto"], default=None,
-                        help="a quality preset instead of --threshold (default: auto, the LLM alone with prompt "
-                             "lookup for prompts over 256 tokens, like these)")
+                        help="a quality preset instead of --threshold (default: auto, what the pair's calibration "
+                             "profile proves faithful; on the default pair the LLM alone with prompt lookup)")
     args = parser.parse_args()
 
     Settings.embed_model = HuggingFaceEmbedding(model_name=str(get_model_path()), device="cpu")
