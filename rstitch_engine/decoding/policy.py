@@ -100,7 +100,7 @@ class Policy:
     prompt_lookup_tokens: int
     """Prompt lookup's tokens per pass when the request's settings leave it open (``None``)."""
     name: str
-    """Short: 'auto: LLM alone + lookup', 'exact: LLM alone + lookup', 'tau=0.1', 'learned' ..."""
+    """Short: 'auto: LLM alone + lookup', 'exact: LLM alone + lookup', 'fast: R-Stitch tau=0.1', 'R-Stitch tau=0.3' ..."""
     reason: str
     """One sentence: why this policy runs."""
 
@@ -125,8 +125,9 @@ def resolve_policy(routing: Routing, profile: PairProfile | None, warn: bool = T
     name = routing.router or "entropy"
     router = router_named(name, routing.threshold if routing.threshold is not None else DEFAULT_THRESHOLD,
                           routing.router_path)
-    label = {"entropy": "R-Stitch", "learned": "R-Stitch+ (learned)", "slm": "SLM alone", "llm": "LLM alone"}[name]
-    return Policy(router, LLM_ALONE_LOOKUP_TOKENS if router.llm_only else 0, f"{label} tau={router.threshold:g}",
+    label = {"entropy": f"R-Stitch tau={router.threshold:g}", "learned": f"R-Stitch+ (learned) tau={router.threshold:g}",
+             "slm": "SLM alone", "llm": "LLM alone + lookup"}[name]
+    return Policy(router, LLM_ALONE_LOOKUP_TOKENS if router.llm_only else 0, label,
                   f"the caller asked for router={name!r}" + (f" at tau={router.threshold:g}" if name == "entropy" else ""))
 
 

@@ -89,7 +89,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {  # two tuning forms, then two held-out
 }
 SKILL_CHECK: dict[str, Check] = {"capital": "word", "sum": "number", "opposite": "word", "rag_short": "word",
                                  "rag_long": "word", "multiturn": "word", "tool": "tool", "json": "json"}
-PER_SKILL = {"tuning": 12, "heldout": 20}
+PER_SKILL = {"tuning": 12, "heldout": 14}
 """Items drawn per skill and part (fewer where the part has fewer combinations)."""
 LONG_PASSAGES = 9
 """Passages in a long retrieval prompt (about 300-400 tokens); a short one has 2."""
