@@ -92,3 +92,11 @@ def test_the_react_action_grammar_allows_listed_tools_with_valid_input() -> None
     source = shape.grammar.source
     assert '"multiply\\nAction Input: "' in source and '"a"' in source and '"integer"' in source
     assert react_shape([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "?"}], True) is None
+
+
+@pytest.mark.slow
+async def test_react_agent_on_the_default_pair(real_engine) -> None:
+    llm = RStitchLLM(max_tokens=48, tool_policy="until_result")
+    result = await ReActAgent(tools=[multiply], llm=llm).run("What is 6 times 7?")
+    assert [(c.tool_name, c.tool_kwargs) for c in result.tool_calls] == [("multiply", {"a": 6, "b": 7})]
+    assert str(result).strip()
