@@ -35,6 +35,7 @@ after it is parsed as it comes, and a malformed call becomes an invalid tool cal
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -42,6 +43,7 @@ from typing import Any, Literal
 from rstitch_engine import Grammar, InvalidSettingError
 from rstitch_engine.decoding.constraints import lark_json
 
+from .prompt import content_text
 from .tool_calls import (
     BLOCK_CLOSE,
     BLOCK_OPEN,
@@ -278,3 +280,47 @@ def with_json_instruction(messages: list[dict[str, Any]], response_format: Mappi
     if messages and messages[0]["role"] == "system":
         return [{**messages[0], "content": f"{messages[0]['content']}\n\n{text}".strip()}, *messages[1:]]
     return [{"role": "system", "content": text}, *messages]
+
+
+# ---------------------------------------------------------------------- the ReAct text protocol
+
+REACT_TOOL = re.compile(r"^> Tool Name: (?P<name>[^\n]+)\nTool Description: .*?\nTool Args: (?P<args>\{[^\n]*\})\n",
+                        re.MULTILINE | re.DOTALL)
+"""A tool as a ReAct system prompt lists it (LlamaIndex's ``ReActAgent`` formatter)."""
+REACT_ACT = "Thought: I need to use a tool to help me answer the question.\nAction: "
+"""The opening of a ReAct step that calls a tool (put in the model's mouth; it picks the tool and input)."""
+REACT_ANSWER = "Thought: I can answer without using any more tools.\nAnswer: "
+"""The opening of a ReAct step that answers."""
+
+
+def react_shape(messages: Sequence[Mapping[str, Any]], constrained: bool) -> AnswerShape | None:
+    """The shape of a ReAct step under ``tool_policy='until_result'``, or None when ``messages`` are not
+    a ReAct conversation (no system message listing tools in the ReAct format).
+
+    ReAct agents bind no tools: they list them in the system prompt and parse the reply's text
+    (``Thought:`` / ``Action:`` / ``Action Input:``; ``Observation:`` comes back as a message). Until
+    an observation is the latest message, the step is an action (a listed tool and JSON input
+    valid against its schema, under a grammar when ``constrained``); after one, an answer.
+    """
+    system = next((m for m in messages if m.get("role") == "system"), None)
+    tools = {}
+    for found in REACT_TOOL.finditer(content_text(system.get("content"))) if system else ():
+        try:
+            tools[found["name"].strip()] = json.loads(found["args"])
+        except json.JSONDecodeError:
+            continue  # a tool whose schema is not JSON cannot be constrained: not offered
+    if not tools:
+        return None
+    last = content_text(messages[-1].get("content")) if messages else ""
+    if last.startswith("Observation:"):
+        return AnswerShape(prefix=REACT_ANSWER)
+    if not constrained:
+        return AnswerShape(prefix=REACT_ACT)
+    rules = ["start: " + " | ".join(f"action_{i}" for i in range(len(tools)))]
+    for i, (name, schema) in enumerate(tools.items()):
+        chosen = json.dumps(f"{name}\nAction Input: ")  # the rest of the Action line, then the input's key
+        rules.append(f"action_{i}: {chosen} input_{i}")
+        rules.append(f"input_{i}: {lark_json(strict_schema(schema))}")
+    grammar = Grammar.lark("\n".join(rules) + "\n")
+    grammar.check()
+    return AnswerShape(grammar=grammar, prefix=REACT_ACT)

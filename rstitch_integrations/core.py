@@ -46,7 +46,15 @@ from rstitch_engine.models.facts import pair_facts
 from .answer_parsing import AnswerParser, AnswerStep
 from .prompt import TemplateSupport, normalise_tool_schema, to_template_prompt
 from .tool_calls import TOOL_CALL_OPEN, call_key
-from .constrained import ANSWER, ToolPolicy, answer_shape, policy_tool_choice, tool_choice_name, with_json_instruction
+from .constrained import (
+    ANSWER,
+    ToolPolicy,
+    answer_shape,
+    policy_tool_choice,
+    react_shape,
+    tool_choice_name,
+    with_json_instruction,
+)
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
                 "tool_choice", "parallel_tool_calls", "response_format", "constrained", "prompt_lookup_tokens",
@@ -244,10 +252,14 @@ def prepare_call(
     answer_now = tool_choice == ANSWER  # the policy's last turn: tools off, the answer ends where a call would open
     if answer_now:
         tool_choice = "none"
+    react = None  # a ReAct agent binds no tools: under the policy, its text protocol is the shape
+    if call.get("tool_policy", options.tool_policy) == "until_result" and not call.get("tools"):
+        react = react_shape(messages, call.get("constrained", options.constrained))
     try:
         tools = [normalise_tool_schema(t) for t in call.get("tools") or ()] if tool_choice != "none" else []
-        shape = answer_shape(tools, tool_choice, call.get("response_format"), call.get("constrained", options.constrained),
-                             parallel_calls=bool(call.get("parallel_tool_calls", False)))
+        shape = react or answer_shape(tools, tool_choice, call.get("response_format"),
+                                      call.get("constrained", options.constrained),
+                                      parallel_calls=bool(call.get("parallel_tool_calls", False)))
         prompt = to_template_prompt(
             messages, tools, support=TemplateSupport.of(getattr(engine.pair.tokenizer, "chat_template", None)),
             tool_choice=tool_choice,
