@@ -46,7 +46,30 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     generate = commands.add_parser("generate", help="stream an answer, coloured by the model that wrote each token")
     generate.add_argument("prompt", help="the user message (or raw text with --raw)")
-    pair = generate.add_argument_group("model pair")
+    _add_pair_options(generate)
+    decoding = generate.add_argument_group("decoding")
+    _add_router_options(decoding)
+    decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens (default: %(default)s)")
+    decoding.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
+    decoding.add_argument("--top-p", type=float, default=1.0)
+    decoding.add_argument("--top-k", type=int, default=0)
+    decoding.add_argument("--seed", type=int, default=None)
+    decoding.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
+    decoding.add_argument("--system", default=None, help="system message")
+    decoding.add_argument("--raw", action="store_true", help="send the prompt as raw text, without the chat template")
+    output = generate.add_argument_group("output")
+    output.add_argument("--measure-speedup", action="store_true", help="also time the LLM alone on the same prompt")
+    output.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
+    generate.set_defaults(handler=_generate)
+    _add_serve(commands)
+    _add_distill(commands)
+    _add_train_router(commands)
+    return parser
+
+
+def _add_pair_options(parser: argparse.ArgumentParser) -> None:
+    """The model pair's options (``generate`` and ``serve``)."""
+    pair = parser.add_argument_group("model pair")
     pair.add_argument("--llm", default=DEFAULT_LLM, help="LLM: hub id, folder, .gguf file or alias (default: %(default)s)")
     pair.add_argument("--slm", default=None,
                       help=f"SLM: hub id, folder, .gguf or draft folder from `rstitch distill` (default: {DEFAULT_SLM})")
@@ -56,7 +79,10 @@ def _parser() -> argparse.ArgumentParser:
     pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     pair.add_argument("--device-map", default=None, help="accelerate device_map for the LLM, e.g. auto")
     pair.add_argument("--trust-remote-code", action="store_true", help="allow model code from the hub (off by default)")
-    decoding = generate.add_argument_group("decoding")
+
+
+def _add_router_options(decoding: "argparse._ArgumentGroup") -> None:
+    """The router and preset options (``generate`` and ``serve``)."""
     decoding.add_argument("--threshold", "--tau", type=float, default=None, dest="threshold",
                           help=f"normalised-entropy threshold tau of the entropy router (default: {DEFAULT_THRESHOLD})")
     decoding.add_argument("--router", default="entropy", choices=["entropy", "learned", "slm", "llm"],
@@ -73,22 +99,49 @@ def _parser() -> argparse.ArgumentParser:
     decoding.add_argument("--prompt-lookup", type=int, default=None, metavar="K", dest="prompt_lookup_tokens",
                           help="check up to K tokens copied from the prompt per pass (same answer, fewer passes; "
                                "greedy only); 0 = off; default: on (6) with --quality exact or --router llm, else off")
-    decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens (default: %(default)s)")
-    decoding.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
-    decoding.add_argument("--top-p", type=float, default=1.0)
-    decoding.add_argument("--top-k", type=int, default=0)
-    decoding.add_argument("--seed", type=int, default=None)
-    decoding.add_argument("--stop", action="append", default=[], help="stop string (repeatable)")
-    decoding.add_argument("--system", default=None, help="system message")
-    decoding.add_argument("--raw", action="store_true", help="send the prompt as raw text, without the chat template")
-    output = generate.add_argument_group("output")
-    output.add_argument("--measure-speedup", action="store_true", help="also time the LLM alone on the same prompt")
-    output.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
-    generate.set_defaults(handler=_generate)
-    _add_distill(commands)
-    _add_train_router(commands)
-    return parser
 
+
+def _add_serve(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    serve = commands.add_parser(
+        "serve", help="serve the pair over an OpenAI-compatible HTTP API (needs the 'serve' extra)",
+        description="An OpenAI-compatible server (POST /v1/chat/completions, /v1/completions; GET /v1/models, "
+                    "/health, /metrics) whose requests all share the engine's batching scheduler. The decoding "
+                    "options below are the defaults of requests that do not set their own.",
+    )
+    _add_pair_options(serve)
+    decoding = serve.add_argument_group("request defaults")
+    _add_router_options(decoding)
+    decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens of a request that sets none "
+                                                                      "(default: %(default)s)")
+    decoding.add_argument("--max-batch-size", type=int, default=16, help="requests per batched step (default: %(default)s)")
+    server = serve.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    server.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    server.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on /v1 routes (default: $RSTITCH_API_KEY, else none)")
+    server.add_argument("--drain-seconds", type=float, default=30.0,
+                        help="on SIGTERM, how long requests in flight may finish while new ones get 503 "
+                             "(default: %(default)s)")
+    ray = serve.add_argument_group("scale-out on Ray Serve (needs the 'ray' extra)")
+    ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve: --replicas engines behind one ingress")
+    ray.add_argument("--replicas", type=int, default=1, help="engine replicas (default: %(default)s)")
+    ray.add_argument("--ray-address", default=None, help="a running cluster (e.g. auto or ray://HEAD:10001); default: "
+                                                         "start a local Ray instance")
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="(default: %(default)s)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="(default: %(default)s)")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    import os
+
+    try:
+        from rstitch_server.launch import serve_from_args  # the engine itself never needs the server's packages
+    except ImportError as error:
+        raise InvalidSettingError(f"rstitch serve needs the 'serve' extra (pip install 'rstitch[serve]'): {error}") from None
+    if args.api_key is None:
+        args.api_key = os.environ.get("RSTITCH_API_KEY") or None
+    return serve_from_args(args, console)
 
 def _add_distill(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
     defaults = DistillSettings()
