@@ -111,6 +111,10 @@ class StitchOptions(BaseModel):
         "False: free generation, parsed after."))
     timeout: float | None = Field(default=None, description=(
         "Seconds one call may take before it raises TimeoutError; None: no limit."))
+    base_url: str | None = Field(default=None, description=(
+        "Remote mode: the URL of an `rstitch serve` server (e.g. http://127.0.0.1:8000/v1); no weights load here, "
+        "and calls go to the server's pair (rstitch_integrations.remote)."))
+    api_key: str | None = Field(default=None, description="Remote mode: the server's API key (`rstitch serve --api-key`).")
 
     @field_validator("threshold", mode="before")
     @classmethod

@@ -152,7 +152,7 @@ async def _stream(running: RunningCall, reply: Reply, include_usage: bool) -> As
                         yield sse(reply.usage_chunk(step.stats))
                     break
                 assert step.event is not None
-                yield sse(reply.chunk(step.parsed, [step.event.source], [step.event.entropy]))
+                yield sse(reply.chunk(step.parsed, [step.event], in_reasoning=step.in_reasoning))
     except (RStitchError, TimeoutError) as error:  # mid-stream: the status is sent, the error goes in the stream
         yield sse(RequestError(str(error)).body())
     except Exception:

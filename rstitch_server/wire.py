@@ -11,13 +11,14 @@ one fragment) once its block is complete; reasoning (``<think>`` spans) as ``rea
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
-from rstitch_engine import StitchStats
+from rstitch_engine import StitchStats, TokenEvent
 from rstitch_integrations.chat_format import AnswerStep, InvalidToolCall, ParsedCall, ToolCall
 
 
@@ -37,10 +38,17 @@ class Reply:
     def object(self) -> str:
         return "chat.completion.chunk" if self.kind == "chat" else "text_completion"
 
-    def chunk(self, step: AnswerStep | None, sources: Sequence[str] = (), entropies: Sequence[float] = (),
-              stats: StitchStats | None = None, role: bool = False) -> dict[str, Any]:
-        """One streamed chunk: the step's delta and the tokens it covers; ``stats`` makes it the final one."""
-        extra = _rstitch(sources, entropies, step, stats)
+    def chunk(self, step: AnswerStep | None, events: Sequence[TokenEvent] = (), stats: StitchStats | None = None,
+              role: bool = False, in_reasoning: bool = False) -> dict[str, Any]:
+        """One streamed chunk: the step's delta and the tokens it covers; ``stats`` makes it the final one.
+
+        Streamed chunks also list each token's whole ``TokenEvent`` (``rstitch.tokens``: id, raw text,
+        took_over, ...) for rstitch's own clients (``rstitch_integrations.remote``)."""
+        extra = _rstitch([e.source for e in events], [e.entropy for e in events], step, stats)
+        if events:
+            extra["tokens"] = [dataclasses.asdict(event) for event in events]
+        if in_reasoning:
+            extra["in_reasoning"] = True
         if self.kind == "text":
             choice: dict[str, Any] = {"index": 0, "text": step.content if step else "", "logprobs": None,
                                       "finish_reason": self.finish_reason(stats)}
