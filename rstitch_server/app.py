@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import secrets
-import time
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -58,7 +58,7 @@ def create_app(service: StitchService, api_key: str | None = None) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "draining" if app.state.draining else "ok", "model": service.model_id,
-                "in_flight": service.in_flight}
+                "in_flight": service.in_flight, "pid": os.getpid()}
 
     @app.get("/metrics")
     async def metrics() -> Response:

@@ -8,6 +8,7 @@ start ``rstitch serve`` as a subprocess on the same pair saved to a folder.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 import socket
 import threading
 import time
@@ -71,3 +72,16 @@ def tiny_service(**defaults: object) -> StitchService:
     engine = StitchEngine(tiny_chat_pair())
     options = StitchOptions(llm="tiny-qwen2", slm="tiny-draft", **{"threshold": 0.5, "max_tokens": 24, **defaults})
     return StitchService(engine, options, TINY_MODEL_ID)
+
+
+def save_tiny_pair(root: Path) -> tuple[Path, Path]:
+    """A tiny LLM and SLM saved under ``root`` as safetensors folders with a chat-template tokenizer: (llm, slm)."""
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level_tokenizer().backend_tokenizer, eos_token="<eos>",
+                                        bos_token="<bos>", pad_token="<pad>", chat_template=CHAT_TEMPLATE)
+    folders = []
+    for name, layers, hidden, seed in (("llm", 3, 48, 2), ("slm", 1, 32, 1)):
+        model = tiny_model("llama", len(tokenizer), seed=seed, layers=layers, hidden=hidden, max_positions=2048)
+        model.to("cpu").float().save_pretrained(root / name)
+        tokenizer.save_pretrained(root / name)
+        folders.append(root / name)
+    return folders[0], folders[1]

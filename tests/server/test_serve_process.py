@@ -17,9 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from serving import free_port
-from tiny import CHAT_TEMPLATE, byte_level_tokenizer, tiny_model
-from transformers import PreTrainedTokenizerFast
+from serving import free_port, save_tiny_pair
 
 LONG = {"type": "regex", "pattern": "[a-z]{150}"}
 """An answer the grammar keeps going for 150 letters (the tiny pair cannot end it early)."""
@@ -27,17 +25,7 @@ LONG = {"type": "regex", "pattern": "[a-z]{150}"}
 
 @pytest.fixture(scope="module")
 def tiny_pair_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """A tiny LLM and SLM saved as safetensors folders, with a chat-template tokenizer."""
-    root = tmp_path_factory.mktemp("tiny-pair")
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=byte_level_tokenizer().backend_tokenizer, eos_token="<eos>",
-                                        bos_token="<bos>", pad_token="<pad>", chat_template=CHAT_TEMPLATE)
-    folders = []
-    for name, arch, layers, hidden, seed in (("llm", "llama", 3, 48, 2), ("slm", "llama", 1, 32, 1)):
-        model = tiny_model(arch, len(tokenizer), seed=seed, layers=layers, hidden=hidden, max_positions=2048)
-        model.to("cpu").float().save_pretrained(root / name)
-        tokenizer.save_pretrained(root / name)
-        folders.append(root / name)
-    return folders[0], folders[1]
+    return save_tiny_pair(tmp_path_factory.mktemp("tiny-pair"))
 
 
 @pytest.fixture
