@@ -43,8 +43,20 @@ class RunningCall:
     _core: Generator[CallStep, None, None]
     _started: float
 
+    _reading: bool = False
+
+    def __del__(self) -> None:
+        if not self._reading:  # never read (the client left before the response started): close it anyway
+            self._reading = True
+            self._service.metrics.queue_depth.dec()
+            try:
+                self._service.pool.submit(self._service.close_call, None, self._core)
+            except RuntimeError:  # the pool has shut down with the server: closing directly is safe now
+                self._service.close_call(None, self._core)
+
     async def steps(self) -> AsyncIterator[CallStep]:
         """The core's steps; the last one has the stats. Closing or cancelling the reader ends the request."""
+        self._reading = True
         service, pending = self._service, None
         last_token, finished = None, False
         try:
