@@ -16,7 +16,8 @@ same tokens; throughput is output tokens over wall seconds. ``overhead`` is 1 - 
 throughput (the HTTP layer's cost: serialisation, SSE, one worker-thread hop per token). With
 ``--ray`` the server rows are repeated against ``rstitch serve --ray --replicas 2`` (same machine:
 the replicas share its cores). The client stops by itself once every level is done; only loopback
-is used.
+is used. ``--threads N`` gives the server process and this one N torch threads (on a 2-core machine
+shared with other work, 1 avoids OpenMP teams spinning against each other; Ray's replicas get 1).
 
     python benchmarks/serve_load.py --json benchmarks/results/serve_load.json
 """
@@ -39,6 +40,7 @@ from typing import Any
 
 import httpx
 import openai
+import torch
 from rich.console import Console
 from rich.table import Table
 
@@ -91,11 +93,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(extra: list[str], timeout: float) -> tuple[subprocess.Popen, str]:
+def start_server(extra: list[str], timeout: float, threads: int | None) -> tuple[subprocess.Popen, str]:
     """``rstitch serve`` in its own process on a free loopback port; returns once /health answers."""
     port = free_port()
     command = [sys.executable, "-m", "rstitch_engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port), *extra]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     base, deadline = f"http://127.0.0.1:{port}", time.monotonic() + timeout
     while True:
         try:
@@ -176,12 +179,14 @@ async def inprocess_level(chat: ChatRStitch, batch: list[list[dict[str, str]]], 
 
 
 def sweep(args: argparse.Namespace, console: Console) -> list[LevelResult]:
+    if args.threads:
+        torch.set_num_threads(args.threads)
     chat = ChatRStitch(max_tokens=args.max_tokens, temperature=0)
     chat.invoke("Warm up.")  # load the pair here before any timing
-    servers = {"server": start_server([], args.start_timeout)}
-    if args.ray:
+    servers = {"server": start_server([], args.start_timeout, args.threads)}
+    if args.ray:  # Ray gives each replica OMP_NUM_THREADS = its CPUs (at least 1)
         servers["ray x2"] = start_server(["--ray", "--replicas", "2", "--cpus-per-replica", "0.5"],
-                                         args.start_timeout)
+                                         args.start_timeout, args.threads)
     results: list[LevelResult] = []
     try:
         for _, base in servers.values():  # warm up every server (first request compiles nothing, but pages in)
@@ -254,6 +259,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per level (default: 2)")
     parser.add_argument("--ray", action="store_true", help="also against rstitch serve --ray --replicas 2")
     parser.add_argument("--start-timeout", type=float, default=600)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of the server and of this process (OMP_NUM_THREADS); default: torch's")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     console = Console()

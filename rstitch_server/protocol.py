@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rstitch_engine import Quality
 
@@ -85,22 +85,50 @@ class _Common(BaseModel):
         return {key: value for key, value in values.items() if value is not None}
 
 
+class FunctionSpec(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = Field(min_length=1)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    """A JSON schema of the arguments (an object schema); None: no arguments."""
+
+
+class ToolSpec(BaseModel):
+    """An OpenAI tool: ``{"type": "function", "function": {"name", "description", "parameters"}}``."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["function"] = "function"
+    function: FunctionSpec
+
+
 class ChatCompletionRequest(_Common):
     """``POST /v1/chat/completions``."""
 
     messages: list[dict[str, Any]] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    tools: list[dict[str, Any]] | None = None
+    tools: list[ToolSpec] | None = None
     tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
     parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
     constrained: bool | None = None
     separate_reasoning: bool = True
 
+    @field_validator("messages")
+    @classmethod
+    def _message_shapes(cls, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for i, message in enumerate(messages):
+            if not isinstance(message.get("role"), str):
+                raise ValueError(f"message {i} needs a 'role' string")
+            content = message.get("content")
+            if not (content is None or isinstance(content, (str, list))):
+                raise ValueError(f"message {i}: content must be a string or a list of content parts, "
+                                 f"got {type(content).__name__}")
+        return messages
+
     def call_options(self, max_tokens: int | None = None) -> dict[str, Any]:
         options = super().call_options(self.max_completion_tokens or self.max_tokens)
         if self.tools:
-            options["tools"] = self.tools
+            options["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
             if self.tool_choice is not None:
                 options["tool_choice"] = self.tool_choice
             if self.parallel_tool_calls is not None:

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from rstitch_engine import StitchEngine
+from rstitch_engine import InvalidSettingError, StitchEngine
 from rstitch_integrations.core import CallStep, PreparedCall, StitchOptions, decode_call, prepare_call
 
 from .metrics import ServerMetrics
@@ -121,7 +121,10 @@ class StitchService:
         started = time.perf_counter()
 
         def start() -> tuple[PreparedCall, Generator[CallStep, None, None]]:
-            call = prepare()
+            try:
+                call = prepare()  # input processing only: what fails here is the request's fault
+            except (TypeError, KeyError, AttributeError) as error:
+                raise InvalidSettingError(f"the request cannot be read: {error!r}") from error
             return call, decode_call(self.engine, call, separate_reasoning, self.options.measure_speedup)
 
         call, core = await asyncio.wrap_future(self.pool.submit(start))  # bad input raises here, before any pass
