@@ -263,7 +263,7 @@ def main() -> int:
                         help="torch threads of the server and of this process (OMP_NUM_THREADS); default: torch's")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    console = Console()
+    console = Console(width=150)
     rows = merged(sweep(args, console))
     over = overheads(rows)
     console.print(table(rows, over))
