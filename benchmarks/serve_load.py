@@ -128,8 +128,8 @@ async def one_stream(client: openai.AsyncOpenAI, messages: list[dict[str, str]],
     sent = time.perf_counter()
     last: float | None = None
     tokens = 0
-    stream = await client.chat.completions.create(model="default", messages=messages, max_tokens=max_tokens,  # type: ignore[arg-type]
-                                                  temperature=0, stream=True)
+    stream = await client.chat.completions.create(model="default", messages=messages,  # type: ignore[arg-type]
+                                                  max_tokens=max_tokens, temperature=0, stream=True)
     async for chunk in stream:
         count = len(chunk.model_extra["rstitch"]["token_sources"])
         if count:

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .decoding.engine import StitchEngine
+from .decoding.engine import DEFAULT_MAX_BATCH_SIZE, StitchEngine
 from .decoding.routers import DEFAULT_QUALITY, router_for_quality, router_named
 from .decoding.settings import GenerationSettings
 from .decoding.stats import StitchStats, TokenEvent
@@ -113,7 +113,8 @@ def _add_serve(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     _add_router_options(decoding)
     decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens of a request that sets none "
                                                                       "(default: %(default)s)")
-    decoding.add_argument("--max-batch-size", type=int, default=16, help="requests per batched step (default: %(default)s)")
+    decoding.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                          help="requests per batched step (default: %(default)s)")
     server = serve.add_argument_group("server")
     server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
     server.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
@@ -138,7 +139,8 @@ def _serve(args: argparse.Namespace, console: Console) -> int:
     try:
         from rstitch_server.launch import serve_from_args  # the engine itself never needs the server's packages
     except ImportError as error:
-        raise InvalidSettingError(f"rstitch serve needs the 'serve' extra (pip install 'rstitch[serve]'): {error}") from None
+        raise InvalidSettingError(
+            f"rstitch serve needs the 'serve' extra (pip install 'rstitch[serve]'): {error}") from None
     if args.api_key is None:
         args.api_key = os.environ.get("RSTITCH_API_KEY") or None
     return serve_from_args(args, console)

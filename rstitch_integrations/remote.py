@@ -95,8 +95,8 @@ class RemoteCall:
                     yield CallStep(step, answer, stats=RemoteStats(extra["stats"]))  # type: ignore[arg-type]
                     return
                 for i, token in enumerate(extra.get("tokens", ())):
-                    yield CallStep(step if i == 0 else AnswerStep(), answer, TokenEvent(**token),  # type: ignore[arg-type]
-                                   in_reasoning=answer.in_reasoning)
+                    parsed, event = (step if i == 0 else AnswerStep()), TokenEvent(**token)
+                    yield CallStep(parsed, answer, event, in_reasoning=answer.in_reasoning)  # type: ignore[arg-type]
         finally:
             self._chunks.close()
 

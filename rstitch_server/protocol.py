@@ -63,7 +63,8 @@ class _Common(BaseModel):
         if self.n not in (None, 1):
             raise ValueError("n must be 1: send one request per answer (they share the batch anyway)")
         if self.logprobs:
-            raise ValueError("logprobs are not supported; each chunk's rstitch.token_entropies gives the writer's entropy")
+            raise ValueError("logprobs are not supported; each chunk's rstitch.token_entropies gives the "
+                             "writer's entropy")
         for name in ("presence_penalty", "frequency_penalty"):
             if getattr(self, name):
                 raise ValueError(f"{name} is not supported; leave it out or set it to 0")
@@ -77,8 +78,8 @@ class _Common(BaseModel):
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
 
-    def call_options(self, max_tokens: int | None) -> dict[str, Any]:
-        """The core's call options (``rstitch_integrations.core.CALL_OPTIONS``) this request sets."""
+    def _sampling_options(self, max_tokens: int | None) -> dict[str, Any]:
+        """The core's call options (``rstitch_integrations.core.CALL_OPTIONS``) both endpoints share."""
         values = {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
                   "stop": self.stop, "quality": self.quality, "threshold": self.threshold, "top_k": self.top_k,
                   "prompt_lookup_tokens": self.prompt_lookup_tokens}
@@ -125,8 +126,9 @@ class ChatCompletionRequest(_Common):
                                  f"got {type(content).__name__}")
         return messages
 
-    def call_options(self, max_tokens: int | None = None) -> dict[str, Any]:
-        options = super().call_options(self.max_completion_tokens or self.max_tokens)
+    def call_options(self) -> dict[str, Any]:
+        """The core's call options this request sets (unset fields keep the server's defaults)."""
+        options = self._sampling_options(self.max_completion_tokens or self.max_tokens)
         if self.tools:
             options["tools"] = [tool.model_dump(exclude_none=True) for tool in self.tools]
             if self.tool_choice is not None:
@@ -160,8 +162,9 @@ class CompletionRequest(_Common):
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
-    def call_options(self, max_tokens: int | None = None) -> dict[str, Any]:
-        return super().call_options(self.max_tokens)
+    def call_options(self) -> dict[str, Any]:
+        """The core's call options this request sets (unset fields keep the server's defaults)."""
+        return self._sampling_options(self.max_tokens)
 
 
 def validation_message(error: ValidationError) -> str:

@@ -45,9 +45,9 @@ def deployment(config: ServeConfig, replicas: int, gpus_per_replica: float = 0.0
             return app
 
         def check_health(self) -> None:
-            """Ray Serve's probe: a replica whose worker pool is gone is replaced."""
-            if self.service.pool._shutdown:  # noqa: SLF001 - the executor's own flag
-                raise RuntimeError("the replica's engine pool has shut down")
+            """Ray Serve's probe: a replica whose service has shut down is replaced."""
+            if self.service.closed:
+                raise RuntimeError("the replica's service has shut down")
 
     return StitchReplica.bind(config.model_dump())
 

@@ -49,10 +49,7 @@ class RunningCall:
         if not self._reading:  # never read (the client left before the response started): close it anyway
             self._reading = True
             self._service.metrics.queue_depth.dec()
-            try:
-                self._service.pool.submit(self._service.close_call, None, self._core)
-            except RuntimeError:  # the pool has shut down with the server: closing directly is safe now
-                self._service.close_call(None, self._core)
+            self._close_later(None)
 
     async def steps(self) -> AsyncIterator[CallStep]:
         """The core's steps; the last one has the stats. Closing or cancelling the reader ends the request."""
@@ -83,8 +80,14 @@ class RunningCall:
                 service.metrics.queue_depth.dec()
             if not finished:  # its reader went away (or it raised) before the end
                 service.metrics.disconnects.inc()
-            # no await here: this may run in a cancelled task (the client went away)
-            service.pool.submit(service.close_call, pending, self._core)
+            self._close_later(pending)  # no await here: this may run in a cancelled task (the client went away)
+
+    def _close_later(self, pending: concurrent.futures.Future | None) -> None:
+        """Close the core on a worker thread once ``pending`` (the step in flight) returns."""
+        try:
+            self._service.pool.submit(self._service.close_call, pending, self._core)
+        except RuntimeError:  # the pool has shut down with the server: nothing runs the core any more
+            self._service.close_call(None, self._core)
 
 
 class StitchService:
@@ -100,6 +103,7 @@ class StitchService:
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(64, 4 * engine.max_batch_size),
                                                           thread_name_prefix="rstitch-serve")
         self._lock = threading.Lock()
+        self._closed = False
         self.in_flight = 0
 
     async def open_chat(self, request: ChatCompletionRequest) -> RunningCall:
@@ -140,10 +144,19 @@ class StitchService:
             concurrent.futures.wait([pending])
         try:
             core.close()
+        except ValueError:  # still running (only when the pool shut down under it): it ends with the process
+            pass
         finally:
             with self._lock:
                 self.in_flight -= 1
             self.metrics.running.dec()
 
+    @property
+    def closed(self) -> bool:
+        """Whether ``shutdown`` ran (the service takes no more requests)."""
+        return self._closed
+
     def shutdown(self) -> None:
+        """Stop the worker threads (reads in flight finish; queued ones are cancelled)."""
+        self._closed = True
         self.pool.shutdown(wait=False, cancel_futures=True)

@@ -98,8 +98,8 @@ class Reply:
             choice: dict[str, Any] = {"index": 0, "text": answer.content, "logprobs": None}
             obj = "text_completion"
         else:
-            message: dict[str, Any] = {"role": "assistant", "content": answer.content if answer.content or not answer.calls
-                                       else None}
+            content = answer.content if answer.content or not answer.calls else None  # a call alone: null
+            message: dict[str, Any] = {"role": "assistant", "content": content}
             if answer.reasoning:
                 message["reasoning_content"] = answer.reasoning
             if answer.calls:
