@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .decoding.engine import StitchEngine
+from .decoding.engine import DEFAULT_MAX_BATCH_SIZE, StitchEngine
 from .decoding.policy import DEFAULT_AGREEMENT_TARGET, QUALITIES, Routing
 from .decoding.settings import GenerationSettings
 from .decoding.stats import StitchStats, TokenEvent
@@ -50,9 +50,6 @@ def _parser() -> argparse.ArgumentParser:
     add_pair_arguments(generate)
     decoding = generate.add_argument_group("decoding")
     add_routing_arguments(decoding)
-    decoding.add_argument("--prompt-lookup", type=int, default=None, metavar="K", dest="prompt_lookup_tokens",
-                          help="check up to K tokens copied from the prompt per pass (same answer, fewer passes; "
-                               "greedy only); 0 = off; default: on (6) with --quality exact or --router llm, else off")
     decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens (default: %(default)s)")
     decoding.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default: %(default)s)")
     decoding.add_argument("--top-p", type=float, default=1.0)
@@ -65,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     output.add_argument("--measure-speedup", action="store_true", help="also time the LLM alone on the same prompt")
     output.add_argument("--json", action="store_true", help="print the stats as JSON instead of a table")
     generate.set_defaults(handler=_generate)
+    _add_serve(commands)
     _add_calibrate(commands)
     _add_distill(commands)
     _add_train_router(commands)
@@ -101,12 +99,61 @@ def add_routing_arguments(group: argparse._ArgumentGroup) -> None:
     group.add_argument("--agreement-target", type=float, default=None,
                        help=f"with auto: the agreement with the LLM alone a stitched configuration must have shown "
                             f"in the pair's profile (default: {DEFAULT_AGREEMENT_TARGET})")
+    group.add_argument("--prompt-lookup", type=int, default=None, metavar="K", dest="prompt_lookup_tokens",
+                       help="check up to K tokens copied from the prompt per pass (same answer, fewer passes; "
+                            "greedy only); 0 = off; default: the policy's (on, 6, for the LLM alone; off for stitching)")
 
 
 def routing_of(args: argparse.Namespace) -> Routing:
     """The routing the command line asks for (validated: one wording of each error, ``policy.Routing``)."""
     return Routing(quality=args.quality, router=args.router, threshold=args.threshold, router_path=args.router_path,
                    agreement_target=args.agreement_target)
+
+
+def _add_serve(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    serve = commands.add_parser(
+        "serve", help="serve the pair over an OpenAI-compatible HTTP API (needs the 'serve' extra)",
+        description="An OpenAI-compatible server (POST /v1/chat/completions, /v1/completions; GET /v1/models, "
+                    "/health, /metrics) whose requests all share the engine's batching scheduler. The decoding "
+                    "options below are the defaults of requests that do not set their own.",
+    )
+    add_pair_arguments(serve)
+    decoding = serve.add_argument_group("request defaults")
+    add_routing_arguments(decoding)
+    decoding.add_argument("--max-tokens", type=int, default=256, help="max new tokens of a request that sets none "
+                                                                      "(default: %(default)s)")
+    decoding.add_argument("--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE,
+                          help="requests per batched step (default: %(default)s)")
+    server = serve.add_argument_group("server")
+    server.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    server.add_argument("--port", type=int, default=8000, help="(default: %(default)s)")
+    server.add_argument("--api-key", default=None,
+                        help="require 'Authorization: Bearer KEY' on /v1 routes (default: $RSTITCH_API_KEY, else none)")
+    server.add_argument("--drain-seconds", type=float, default=30.0,
+                        help="on SIGTERM, how long requests in flight may finish while new ones get 503 "
+                             "(default: %(default)s)")
+    ray = serve.add_argument_group("scale-out on Ray Serve (needs the 'ray' extra)")
+    ray.add_argument("--ray", action="store_true", help="deploy on Ray Serve: --replicas engines behind one ingress")
+    ray.add_argument("--replicas", type=int, default=1, help="engine replicas (default: %(default)s)")
+    ray.add_argument("--ray-address", default=None, help="a running cluster (e.g. auto or ray://HEAD:10001); default: "
+                                                         "start a local Ray instance")
+    ray.add_argument("--gpus-per-replica", type=float, default=0.0, help="(default: %(default)s)")
+    ray.add_argument("--cpus-per-replica", type=float, default=1.0, help="(default: %(default)s)")
+    serve.set_defaults(handler=_serve)
+
+
+def _serve(args: argparse.Namespace, console: Console) -> int:
+    import os
+
+    try:
+        from rstitch_server.launch import serve_from_args  # the engine itself never needs the server's packages
+    except ImportError as error:
+        raise InvalidSettingError(
+            f"rstitch serve needs the 'serve' extra (pip install 'rstitch[serve]'): {error}") from None
+    routing_of(args)  # a conflicting or invalid routing fails here, before any weights load
+    if args.api_key is None:
+        args.api_key = os.environ.get("RSTITCH_API_KEY") or None
+    return serve_from_args(args, console)
 
 
 def _add_calibrate(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:

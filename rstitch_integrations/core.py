@@ -61,10 +61,11 @@ CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "
                 "timeout", "tool_policy", "agreement_target")
 """Keyword arguments one call may set (each overrides the option of the same name for that call)."""
 
-REMOTE_ONLY_OPTIONS = ("api_key", "base_url", "max_retries")
-"""Constructor options of remote chat models. rstitch decodes in this process: there is no key to send
-and no request to retry (a failed local call fails the same way again), so a value is refused, not dropped
-(``StitchOptions._refuse_remote_only``; None is accepted and means nothing)."""
+REFUSED_OPTIONS = ("max_retries",)
+"""Constructor options of other chat models that mean nothing here: rstitch retries no request (a failed local
+call fails the same way again; remote mode's client does not retry either), so a value is refused, not dropped
+(``StitchOptions._refuse_remote_only``; None is accepted and means nothing). ``api_key`` is accepted with
+``base_url`` only (remote mode)."""
 
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 
@@ -138,20 +139,27 @@ class StitchOptions(BaseModel):
         "'until_result': a tool call is required until a tool result follows the latest user message, then "
         "the model answers (text, or the response format) without tools, so it cannot repeat a call. "
         "For small pairs that do not choose tools on their own (the default 135M pair)."))
+    base_url: str | None = Field(default=None, description=(
+        "Remote mode: the URL of an `rstitch serve` server (e.g. http://127.0.0.1:8000/v1); no weights load here, "
+        "and calls go to the server's pair (rstitch_integrations.remote)."))
+    api_key: str | None = Field(default=None, description="Remote mode: the server's API key (`rstitch serve --api-key`).")
 
     @model_validator(mode="before")
     @classmethod
     def _refuse_remote_only(cls, values: Any) -> Any:
-        """The one place remote-only options (``REMOTE_ONLY_OPTIONS``) are refused in local mode."""
+        """The one place options of remote chat models are refused: ``max_retries`` always, ``api_key`` without
+        ``base_url`` (local mode has no key to send)."""
         if not isinstance(values, dict):
             return values
-        given = sorted(key for key in REMOTE_ONLY_OPTIONS if values.get(key) is not None)
+        given = [key for key in REFUSED_OPTIONS if values.get(key) is not None]
+        if values.get("api_key") is not None and values.get("base_url") is None:
+            given.append("api_key")
         if given:
             raise InvalidSettingError(
-                f"{', '.join(given)}: options of remote chat models; rstitch decodes locally, with no key to send "
-                "and no request to retry. Remove them."
+                f"{', '.join(sorted(given))}: options of remote chat models; rstitch decodes locally, with no key to "
+                "send and no request to retry (api_key goes with base_url, an `rstitch serve` server). Remove them."
             )
-        return {key: value for key, value in values.items() if key not in REMOTE_ONLY_OPTIONS}
+        return {key: value for key, value in values.items() if key not in REFUSED_OPTIONS}
 
     @model_validator(mode="after")
     def _check_options(self) -> StitchOptions:

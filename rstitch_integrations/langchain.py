@@ -40,12 +40,16 @@ from rstitch_engine import InvalidSettingError, StitchEngine, StitchStats, Token
 from .answer_parsing import THINK_OPEN, AnswerStep
 from .tool_calls import InvalidToolCall, ParsedCall, ToolCall
 from .constrained import check_tool_choice, tool_choice_name
-from .core import PreparedCall, StitchOptions, decode_call, prepare_call
+from .core import CallStep, PreparedCall, StitchOptions, decode_call, prepare_call
+from .remote import remote_call
 
 _IGNORED_CALL_OPTIONS = ("ls_structured_output_format", "stream")
 """Keyword arguments LangChain itself passes through to the model; they change nothing here."""
-_NOT_IN_CACHE_KEY = ("timeout", "quality")
-"""Options left out of the cache key: ``timeout`` bounds the time only; ``quality`` goes in resolved (``preset``)."""
+_NOT_IN_CACHE_KEY = ("timeout", "quality", "api_key")
+"""Options left out of the cache key: ``timeout`` bounds the time only; ``quality`` goes in resolved (``preset``);
+``api_key`` is a secret and changes no answer (``base_url``, the server, does go in)."""
+
+
 class ChatRStitch(StitchOptions, BaseChatModel):
     """A chat model whose answer a small and a large model write together (R-Stitch).
 
@@ -159,10 +163,18 @@ class ChatRStitch(StitchOptions, BaseChatModel):
 
     def _prepare(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]) -> PreparedCall:
         """Validate the call and render the prompt (no forward pass yet)."""
-        call = {key: value for key, value in kwargs.items() if key not in _IGNORED_CALL_OPTIONS}
-        if stop:
-            call["stop"] = [*(call.get("stop") or ()), *stop]
-        return prepare_call(self._engine(), self, convert_to_openai_messages(messages, text_format="string"), call)
+        return prepare_call(self._engine(), self, convert_to_openai_messages(messages, text_format="string"),
+                            _call_options(stop, kwargs))
+
+    def _start(self, messages: list[BaseMessage], stop: list[str] | None,
+               kwargs: Mapping[str, Any]) -> tuple[int, Generator[CallStep, None, None]]:
+        """(prompt tokens, the call's steps): decoded here, or by the server at ``base_url`` (remote mode)."""
+        if self.base_url is not None:
+            remote = remote_call(self, convert_to_openai_messages(messages, text_format="string"),
+                                 _call_options(stop, kwargs), self.separate_reasoning)
+            return remote.prompt_tokens, remote.steps()
+        call = self._prepare(messages, stop, kwargs)
+        return len(call.prompt_ids), decode_call(self._engine(), call, self.separate_reasoning, self.measure_speedup)
 
     # ------------------------------------------------------------------ the core generator
 
@@ -184,9 +196,9 @@ class ChatRStitch(StitchOptions, BaseChatModel):
     def _usage_chunks(
         self, messages: list[BaseMessage], stop: list[str] | None, kwargs: Mapping[str, Any]
     ) -> Generator[ChatGenerationChunk, None, None]:
-        call = self._prepare(messages, stop, kwargs)
-        input_tokens, call_index = len(call.prompt_ids), 0  # input tokens go on the first chunk only
-        with closing(decode_call(self._engine(), call, self.separate_reasoning, self.measure_speedup)) as steps:
+        input_tokens, call_steps = self._start(messages, stop, kwargs)
+        call_index = 0  # input tokens go on the first chunk only
+        with closing(call_steps) as steps:
             for step in steps:
                 if step.stats is not None:
                     yield _last_chunk(step.parsed, step.stats, self.model_name, call_index, input_tokens)
@@ -444,6 +456,14 @@ def _result(chunks: list[ChatGenerationChunk]) -> ChatResult:
 
 
 # ---------------------------------------------------------------------- small helpers
+
+
+def _call_options(stop: list[str] | None, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """A call's options from LangChain's keyword arguments and stop list."""
+    call = {key: value for key, value in kwargs.items() if key not in _IGNORED_CALL_OPTIONS}
+    if stop:
+        call["stop"] = [*(call.get("stop") or ()), *stop]
+    return call
 
 
 # ---------------------------------------------------------------------- reaching the model by name

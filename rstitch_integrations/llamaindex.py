@@ -59,6 +59,7 @@ from rstitch_engine import StitchEngine, release_openmp_team
 from .answer_parsing import AnswerParser, AnswerStep
 from .tool_calls import ToolCall
 from .core import CALL_OPTIONS, CallStep, StitchOptions, decode_call, prepare_call
+from .remote import remote_call
 
 if TYPE_CHECKING:
     from llama_index.core.tools.types import BaseTool
@@ -259,6 +260,8 @@ class RStitchLLM(StitchOptions, FunctionCallingLLM):
     def _start(self, messages: Sequence[ChatMessage], options: dict[str, Any]) -> Generator[CallStep, None, None]:
         """Validate a call and start its engine stream (no forward pass yet): bad input raises here."""
         call = {**options, "tools": [_tool_schema(tool) for tool in options.get("tools") or ()]}
+        if self.base_url is not None:  # remote mode: the server at base_url decodes
+            return remote_call(self, [_message_dict(m) for m in messages], call, self.separate_thinking).steps()
         prepared = prepare_call(self.engine, self, [_message_dict(m) for m in messages], call)
         return decode_call(self.engine, prepared, self.separate_thinking, self.measure_speedup)
 

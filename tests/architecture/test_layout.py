@@ -133,7 +133,7 @@ def long_functions(paths: list[Path]) -> list[str]:
     return found
 
 
-@pytest.mark.parametrize("folder", ["rstitch_engine", "rstitch_integrations", "benchmarks", "examples"])
+@pytest.mark.parametrize("folder", ["rstitch_engine", "rstitch_integrations", "rstitch_server", "benchmarks", "examples"])
 def test_functions_are_short_or_say_why_not(folder):
     assert long_functions(sorted((ROOT / folder).rglob("*.py"))) == []
 
@@ -152,3 +152,26 @@ def test_every_subpackage_opens_with_a_docstring_stating_its_invariants():
     for init in sorted(PACKAGE.glob("*/__init__.py")):
         doc = ast.get_docstring(ast.parse(init.read_text()))
         assert doc and "Invariant" in doc, init
+
+
+SERVER_PACKAGES = ("rstitch_server", "fastapi", "starlette", "uvicorn", "prometheus_client", "openai", "ray")
+"""What only the server (and the adapters' remote mode) may import: the engine runs without the 'serve' extra."""
+
+
+def test_the_engine_imports_the_server_only_lazily_from_the_cli():
+    offences = [f"{name} imports {m}" for name, path in package_modules().items()
+                for m in imported_modules(path) if m.split(".")[0] in SERVER_PACKAGES
+                and not (name == "rstitch_engine.cli" and m.startswith("rstitch_server"))]
+    assert offences == []
+    probe = ("import sys, rstitch_engine, rstitch_engine.cli; "
+             f"print(sorted(m for m in sys.modules if m.split('.')[0] in {SERVER_PACKAGES!r}))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert loaded.stdout.strip() == "[]"
+
+
+def test_the_server_imports_no_framework():
+    frameworks = ("langchain", "langchain_core", "langchain_openai", "llama_index")
+    modules = sorted((ROOT / "rstitch_server").rglob("*.py"))
+    offences = [f"{path.name} imports {m}" for path in modules for m in imported_modules(path)
+                if m.split(".")[0] in frameworks]
+    assert modules and offences == []

@@ -1,0 +1,197 @@
+"""Remote mode: the adapters' calls answered by an ``rstitch serve`` server instead of local weights.
+
+``remote_call`` sends one call through the ``openai`` client (always streamed) and gives back the
+same ``CallStep`` sequence ``core.decode_call`` gives locally: one step per kept token (its
+``TokenEvent`` rebuilt from the chunk's ``rstitch.tokens``, what it made final in the answer, and
+the running totals), then a last step with the held-back rest and the stats. So an adapter in
+remote mode needs one branch: where it would prepare and decode locally, it opens a remote call.
+
+Invariants: no weights are loaded; a request the server refuses raises ``InvalidSettingError`` (a
+400) before any step, as ``prepare_call`` would; closing the steps early closes the HTTP stream, and
+the server drops the request from its batch.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Generator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rstitch_engine import InvalidSettingError, TokenEvent
+
+from .answer_parsing import AnswerStep
+from .tool_calls import InvalidToolCall, ParsedCall, ToolCall
+from .constrained import tool_choice_name
+from .core import CALL_OPTIONS, CallStep, StitchOptions
+
+
+@dataclass(frozen=True)
+class RemoteStats:
+    """A request's stats as the server reported them (``StitchStats.to_dict()``): the same keys as attributes."""
+
+    values: Mapping[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.values)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+@dataclass
+class RemoteAnswer:
+    """Running totals of a remote answer (what ``answer_parsing.AnswerParser`` keeps locally)."""
+
+    content: str = ""
+    reasoning: str = ""
+    tool_calls: list[ToolCall] = field(default_factory=list)
+    invalid_tool_calls: list[InvalidToolCall] = field(default_factory=list)
+    in_reasoning: bool = False
+
+    def record(self, step: AnswerStep) -> None:
+        self.content += step.content
+        self.reasoning += step.reasoning
+        self.tool_calls += [c for c in step.calls if isinstance(c, ToolCall)]
+        self.invalid_tool_calls += [c for c in step.calls if isinstance(c, InvalidToolCall)]
+
+
+@functools.lru_cache(maxsize=16)
+def _client(base_url: str, api_key: str | None, timeout: float | None) -> Any:
+    import openai  # the 'serve' extra; only remote mode needs it
+
+    return openai.OpenAI(base_url=_v1(base_url), api_key=api_key or "none", timeout=timeout, max_retries=0)
+
+
+def _v1(base_url: str) -> str:
+    base = base_url.rstrip("/")
+    return base if base.endswith("/v1") else f"{base}/v1"
+
+
+class RemoteCall:
+    """One call sent to a server; ``prompt_tokens`` is known once it was accepted."""
+
+    def __init__(self, chunks: Any, prompt_tokens: int) -> None:
+        self._chunks = chunks
+        self.prompt_tokens = prompt_tokens
+
+    def steps(self) -> Generator[CallStep, None, None]:
+        """The call's steps, as ``core.decode_call`` gives them; closing early closes the stream."""
+        answer = RemoteAnswer()
+        try:
+            for chunk in self._chunks:
+                extra = (chunk.model_extra or {}).get("rstitch", {})
+                if "error" in (chunk.model_extra or {}):
+                    raise InvalidSettingError(chunk.model_extra["error"].get("message", "the server failed"))
+                if not chunk.choices:
+                    continue  # the usage chunk
+                step = _answer_step(chunk.choices[0].delta, extra)
+                answer.record(step)
+                answer.in_reasoning = bool(extra.get("in_reasoning"))
+                if "stats" in extra:
+                    yield CallStep(step, answer, stats=RemoteStats(extra["stats"]))  # type: ignore[arg-type]
+                    return
+                for i, token in enumerate(extra.get("tokens", ())):
+                    parsed, event = (step if i == 0 else AnswerStep()), TokenEvent(**token)
+                    yield CallStep(parsed, answer, event, in_reasoning=answer.in_reasoning)  # type: ignore[arg-type]
+        finally:
+            self._chunks.close()
+
+
+def remote_call(options: StitchOptions, messages: Sequence[Mapping[str, Any]], call: Mapping[str, Any],
+                separate_reasoning: bool) -> RemoteCall:
+    """Send a call (OpenAI-style ``messages``; ``call``: its keyword options) to ``options.base_url``."""
+    import openai
+
+    unknown = sorted(set(call) - set(CALL_OPTIONS))
+    if unknown:
+        raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {', '.join(CALL_OPTIONS)}")
+    client = _client(options.base_url, options.api_key, options.timeout)  # type: ignore[arg-type]
+    try:
+        chunks = client.chat.completions.create(
+            model=options.model_name, messages=list(messages), stream=True, **_request_fields(options, call),
+            extra_body=_rstitch_fields(options, call) | {"separate_reasoning": separate_reasoning})
+    except openai.BadRequestError as error:
+        raise InvalidSettingError(_message(error)) from None
+    stream: Iterator[Any] = iter(chunks)
+    first = next(stream)  # the role chunk: the request was accepted
+    prompt_tokens = int(((first.model_extra or {}).get("rstitch") or {}).get("prompt_tokens", 0))
+    return RemoteCall(chunks, prompt_tokens)
+
+
+def _request_fields(options: StitchOptions, call: Mapping[str, Any]) -> dict[str, Any]:
+    """The standard OpenAI fields of a call: its options over the adapter's."""
+    stops = [*(options.stop or ()), *_as_list(call.get("stop"))]
+    fields: dict[str, Any] = {
+        "max_tokens": call.get("max_tokens", options.max_tokens),
+        "temperature": call.get("temperature", options.temperature),
+        "top_p": call.get("top_p", options.top_p),
+    }
+    seed = call.get("seed", options.seed)
+    if seed is not None:
+        fields["seed"] = seed
+    if stops:
+        fields["stop"] = list(dict.fromkeys(stops))
+    if call.get("tools"):
+        fields["tools"] = list(call["tools"])
+        choice = tool_choice_name(call.get("tool_choice"))
+        if choice is not None:
+            fields["tool_choice"] = ("required" if choice == "any" else "none" if choice == "none"
+                                     else {"type": "function", "function": {"name": choice}})
+        if call.get("parallel_tool_calls") is not None:
+            fields["parallel_tool_calls"] = call["parallel_tool_calls"]
+    if call.get("response_format"):
+        fields["response_format"] = dict(call["response_format"])
+    return fields
+
+
+def _rstitch_fields(options: StitchOptions, call: Mapping[str, Any]) -> dict[str, Any]:
+    """rstitch's own fields: the router (a call's threshold or quality, else the adapter's), top_k, constrained."""
+    if options.router != "entropy" or options.router_path is not None:
+        raise InvalidSettingError("remote mode takes quality or threshold; choose other routers on the server")
+    fields: dict[str, Any] = {"top_k": call.get("top_k", options.top_k),
+                              "constrained": call.get("constrained", options.constrained)}
+    if "threshold" in call:
+        fields["threshold"] = call["threshold"]
+    elif "quality" in call:
+        fields["quality"] = call["quality"]
+    elif options.preset is not None:
+        fields["quality"] = options.preset
+    else:
+        fields["threshold"] = options.threshold
+    lookup = call.get("prompt_lookup_tokens", options.prompt_lookup_tokens)
+    if lookup is not None:
+        fields["prompt_lookup_tokens"] = lookup
+    return fields
+
+
+def _answer_step(delta: Any, extra: Mapping[str, Any]) -> AnswerStep:
+    invalid = {c["id"]: c for c in extra.get("invalid_tool_calls", ())}
+    calls: list[ParsedCall] = []
+    for call in delta.tool_calls or ():
+        if call.id in invalid:
+            info = invalid[call.id]
+            calls.append(InvalidToolCall(info["id"], info["name"], info["raw"], info["error"], info["closed"]))
+        else:
+            calls.append(ToolCall(call.id, call.function.name, json.loads(call.function.arguments or "{}")))
+    reasoning = (delta.model_extra or {}).get("reasoning_content") or ""
+    return AnswerStep(delta.content or "", reasoning, tuple(calls))
+
+
+def _message(error: Any) -> str:
+    body = getattr(error, "body", None)
+    if isinstance(body, Mapping):
+        inner = body.get("error", body)
+        if isinstance(inner, Mapping) and inner.get("message"):
+            return str(inner["message"])
+    return str(error)
+
+
+def _as_list(stop: Any) -> list[str]:
+    if stop is None:
+        return []
+    return [stop] if isinstance(stop, str) else list(stop)
