@@ -24,11 +24,14 @@ QUESTION = "What is the capital of France?"
 # ----------------------------------------------------------------------------- strict options
 
 
-@pytest.mark.parametrize("remote_only", [{"api_key": "sk-x"}, {"max_retries": 2}, {"base_url": "http://x"}])
+@pytest.mark.parametrize("remote_only", [{"api_key": "sk-x"}, {"max_retries": 2},
+                                         {"max_retries": 2, "base_url": "http://127.0.0.1:9/v1"}])
 def test_remote_only_options_are_refused_with_the_reason(remote_only) -> None:
     with pytest.raises(ValidationError, match="options of remote chat models; rstitch decodes locally"):
         ChatRStitch(**remote_only)
     assert ChatRStitch(api_key=None, max_retries=None).max_tokens == 256  # None asks for nothing: accepted
+    remote = ChatRStitch(base_url="http://127.0.0.1:9/v1", api_key="sk-x")  # remote mode: the key goes with the URL
+    assert remote.api_key == "sk-x" and "api_key" not in remote._identifying_params  # a secret stays out of the key
 
 
 def test_misspelt_options_raise_at_construction_and_per_call(real_engine: StitchEngine) -> None:
