@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Callable, Generator, Iterator, Mapping, Sequence
-from contextlib import closing
+from contextlib import aclosing, closing
 from operator import itemgetter
 from typing import Any, Literal
 
@@ -241,8 +241,10 @@ class ChatRStitch(StitchOptions, BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        async for chunk in self._achunks(self._chunks(messages, stop, kwargs), run_manager):
-            yield chunk
+        # closed here, not left to the loop's async-generator finaliser: a consumer that stops early frees the request now
+        async with aclosing(self._achunks(self._chunks(messages, stop, kwargs), run_manager)) as chunks:
+            async for chunk in chunks:
+                yield chunk
 
     async def _achunks(
         self, chunks: Generator[ChatGenerationChunk, None, None], run_manager: AsyncCallbackManagerForLLMRun | None
