@@ -3,7 +3,7 @@
 Known fields are typed (a wrong type is a 400 naming the field); fields the OpenAI API defines but
 rstitch cannot honour (``n`` > 1, ``logprobs``, penalties, ``echo``) are refused with a reason;
 any other field is ignored, as OpenAI-compatible servers do, so that clients sending newer fields
-keep working. rstitch's own options travel as extra body fields (``quality``, ``threshold``,
+keep working. rstitch's own options travel as extra body fields (``quality``, ``threshold``, ``agreement_target``,
 ``top_k``, ``constrained``, ``separate_reasoning``, ``prompt_lookup_tokens``).
 """
 
@@ -55,6 +55,7 @@ class _Common(BaseModel):
     # rstitch's own options
     quality: Quality | None = None
     threshold: float | None = None
+    agreement_target: float | None = Field(default=None, ge=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
     prompt_lookup_tokens: int | None = Field(default=None, ge=0)
 
@@ -82,7 +83,7 @@ class _Common(BaseModel):
         """The core's call options (``rstitch_integrations.core.CALL_OPTIONS``) both endpoints share."""
         values = {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
                   "stop": self.stop, "quality": self.quality, "threshold": self.threshold, "top_k": self.top_k,
-                  "prompt_lookup_tokens": self.prompt_lookup_tokens}
+                  "prompt_lookup_tokens": self.prompt_lookup_tokens, "agreement_target": self.agreement_target}
         return {key: value for key, value in values.items() if value is not None}
 
 
