@@ -15,9 +15,17 @@ shared machine's load falls on both alike):
 Each bare loop must produce the engine's tokens and the same writer of every token (a mismatch
 stops the benchmark, as does an EOS, where the engine ends and the bare loop does not). The figure
 is the median over repeats of (engine seconds - bare seconds) / tokens, prefill included in both,
-in the calling thread's CPU time by default (``--clock``; with one torch thread it holds all the work). Prompt lookup is off (a bare loop has none).
+in the calling thread's CPU time by default (``--clock``; with one torch thread it holds all the work).
+"Added outside forward" is the same difference with the time inside the models' forward calls taken
+out of both (hooks on the models): both loops run the same passes, so this is the engine's own
+work with less of the noise a loaded machine puts into the passes. Prompt lookup is off (a bare loop has none).
 
-    python benchmarks/per_token_cost.py --layers 3 --tokens 200 --repeats 7 --json benchmarks/results/per_token_cost.json
+    python benchmarks/per_token_cost.py --tokens 200 --repeats 5 --json benchmarks/results/per_token_cost_after.json
+    git archive 0af5d46 rstitch_engine | tar -x -C /tmp/before    # the engine before the runner refactor
+    python benchmarks/per_token_cost.py --engine-from /tmp/before --tokens 200 --repeats 5 \
+        --json benchmarks/results/per_token_cost_before.json
+    python benchmarks/per_token_cost.py --compare benchmarks/results/per_token_cost_before.json \
+        benchmarks/results/per_token_cost_after.json
 """
 
 from __future__ import annotations
@@ -26,19 +34,32 @@ import argparse
 import json
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import torch
-from rich.console import Console
-from rich.table import Table
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache
 
-from rstitch_engine import AlwaysLLMRouter, EntropyRouter, GenerationSettings, ModelPair, StitchEngine
-from rstitch_engine.decoding.sampling import normalised_entropy
-from rstitch_engine.models.defaults import default_llm_folder
-from rstitch_engine.models.loaded import cache_keyword
+def _engine_from_argv() -> None:
+    """``--engine-from DIR``: import ``rstitch_engine`` from DIR (a source tree of another commit, e.g.
+    ``git archive <commit> rstitch_engine | tar -x -C DIR``) instead of the installed one."""
+    if "--engine-from" in sys.argv:
+        folder = sys.argv[sys.argv.index("--engine-from") + 1]
+        sys.meta_path[:] = [finder for finder in sys.meta_path if "editable" not in repr(finder).lower()]
+        sys.path.insert(0, folder)
+
+
+_engine_from_argv()
+
+import torch  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, DynamicCache  # noqa: E402
+
+from rstitch_engine import AlwaysLLMRouter, EntropyRouter, GenerationSettings, ModelPair, StitchEngine  # noqa: E402
+from rstitch_engine.decoding.sampling import normalised_entropy  # noqa: E402
+from rstitch_engine.models.defaults import default_llm_folder  # noqa: E402
+from rstitch_engine.models.loaded import cache_keyword  # noqa: E402
 
 CLOCKS: dict[str, Callable[[], float]] = {"cpu": time.thread_time, "wall": time.perf_counter}
 """``cpu``: CPU time of the calling thread, which runs both loops' passes (one torch thread) and the
@@ -126,18 +147,36 @@ def median_slm_entropy(pair: ModelPair, prompt: list[int], tokens: int) -> float
     return statistics.median(entropies)
 
 
+class ForwardClock:
+    """Time spent inside the models' forward calls (hooks on both models), on the benchmark's clock."""
+
+    def __init__(self, pair: ModelPair, clock: Callable[[], float]) -> None:
+        self.clock, self.seconds, self._entered = clock, 0.0, 0.0
+        for model in {id(m): m for m in (pair.slm.model, pair.llm.model)}.values():
+            model.register_forward_pre_hook(self._enter)
+            model.register_forward_hook(self._leave)
+
+    def _enter(self, *_: object) -> None:
+        self._entered = self.clock()
+
+    def _leave(self, *_: object) -> None:
+        self.seconds += self.clock() - self._entered
+
+
 def lockstep(bare: Iterator[tuple[int, str]], engine: Iterator[tuple[int, str]], tokens: int,
-             clock: Callable[[], float] = time.thread_time) -> tuple[float, float, list[str]]:
-    """(bare seconds, engine seconds, writers) over ``tokens`` tokens taken one from each in turn,
-    alternating which goes first; the two must give the same token and writer every time."""
-    totals, sources = [0.0, 0.0], []
+             forward: ForwardClock) -> tuple[list[float], list[float], list[str]]:
+    """([seconds, of which in forward] for the bare loop, the same for the engine, writers) over ``tokens``
+    tokens taken one from each in turn, alternating which goes first; both must give the same token and
+    writer every time."""
+    totals, sources, clock = [[0.0, 0.0], [0.0, 0.0]], [], forward.clock
     loops = (bare, engine)
     for index in range(tokens):
         produced = [None, None]
         for which in ((0, 1) if index % 2 == 0 else (1, 0)):
-            start = clock()
+            start, in_forward = clock(), forward.seconds
             produced[which] = next(loops[which], None)
-            totals[which] += clock() - start
+            totals[which][0] += clock() - start
+            totals[which][1] += forward.seconds - in_forward
         if produced[0] != produced[1] or produced[1] is None:
             raise RuntimeError(f"the engine's token {index} differs from the bare loop's: {produced}")
         sources.append(produced[1][1])
@@ -145,7 +184,7 @@ def lockstep(bare: Iterator[tuple[int, str]], engine: Iterator[tuple[int, str]],
 
 
 def measure(pair: ModelPair, engine: StitchEngine, prompt: list[int], tau: float, tokens: int, repeats: int,
-            clock: Callable[[], float]) -> dict[str, Any]:
+            forward: ForwardClock) -> dict[str, Any]:
     """Per workload: bare and engine seconds of every repeat, and the writers of the tokens."""
     workloads = {
         "alone": lambda: (bare_alone(pair, prompt), engine_events(engine, prompt, tokens, AlwaysLLMRouter())),
@@ -154,7 +193,7 @@ def measure(pair: ModelPair, engine: StitchEngine, prompt: list[int], tau: float
     found: dict[str, Any] = {name: {"bare": [], "engine": [], "sources": []} for name in workloads}
     for _ in range(repeats):
         for name, make in workloads.items():
-            bare_s, engine_s, sources = lockstep(*make(), tokens, clock)
+            bare_s, engine_s, sources = lockstep(*make(), tokens, forward)
             found[name]["bare"].append(bare_s)
             found[name]["engine"].append(engine_s)
             found[name]["sources"] = sources
@@ -162,16 +201,21 @@ def measure(pair: ModelPair, engine: StitchEngine, prompt: list[int], tau: float
 
 
 def summary(found: dict[str, Any], workload: str, tokens: int) -> dict[str, Any]:
-    bare, engine, sources = found[workload]["bare"], found[workload]["engine"], found[workload]["sources"]
+    found = found[workload]
+    bare, engine = [b for b, _ in found["bare"]], [e for e, _ in found["engine"]]
     added = [(e - b) / tokens * 1e6 for b, e in zip(bare, engine)]
+    # the same difference without the time inside the models' forward calls (the part that varies with load)
+    outside = [((e - ef) - (b - bf)) / tokens * 1e6 for (b, bf), (e, ef) in zip(found["bare"], found["engine"])]
     return {
         "workload": "LLM alone" if workload == "alone" else "stitching",
         "tokens": tokens,
-        "llm_tokens": sources.count("llm"),
+        "llm_tokens": found["sources"].count("llm"),
         "bare_us_per_token": statistics.median(bare) / tokens * 1e6,
         "engine_us_per_token": statistics.median(engine) / tokens * 1e6,
         "added_us_per_token": statistics.median(added),
         "added_us_per_repeat": added,
+        "added_outside_forward_us_per_token": statistics.median(outside),
+        "added_outside_forward_us_per_repeat": outside,
         "ratio": statistics.median(e / b for b, e in zip(bare, engine)),
     }
 
@@ -185,6 +229,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tau", type=float, default=None, help="default: the SLM's median entropy")
     parser.add_argument("--clock", choices=sorted(CLOCKS), default="cpu",
                         help="cpu: the calling thread's CPU time (steady on a shared machine); wall: elapsed time")
+    parser.add_argument("--engine-from", type=Path, default=None,
+                        help="import rstitch_engine from this source tree (another commit's), for a before/after")
+    parser.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("BEFORE", "AFTER"),
+                        help="print two JSON results side by side and exit")
     parser.add_argument("--label", default="", help="a name for this code state, stored in the JSON")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     return parser.parse_args(argv)
@@ -192,20 +240,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse_args(argv)
+    if args.compare:
+        print_comparison(*(json.loads(path.read_text()) for path in args.compare))
+        return []
     torch.set_num_threads(args.threads)
     pair = tiny_default_pair(args.layers)
     engine = StitchEngine(pair)
     prompt = engine.encode(PROMPT)
     tau = args.tau if args.tau is not None else median_slm_entropy(pair, prompt, 32)
-    clock = CLOCKS[args.clock]
-    measure(pair, engine, prompt, tau, 16, 1, clock)  # warm-up
-    found = measure(pair, engine, prompt, tau, args.tokens, args.repeats, clock)
+    forward = ForwardClock(pair, CLOCKS[args.clock])
+    measure(pair, engine, prompt, tau, 16, 1, forward)  # warm-up
+    found = measure(pair, engine, prompt, tau, args.tokens, args.repeats, forward)
     rows = [summary(found, workload, args.tokens) for workload in ("alone", "stitch")]
     print_table(rows, args, tau)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "label": args.label, "clock": args.clock, "layers": args.layers, "threads": args.threads, "repeats": args.repeats,
+            "engine": str(Path(sys.modules["rstitch_engine"].__file__).parent),
             "tau": tau, "prompt_tokens": len(prompt), "platform": platform.processor() or platform.machine(),
             "torch": torch.__version__, "rows": rows,
         }, indent=2))
@@ -215,11 +267,28 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, tau: float) -> None:
     table = Table(title=f"Engine cost per token above a bare loop: {args.layers}-layer random models, "
                         f"{args.threads} thread(s), {args.clock} time, median of {args.repeats} repeats, tau {tau:.4f}")
-    for column in ("workload", "tokens (LLM)", "bare us/token", "engine us/token", "added us/token", "ratio"):
+    for column in ("workload", "tokens (LLM)", "bare us/token", "engine us/token", "added us/token",
+                   "added outside forward", "ratio"):
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(row["workload"], f"{row['tokens']} ({row['llm_tokens']})", f"{row['bare_us_per_token']:.0f}",
-                      f"{row['engine_us_per_token']:.0f}", f"{row['added_us_per_token']:.0f}", f"{row['ratio']:.3f}")
+                      f"{row['engine_us_per_token']:.0f}", f"{row['added_us_per_token']:.0f}",
+                      f"{row['added_outside_forward_us_per_token']:.0f}", f"{row['ratio']:.3f}")
+    Console().print(table)
+
+
+def print_comparison(before: dict[str, Any], after: dict[str, Any]) -> None:
+    """Added microseconds per token (all, and outside the models' forward calls), before and after."""
+    table = Table(title=f"Engine cost per token above a bare loop ({before['clock']} time, {before['layers']} layers, "
+                        f"{before['threads']} thread(s)): {before['label']} -> {after['label']}")
+    for column in ("workload", "bare us/token", "added before", "added after", "outside forward before",
+                   "outside forward after", "ratio before", "ratio after"):
+        table.add_column(column, justify="right")
+    for old, new in zip(before["rows"], after["rows"]):
+        table.add_row(old["workload"], f"{old['bare_us_per_token']:.0f} / {new['bare_us_per_token']:.0f}",
+                      f"{old['added_us_per_token']:.0f}", f"{new['added_us_per_token']:.0f}",
+                      f"{old.get('added_outside_forward_us_per_token', float('nan')):.0f}",
+                      f"{new['added_outside_forward_us_per_token']:.0f}", f"{old['ratio']:.3f}", f"{new['ratio']:.3f}")
     Console().print(table)
 
 

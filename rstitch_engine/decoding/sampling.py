@@ -9,6 +9,7 @@ temperature, and changing the temperature never changes which model is asked to 
 from __future__ import annotations
 
 import math
+import threading
 
 import numpy as np
 import torch
@@ -22,17 +23,21 @@ def normalised_entropy(logits: torch.Tensor, support: int | None = None) -> floa
     logits: [V], already sliced to the shared real vocabulary. Tokens with logit -inf count as p = 0.
     ``support``: how many tokens could be chosen at all (a grammar's allowed tokens), so that H = 1
     means "uniform over the possible choices" there too; ``support <= 1`` (a forced token) gives 0.
-    On CPU the sums run single-threaded in NumPy: torch's intra-op threads stall on such small
-    reductions when the other cores are busy (measured on 2 cores under load: 0.3 ms in NumPy
-    against 1 to 24 ms in torch for |V| = 49,152), which would tax every stitched step.
+    On CPU the sums run single-threaded in NumPy: torch's intra-op threads can stall on such small
+    reductions when the other cores are busy, which would tax every stitched step.
     """
     size = logits.shape[-1] if support is None else support
     if size <= 1:
         return 0.0
     if logits.device.type == "cpu":
-        entropy = _entropy_numpy(logits.detach().numpy())
-    else:
-        entropy = float(_entropy_torch(logits))
+        return _normalised(_entropy_numpy(logits.detach().numpy()), size)
+    return _normalised(float(_entropy_torch(logits)), size)
+
+
+def _normalised(entropy: float, size: int) -> float:
+    """Unnormalised entropy over ``size`` possible tokens, divided by log ``size`` and clipped to [0, 1]."""
+    if size <= 1:
+        return 0.0
     return min(max(entropy / math.log(size), 0.0), 1.0)
 
 
@@ -44,6 +49,12 @@ def entropy_and_choice(logits: torch.Tensor, settings: GenerationSettings, gener
     the router needs the token id and H, so that is the step's one host sync.
     """
     if logits.device.type == "cpu":
+        if settings.greedy:  # one NumPy view: the argmax is also the max the entropy subtracts
+            array = logits.detach().numpy()
+            token = int(array.argmax())  # the first maximum, as torch.argmax
+            size = array.shape[-1] if support is None else support
+            entropy = _entropy_numpy(array, array[token], masked=support is not None) if size > 1 else 0.0
+            return _normalised(entropy, size), token
         return normalised_entropy(logits, support), choose_token(logits, settings, generator)
     size = logits.shape[-1] if support is None else support
     entropy = _entropy_torch(logits) / math.log(size) if size > 1 else logits.new_zeros((), dtype=torch.float32)
@@ -52,12 +63,40 @@ def entropy_and_choice(logits: torch.Tensor, settings: GenerationSettings, gener
     return min(max(h, 0.0), 1.0), int(t)
 
 
-def _entropy_numpy(logits: np.ndarray) -> float:
+def _entropy_numpy(logits: np.ndarray, top: float | None = None, masked: bool = True) -> float:
+    """Unnormalised entropy of softmax(logits) ([V]); ``top``: max(logits), when already known.
+    ``masked`` False: no logit is -inf (no grammar mask), so no clamp is needed unless a -inf shows.
+
+    Works in two scratch arrays of the calling thread, reused from call to call: a fresh [V] array
+    per operation would be a large allocation each step, which costs page faults between passes.
+    """
     # With z = x - max(x), e = exp(z), s = sum(e):  H = log s - sum(e * z) / s.
-    z = np.maximum(logits - logits.max(), np.finfo(logits.dtype).min)  # -inf -> finite, so 0 * z = 0
-    e = np.exp(z)
+    z, e = _scratch(logits.shape[0], logits.dtype)
+    np.subtract(logits, logits.max() if top is None else top, out=z)
+    if not masked:
+        entropy = _entropy_of_shifted(z, e)
+        if not math.isnan(entropy):  # else a -inf in z made 0 * -inf: clamp, as for a masked row
+            return entropy
+    np.maximum(z, np.finfo(logits.dtype).min, out=z)  # -inf -> finite, so 0 * z = 0; finite z unchanged
+    return _entropy_of_shifted(z, e)
+
+
+def _entropy_of_shifted(z: np.ndarray, e: np.ndarray) -> float:
+    """log s - sum(e * z) / s for z = logits - max(logits), e = exp(z) (written into ``e``), s = sum(e)."""
+    np.exp(z, out=e)
     s = e.sum()
     return float(math.log(s) - np.dot(e, z) / s)
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(size: int, dtype: np.dtype) -> tuple[np.ndarray, np.ndarray]:
+    """Two [size] arrays of ``dtype`` owned by the calling thread."""
+    arrays = getattr(_SCRATCH, "arrays", None)
+    if arrays is None or arrays[0].shape[0] != size or arrays[0].dtype != dtype:
+        arrays = _SCRATCH.arrays = (np.empty(size, dtype), np.empty(size, dtype))
+    return arrays
 
 
 def _entropy_torch(logits: torch.Tensor) -> torch.Tensor:

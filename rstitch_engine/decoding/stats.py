@@ -88,10 +88,10 @@ class StitchStats:
     wall_seconds: float
     """From the start of the request to its end, as the caller saw it."""
     idle_seconds: float
-    """Part of the wall time not spent on this request's forward passes. Alone (``max_batch_size=1``):
-    waiting for other requests' passes and for the consumer between two tokens. Batched: the wall
-    time minus the wall time of the batched passes it took part in (a shared pass counts whole for
-    each of its requests), so ``busy_seconds`` is what this request's passes took, at that load."""
+    """Part of the wall time not spent on this request's forward passes: the wall time minus the wall
+    time of the passes it took part in (a shared pass counts whole for each of its requests), so
+    ``busy_seconds`` is what this request's passes took, at that load. It holds waiting for other
+    requests' passes, for the consumer between two tokens, and the engine's own work between passes."""
     finish_reason: FinishReason
     router: str
     threshold: float

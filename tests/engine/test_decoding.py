@@ -13,7 +13,7 @@ from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_engine
 
 from rstitch_engine import EntropyRouter, GenerationSettings, normalised_entropy
 from rstitch_engine.decoding.detokenize import IncrementalDetokenizer, StopStringFilter, TextAssembler
-from rstitch_engine.decoding.sampling import _entropy_numpy, _entropy_torch, choose_token
+from rstitch_engine.decoding.sampling import _entropy_numpy, _entropy_torch, choose_token, entropy_and_choice
 
 
 def test_seeded_sampling_is_reproducible_and_seed_dependent():
@@ -67,6 +67,24 @@ def test_numpy_and_torch_entropy_paths_agree(dtype):
         reference = float(torch.special.entr(torch.softmax(logits.double(), -1)).sum())
         assert numpy_value == pytest.approx(reference, rel=1e-4, abs=1e-6)
         assert torch_value == pytest.approx(reference, rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_greedy_entropy_and_choice_on_cpu_equal_the_separate_functions_exactly(dtype):
+    """The CPU greedy path (one NumPy view, its argmax as the max) gives the very values of
+    ``normalised_entropy`` and ``choose_token``: plain rows, rows with -inf (a grammar's mask), ties."""
+    generator = torch.Generator().manual_seed(1)
+    greedy = GenerationSettings()
+    for scale in (0.1, 3.0, 30.0):
+        logits = (torch.randn(5000, generator=generator) * scale).to(dtype)
+        masked = logits.clone()
+        masked[::3] = -math.inf
+        tied = logits.clone()
+        tied[[7, 4000]] = logits.max() + 1  # the first maximum wins, as torch.argmax
+        for row, support in ((logits, None), (masked, int(torch.isfinite(masked).sum())), (tied, None)):
+            expected = (normalised_entropy(row, support), choose_token(row, greedy, None))
+            assert entropy_and_choice(row, greedy, None, support) == expected
+    assert entropy_and_choice(tied, greedy, None)[1] == 7
 
 
 def test_top_p_keeps_the_smallest_sufficient_set():

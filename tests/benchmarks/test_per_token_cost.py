@@ -1,0 +1,40 @@
+"""benchmarks/per_token_cost.py: its bare loops give the engine's tokens and writers, and it reports both workloads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers import load_benchmark
+from tiny import tiny_pair
+
+
+@pytest.mark.real_model  # the default tokenizer and config (random weights)
+def test_a_short_run_checks_every_token_against_the_bare_loops_and_writes_both_workloads(tmp_path, capsys):
+    bench = load_benchmark("per_token_cost")
+    out = tmp_path / "cost.json"
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.main(["--layers", "1", "--tokens", "12", "--repeats", "1", "--json", str(out)])
+    finally:
+        torch.set_num_threads(threads)  # the benchmark runs on one thread
+    assert [row["workload"] for row in rows] == ["LLM alone", "stitching"]
+    assert rows[0]["llm_tokens"] == 12  # the LLM alone wrote every token
+    assert 0 < rows[1]["llm_tokens"] < 12  # at the SLM's median entropy both models wrote
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == rows and saved["layers"] == 1
+    bench.main(["--compare", str(out), str(out)])
+    assert "stitching" in capsys.readouterr().out
+
+
+def test_the_bare_stitching_loop_is_algorithm_1():
+    """A pair whose SLM is the LLM itself: the bare loop's writer follows the entropy rule exactly."""
+    bench = load_benchmark("per_token_cost")
+    pair = tiny_pair()
+    prompt = [5, 9, 14, 20]
+    tokens = bench.bare_stitch(pair, prompt, -1.0)  # tau < 0: the LLM writes every token
+    assert [next(tokens)[1] for _ in range(5)] == ["llm"] * 5
+    tokens = bench.bare_stitch(pair, prompt, 1.0)  # tau = 1: the SLM writes every token
+    slm_alone = bench.bare_alone(pair.__class__(slm=pair.slm, llm=pair.slm, tokenizer=pair.tokenizer), prompt)
+    assert [next(tokens) for _ in range(5)] == [(next(slm_alone)[0], "slm") for _ in range(5)]
