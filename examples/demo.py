@@ -26,12 +26,11 @@ from rstitch_integrations.core import PreparedCall, StitchOptions, decode_call, 
 from rstitch_integrations.tool_calls import TOOL_CALL_CLOSE
 
 STYLES = {"slm": "green", "llm": "magenta"}
-PASSAGE = ("Mira Kolt owns a blue car. She lives in a quiet street near the river and walks to the market on "
-           "Saturdays.\n\nTomas Brenner owns a red car. On weekdays he starts work at eight.")
+PASSAGE = "Mira Kolt owns a blue car. She lives near the river.\n\nTomas Brenner owns a red bicycle. He works at a bakery."
 PROMPTS: list[tuple[str, str, dict[str, Any]]] = [
     ("a fact", "What is the capital of France?", {}),
     ("retrieval", f"Read the passages and answer the question.\n\n{PASSAGE}\n\nQuestion: What colour is Mira "
-                  "Kolt's car? Answer in one word.", {}),
+                  "Kolt's car?", {}),
     ("tool call", "What's the weather like in Paris today?", {"tools": [WEATHER_TOOL], "tool_choice": "required"}),
 ]
 
@@ -79,7 +78,8 @@ def main() -> int:
         engine = StitchEngine.from_pretrained()
         options = StitchOptions(max_tokens=48)
         calls = [prepare_call(engine, options, [{"role": "user", "content": text}], extra) for _, text, extra in PROMPTS]
-        stitched(engine, calls[0]), llm_alone(engine, calls[0])  # warm-up, untimed
+        for call in calls:  # warm-up, untimed: first calls pay for lazy set-up (grammars, caches)
+            stitched(engine, call), llm_alone(engine, call)
     policy = engine.policy()
     table = Table(title="rstitch default preset beside the LLM alone (SLM tokens green, LLM tokens magenta)",
                   title_justify="left", show_lines=True)
