@@ -137,5 +137,5 @@ def test_routers_by_name():
 
 
 def test_from_pretrained_takes_a_quality_or_a_threshold_not_both():
-    with pytest.raises(InvalidSettingError, match="either quality or threshold"):
+    with pytest.raises(InvalidSettingError, match="give either quality or router/threshold, not both"):
         StitchEngine.from_pretrained(threshold=0.1, quality="fast")  # refused before any weight loads
