@@ -19,7 +19,7 @@ from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rstitch_engine import InvalidSettingError, TokenEvent
+from rstitch_engine import DEFAULT_THRESHOLD, InvalidSettingError, TokenEvent
 
 from .answer_parsing import AnswerStep
 from .tool_calls import InvalidToolCall, ParsedCall, ToolCall
@@ -151,7 +151,7 @@ def _request_fields(options: StitchOptions, call: Mapping[str, Any]) -> dict[str
 
 def _rstitch_fields(options: StitchOptions, call: Mapping[str, Any]) -> dict[str, Any]:
     """rstitch's own fields: the router (a call's threshold or quality, else the adapter's), top_k, constrained."""
-    if options.router != "entropy" or options.router_path is not None:
+    if options.router not in (None, "entropy") or options.router_path is not None:
         raise InvalidSettingError("remote mode takes quality or threshold; choose other routers on the server")
     fields: dict[str, Any] = {"top_k": call.get("top_k", options.top_k),
                               "constrained": call.get("constrained", options.constrained)}
@@ -162,7 +162,10 @@ def _rstitch_fields(options: StitchOptions, call: Mapping[str, Any]) -> dict[str
     elif options.preset is not None:
         fields["quality"] = options.preset
     else:
-        fields["threshold"] = options.threshold
+        fields["threshold"] = options.threshold if options.threshold is not None else DEFAULT_THRESHOLD
+    agreement = call.get("agreement_target", options.agreement_target)
+    if agreement is not None:
+        fields["agreement_target"] = agreement
     lookup = call.get("prompt_lookup_tokens", options.prompt_lookup_tokens)
     if lookup is not None:
         fields["prompt_lookup_tokens"] = lookup

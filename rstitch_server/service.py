@@ -116,8 +116,8 @@ class StitchService:
         """Validate and start a plain-prompt request (no chat template)."""
         def prepare() -> PreparedCall:
             options = request.call_options()
-            settings, router = self.options.request_settings(options), self.options.request_router(options)
-            return PreparedCall(self.engine.encode(request.text), settings, router, prefix="", tool_names=None,
+            settings, routing = self.options.request_settings(options), self.options.request_routing(options)
+            return PreparedCall(self.engine.encode(request.text), settings, routing, prefix="", tool_names=None,
                                 forced_call=False, deadline=None)
         return await self._open(prepare, separate_reasoning=False)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -127,10 +128,17 @@ def _rstitch(sources: Sequence[str], entropies: Sequence[float], step: AnswerSte
         extra["invalid_tool_calls"] = [{"id": c.id, "name": c.name, "raw": c.raw, "error": c.error,
                                         "closed": c.closed} for c in invalid]
     if stats is not None:
-        extra["stats"] = stats.to_dict()
+        extra["stats"] = json_safe(stats.to_dict())
     return extra
 
 
 def sse(data: dict[str, Any] | str) -> str:
     """One server-sent event: ``data: <json>`` and a blank line."""
     return f"data: {data if isinstance(data, str) else json.dumps(data, separators=(',', ':'))}\n\n"
+
+
+def json_safe(stats: dict[str, Any]) -> dict[str, Any]:
+    """The stats with non-finite floats (the LLM alone's tau is -inf, the SLM alone's +inf) as JSON strings
+    ('-inf', 'inf'): JSON has no infinities, and the wire must stay valid JSON for every client."""
+    return {key: (str(value) if isinstance(value, float) and not math.isfinite(value) else value)
+            for key, value in stats.items()}

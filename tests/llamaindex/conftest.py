@@ -16,8 +16,6 @@ from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.event_handlers import BaseEventHandler
 
 from rstitch_engine import (
-    DEFAULT_THRESHOLD,
-    EntropyRouter,
     GenerationSettings,
     ModelUsage,
     StitchEngine,
@@ -37,16 +35,15 @@ def rstitch_llm(real_engine) -> RStitchLLM:
 
 @pytest.fixture(scope="session")
 def engine_answer(real_engine):
-    """``engine_answer(question, max_tokens=8)``: the engine's own greedy answer to one user message (cached)."""
+    """``engine_answer(question, max_tokens=8)``: the engine's own greedy answer to one user message under its
+    default routing ('auto', the pair's profile), as the adapter's default runs it (cached)."""
     answers: dict = {}
 
     def answer(question: str, max_tokens: int = 8):
         key = (question, max_tokens)
         if key not in answers:
-            answers[key] = real_engine.generate(
-                [{"role": "user", "content": question}], GenerationSettings(max_new_tokens=max_tokens),
-                EntropyRouter(DEFAULT_THRESHOLD)
-            )
+            answers[key] = real_engine.generate(  # the engine's default routing: the adapters' default too
+                [{"role": "user", "content": question}], GenerationSettings(max_new_tokens=max_tokens))
         return answers[key]
 
     return answer

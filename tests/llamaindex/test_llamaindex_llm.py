@@ -53,7 +53,7 @@ def test_construction_is_cheap_and_metadata_is_real(real_engine):
         ({"max_tokens": 0}, "max_new_tokens must be an integer >= 1"),
         ({"top_p": 0.0}, "top_p must be in (0, 1]"),
         ({"router": "random"}, "Input should be 'entropy', 'learned', 'slm' or 'llm'"),
-        ({"quality": "best"}, "Input should be 'exact', 'balanced', 'fast' or 'auto'"),
+        ({"quality": "best"}, "Input should be 'auto', 'exact', 'balanced' or 'fast'"),
         ({"quality": "exact", "threshold": 0.2}, "give either quality or router/threshold, not both"),
         ({"max_batch_size": 0}, "max_batch_size must be an integer >= 1"),
         ({"llm_wait_steps": -1}, "llm_wait_steps must be an integer >= 0"),

@@ -44,7 +44,8 @@ def test_the_openai_client_streams_with_attribution_and_stats(real_server: str) 
     assert [m.id for m in client.models.list()] == ["rstitch:smollm2-135m-instruct+draft"]
     text, sources, stats, usage = "", [], None, None
     for chunk in client.chat.completions.create(model="rstitch", messages=QUESTION, max_tokens=24, stream=True,
-                                                stream_options={"include_usage": True}):
+                                                stream_options={"include_usage": True},
+                                                extra_body={"quality": "fast"}):  # stitched: both models write
         sources += chunk.model_extra["rstitch"]["token_sources"]
         stats = chunk.model_extra["rstitch"].get("stats", stats)
         usage = chunk.usage or usage
@@ -52,6 +53,7 @@ def test_the_openai_client_streams_with_attribution_and_stats(real_server: str) 
     assert "Paris" in text
     assert len(sources) == usage.completion_tokens == stats["output_tokens"]
     assert stats["slm_tokens"] == sources.count("slm") > 0 and stats["speedup_basis"] in ("estimated", "measured")
+    assert stats["policy"] == "fast: R-Stitch tau=0.1"
 
 
 def test_a_forced_tool_call_and_json_answers_are_valid(real_server: str) -> None:
