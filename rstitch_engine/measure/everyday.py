@@ -31,6 +31,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal, Sequence
 
+from .generalisation import number_answer, word_answer
 from .quality import _fold
 
 Part = Literal["tuning", "heldout"]
@@ -140,13 +141,8 @@ class EverydayItem:
                 and str(value.get("age")) == self.accepted[1]
             return "|".join(self.accepted) if right else None
         if self.check == "number":
-            operands = {int(n) for n in re.findall(r"\d+", self.turns[-1][1])}
-            for match in re.finditer(r"-?\d+", answer.replace(",", "")):
-                if int(match.group()) not in operands or match.group() in self.accepted:
-                    return match.group() if match.group() in self.accepted else None
-            return None
-        folded = _fold(answer)
-        return next((_fold(a) for a in self.accepted if re.search(rf"\b{re.escape(_fold(a))}\b", folded)), None)
+            return number_answer(self.turns[-1][1], self.accepted, answer)
+        return word_answer(self.accepted, answer)
 
 
 def everyday_suite(part: Part) -> list[EverydayItem]:

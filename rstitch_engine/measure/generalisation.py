@@ -165,16 +165,26 @@ class GenItem:
         not one of the question's (unless it is the answer); words: a whole word, case and accents
         ignored; capitals: the word in capitals, case-sensitive."""
         if self.check == "number":
-            operands = {int(n) for n in re.findall(r"\d+", self.turns[-1][1].replace(",", ""))}
-            for match in re.finditer(r"-?\d+", answer.replace(",", "")):
-                if int(match.group()) not in operands or match.group() in self.accepted:
-                    return match.group() if match.group() in self.accepted else None
-            return None
+            return number_answer(self.turns[-1][1], self.accepted, answer)
         if self.check == "upper":
             found = re.search(rf"\b{re.escape(self.accepted[0])}\b", answer)
             return self.accepted[0] if found else None
-        folded = _fold(answer)
-        return next((_fold(a) for a in self.accepted if re.search(rf"\b{re.escape(_fold(a))}\b", folded)), None)
+        return word_answer(self.accepted, answer)
+
+
+def number_answer(question: str, accepted: Sequence[str], answer: str) -> str | None:
+    """The first number of ``answer`` that is not one of the question's (unless accepted), if accepted; else None."""
+    operands = {int(n) for n in re.findall(r"\d+", question.replace(",", ""))}
+    for match in re.finditer(r"-?\d+", answer.replace(",", "")):
+        if int(match.group()) not in operands or match.group() in accepted:
+            return match.group() if match.group() in accepted else None
+    return None
+
+
+def word_answer(accepted: Sequence[str], answer: str) -> str | None:
+    """The first accepted word that ``answer`` contains as a whole word (case and accents ignored), folded; else None."""
+    folded = _fold(answer)
+    return next((_fold(a) for a in accepted if re.search(rf"\b{re.escape(_fold(a))}\b", folded)), None)
 
 
 def generalisation_suite(part: GenPart) -> list[GenItem]:
