@@ -19,8 +19,10 @@ import httpx
 import pytest
 from serving import free_port, save_tiny_pair
 
-LONG = {"type": "regex", "pattern": "[a-z]{150}"}
-"""An answer the grammar keeps going for 150 letters (the tiny pair cannot end it early)."""
+ANSWER_LETTERS = 1500
+LONG = {"type": "regex", "pattern": f"[a-z]{{{ANSWER_LETTERS}}}"}
+"""An answer the grammar keeps going for 1500 letters (the tiny pair cannot end it early): long enough to be
+still in flight when SIGTERM and the refused request arrive, on an idle machine too."""
 
 
 @pytest.fixture(scope="module")
@@ -65,8 +67,8 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits(
     assert httpx.get(base + "/v1/models").status_code == 401  # the key came from RSTITCH_API_KEY
     events: list[str] = []
     first_token = threading.Event()
-    request = {"messages": [{"role": "user", "content": "letters"}], "max_tokens": 150, "response_format": LONG,
-               "stream": True}
+    request = {"messages": [{"role": "user", "content": "letters"}], "max_tokens": ANSWER_LETTERS,
+               "response_format": LONG, "stream": True}
 
     def in_flight() -> None:
         with httpx.stream("POST", base + "/v1/chat/completions", json=request, headers=headers, timeout=120) as reply:
@@ -87,6 +89,6 @@ def test_sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits(
     thread.join(120)
     assert events[-1] == "[DONE]"
     chunks = [json.loads(event) for event in events[:-1]]
-    assert len("".join(c["choices"][0]["delta"].get("content", "") for c in chunks)) == 150  # the whole answer
+    assert len("".join(c["choices"][0]["delta"].get("content", "") for c in chunks)) == ANSWER_LETTERS  # all of it
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
     assert process.wait(60) == 0
