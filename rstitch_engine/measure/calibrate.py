@@ -144,8 +144,9 @@ def calibrate(engine: StitchEngine, prompts: Sequence[CalibrationPrompt], candid
             tally.tokens, tally.slm_tokens = tally.tokens + tokens, tally.slm_tokens + slm_tokens
             answers[name] = text
         reference = answers["LLM alone"]
+        expected = prompt.answer_key(reference, reference)
         for name in names:
-            tallies[name].agreed += prompt.answer_key(answers[name], reference) == prompt.answer_key(reference, reference)
+            tallies[name].agreed += prompt.answer_key(answers[name], reference) == expected
     baseline = tallies["LLM alone"].seconds
     configs = tuple(MeasuredConfig(c.name, c.router_spec, c.prompt_lookup_tokens, tallies[c.name].agreed / len(prompts),
                                    baseline / tallies[c.name].seconds if tallies[c.name].seconds > 0 else 0.0,
