@@ -3,6 +3,12 @@
 PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
+LLAMA_CPP ?= llama-cpp-python==0.3.36
+# llama.cpp for any x86-64 CPU with AVX2 (not -march=native: a native build crashed at its first decode on
+# a CPU whose features the sandbox does not grant), its own thread pool (no OpenMP: torch's libgomp would
+# be shared with it), and only the library (no tools, tests, server or multimodal part).
+LLAMA_CPP_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_OPENMP=OFF \
+	-DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF
 BIN := $(VENV)/bin
 
 .PHONY: setup demo test test-slow test-all docs bench bench-pair draft
@@ -15,6 +21,10 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH)"
+	# built from source with the flags above (about 4 min on 2 cores); --no-cache-dir: never a wheel pip
+	# cached from a build with other flags
+	CMAKE_ARGS="$(LLAMA_CPP_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip install --quiet --no-cache-dir "$(LLAMA_CPP)"
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 

@@ -24,7 +24,7 @@ from .decoding.settings import GenerationSettings
 from .decoding.stats import StitchStats, TokenEvent
 from .errors import InvalidSettingError, RStitchError
 from .models.defaults import DEFAULT_LLM, DEFAULT_SLM, DEFAULT_THRESHOLD, default_slm_for
-from .models.loading import ModelSpec, load_model, load_pair, load_tokenizer
+from .models.loading import BACKENDS, ModelSpec, load_model, load_pair, load_tokenizer
 from .training.distill import DistillSettings, distill
 from .training.prompt_pool import prompt_pool
 
@@ -70,13 +70,16 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def add_pair_arguments(parser: argparse.ArgumentParser) -> None:
-    """--llm, --slm, --slm-layers, --device, --dtype, --device-map, --trust-remote-code (read by ``load_engine``)."""
+    """--llm, --slm, --slm-layers, --backend, --device, --dtype, --device-map, --trust-remote-code (read by ``load_engine``)."""
     pair = parser.add_argument_group("model pair")
     pair.add_argument("--llm", default=DEFAULT_LLM, help="LLM: hub id, folder, .gguf file or alias (default: %(default)s)")
     pair.add_argument("--slm", default=None,
                       help=f"SLM: hub id, folder, .gguf or draft folder from `rstitch distill` (default: {DEFAULT_SLM})")
     pair.add_argument("--slm-layers", type=int, default=None,
                       help="keep only the SLM's first N layers (an untrained early-exit cut; with no --slm, of the LLM)")
+    pair.add_argument("--backend", default="transformers", choices=list(BACKENDS),
+                      help="inference library of both models: transformers, or llama.cpp for GGUF files (the default "
+                           "pair as is; needs `pip install 'rstitch[llamacpp]'`) (default: %(default)s)")
     pair.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: %(default)s)")
     pair.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     pair.add_argument("--device-map", default=None, help="accelerate device_map for the LLM, e.g. auto")
@@ -321,7 +324,7 @@ def _generate(args: argparse.Namespace, console: Console) -> int:
 
 def load_engine(args: argparse.Namespace, console: Console) -> StitchEngine:
     """The engine of the pair that ``add_pair_arguments``' options name."""
-    common = dict(device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code)
+    common = dict(device=args.device, dtype=args.dtype, trust_remote_code=args.trust_remote_code, backend=args.backend)
     llm = ModelSpec(args.llm, device_map=args.device_map, **common)
     if args.slm is not None or args.slm_layers is not None:
         slm = ModelSpec(args.slm or args.llm, num_layers=args.slm_layers, **common)

@@ -42,6 +42,7 @@ from rstitch_engine import (
 )
 from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE, validate_batching
 from rstitch_engine.models.facts import pair_facts
+from rstitch_engine.models.loading import Backend
 
 from .answer_parsing import AnswerParser, AnswerStep
 from .prompt import TemplateSupport, normalise_tool_schema, to_template_prompt
@@ -107,6 +108,10 @@ class StitchOptions(BaseModel):
         "Prompt lookup: check up to this many tokens copied from the prompt in each pass (retrieved passages, "
         "earlier turns: same answer, fewer passes; greedy only); 0: off; None: on for quality='exact' and "
         "router='llm', off for stitching."))
+    backend: Backend = Field(default="transformers", description=(
+        "The inference library of both models: 'transformers', or 'llama.cpp' (GGUF files through llama-cpp-python, "
+        "`pip install 'rstitch[llamacpp]'`; the default pair runs on it as is: the LLM's GGUF and the shipped draft "
+        "exported to GGUF once)."))
     device: str = Field(default="auto", description="'cpu', 'cuda', 'cuda:N' or 'auto'.")
     dtype: Dtype = Field(default="auto", description=(
         "Weight dtype; 'auto' is bfloat16 where the device computes it natively (CUDA, AVX512-BF16/AMX CPUs), "
@@ -178,12 +183,15 @@ class StitchOptions(BaseModel):
         engines that differ only in batching share the loaded pair)."""
         return shared_engine(self.llm, self.slm, self.device, self.dtype, kv_cache=self.kv_cache,
                              compile=self.compile, cache_tokens=self.cache_tokens,
-                             max_batch_size=self.max_batch_size, llm_wait_steps=self.llm_wait_steps)
+                             max_batch_size=self.max_batch_size, llm_wait_steps=self.llm_wait_steps,
+                             backend=self.backend)
 
     @property
     def model_name(self) -> str:
-        """'rstitch:<llm>+<slm>' (the SLM part is 'draft' for the default pair's shipped draft)."""
-        return f"rstitch:{self.llm}+{self.slm or 'draft'}"
+        """'rstitch:<llm>+<slm>' (the SLM part is 'draft' for the default pair's shipped draft), with '@llama.cpp'
+        on that backend."""
+        on_backend = "" if self.backend == "transformers" else f"@{self.backend}"
+        return f"rstitch:{self.llm}+{self.slm or 'draft'}{on_backend}"
 
     def request_settings(self, options: Mapping[str, Any]) -> GenerationSettings:
         """This call's settings: the options, with the call's overrides (a call's stops add to these)."""

@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from rstitch_engine import DEFAULT_LLM, DEFAULT_SLM, InvalidSettingError, ModelSpec, StitchEngine, load_pair
 from rstitch_engine.decoding.engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE
+from rstitch_engine.models.loading import Backend
 from rstitch_integrations.core import StitchOptions
 
 from .service import StitchService
@@ -29,6 +30,7 @@ class ServeConfig(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device_map: str | None = None
     trust_remote_code: bool = False
+    backend: Backend = "transformers"
     request_defaults: dict[str, Any] = Field(default_factory=dict)
     """``StitchOptions`` fields every request starts from (threshold, router, quality, max_tokens, ...)."""
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
@@ -41,7 +43,7 @@ class ServeConfig(BaseModel):
 
     def options(self) -> StitchOptions:
         """The requests' default options (validated: a bad threshold or preset raises before loading)."""
-        return StitchOptions(llm=self.llm, slm=self.slm, **self.request_defaults)
+        return StitchOptions(llm=self.llm, slm=self.slm, backend=self.backend, **self.request_defaults)
 
     @property
     def model_id(self) -> str:
@@ -49,7 +51,8 @@ class ServeConfig(BaseModel):
         return self.options().model_name
 
     def load_engine(self) -> StitchEngine:
-        common: dict[str, Any] = dict(device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code)
+        common: dict[str, Any] = dict(device=self.device, dtype=self.dtype, trust_remote_code=self.trust_remote_code,
+                                      backend=self.backend)
         llm = ModelSpec(self.llm, device_map=self.device_map, **common)
         if self.slm is not None or self.slm_layers is not None:
             slm = ModelSpec(self.slm or self.llm, num_layers=self.slm_layers, **common)

@@ -63,7 +63,7 @@ def config_from_args(args: argparse.Namespace) -> ServeConfig:
         if getattr(args, name) is not None:
             defaults[name] = getattr(args, name)
     return ServeConfig(llm=args.llm, slm=args.slm, slm_layers=args.slm_layers, device=args.device, dtype=args.dtype,
-                       device_map=args.device_map, trust_remote_code=args.trust_remote_code,
+                       device_map=args.device_map, trust_remote_code=args.trust_remote_code, backend=args.backend,
                        request_defaults=defaults, max_batch_size=args.max_batch_size, host=args.host, port=args.port,
                        api_key=args.api_key, drain_seconds=args.drain_seconds)
 

@@ -22,7 +22,7 @@ from ..models.cost_model import shipped_cost_model
 from ..models.defaults import DEFAULT_LLM, default_slm_for
 from ..models.execution import CacheKind, ExecutionConfig
 from ..models.loaded import ModelRole
-from ..models.loading import ModelSpec, load_pair
+from ..models.loading import Backend, ModelSpec, load_pair
 from ..models.openmp import releasing_openmp_team
 from ..models.pair import ModelPair
 from .alone import AloneResult, decode_alone
@@ -204,6 +204,7 @@ class StitchEngine:
         kv_cache: CacheKind | None = None,
         compile: bool = False,
         cache_tokens: int | None = None,
+        backend: Backend = "transformers",
     ) -> "StitchEngine":
         """Load a pair (hub ids, folders, .gguf files or specs). Requests that name no routing run the
         ``quality`` preset, or ``router``/``threshold``, or with none of them the default preset ('auto':
@@ -212,19 +213,20 @@ class StitchEngine:
         With no SLM given and the default LLM, the SLM is the draft shipped for it (``DEFAULT_SLM``).
         ``kv_cache``, ``compile`` and ``cache_tokens`` choose how both models' passes run
         (``ExecutionConfig``: 'dynamic' or 'static' KV caches, compiled steps; ``compile=True`` on
-        CUDA is the fast path); a spec given with its own ``execution`` keeps it.
+        CUDA is the fast path); a spec given with its own ``execution`` keeps it. ``backend``: the inference
+        library of both models named by string ('transformers', or 'llama.cpp' for GGUF files, ``ModelSpec.backend``).
         """
         routing = Routing(quality=quality, router=router, threshold=threshold, router_path=router_path,
                           agreement_target=agreement_target)  # validated before any weights load
         execution = ExecutionConfig(kv_cache=kv_cache, compile=compile, cache_tokens=cache_tokens)
         llm_spec = llm if isinstance(llm, ModelSpec) else ModelSpec(llm, device=device, dtype=dtype,  # type: ignore[arg-type]
-                                                                     execution=execution)
+                                                                     execution=execution, backend=backend)
         if slm is None:
             slm_spec = ModelSpec(default_slm_for(llm_spec.source), device=device, dtype=dtype,  # type: ignore[arg-type]
-                                 execution=execution)
+                                 execution=execution, backend=backend)
         else:
             slm_spec = slm if isinstance(slm, ModelSpec) else ModelSpec(slm, device=device, dtype=dtype,  # type: ignore[arg-type]
-                                                                         execution=execution)
+                                                                         execution=execution, backend=backend)
         return cls(load_pair(slm_spec, llm_spec), None, settings, max_batch_size, llm_wait_steps, routing=routing)
 
     # ----------------------------------------------------------------- public entry points

@@ -7,10 +7,11 @@ from typing import Any
 
 from ..models.defaults import DEFAULT_LLM
 from ..models.execution import CacheKind, ExecutionConfig
+from ..models.loading import Backend
 from .engine import DEFAULT_LLM_WAIT_STEPS, DEFAULT_MAX_BATCH_SIZE, StitchEngine, validate_batching
 
 _engines: dict[tuple[Any, ...], StitchEngine] = {}
-"""Keyed by (pair key, max_batch_size, llm_wait_steps); the pair key is (llm, slm, device, dtype, execution)."""
+"""Keyed by (pair key, max_batch_size, llm_wait_steps); the pair key is (llm, slm, device, dtype, execution, backend)."""
 _lock = threading.Lock()
 
 
@@ -18,10 +19,12 @@ def shared_engine(
     llm: str = DEFAULT_LLM, slm: str | None = None, device: str = "auto", dtype: str = "auto",
     kv_cache: CacheKind | None = None, compile: bool = False, cache_tokens: int | None = None,
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE, llm_wait_steps: int = DEFAULT_LLM_WAIT_STEPS,
+    backend: Backend = "transformers",
 ) -> StitchEngine:
     """The engine for this pair, loading it on first request (thread-safe; loads once).
 
-    ``kv_cache``, ``compile``, ``cache_tokens``: how both models' passes run (``ExecutionConfig``).
+    ``kv_cache``, ``compile``, ``cache_tokens``: how both models' passes run (``ExecutionConfig``);
+    ``backend``: their inference library ('transformers' or 'llama.cpp', ``ModelSpec.backend``).
     ``max_batch_size``, ``llm_wait_steps``: how concurrent requests are batched (``StitchEngine``);
     engines that differ only in these share one loaded pair and take turns on it.
     The engine's own router and settings are defaults only: callers pass theirs per request
@@ -29,7 +32,7 @@ def shared_engine(
     """
     execution = ExecutionConfig(kv_cache=kv_cache, compile=compile, cache_tokens=cache_tokens)  # validated
     validate_batching(max_batch_size, llm_wait_steps)  # before any weights load
-    pair_key = (llm, slm, device, dtype, execution)
+    pair_key = (llm, slm, device, dtype, execution, backend)
     key = (pair_key, max_batch_size, llm_wait_steps)
     with _lock:
         if key not in _engines:
@@ -39,5 +42,5 @@ def shared_engine(
                 if loaded is not None else
                 StitchEngine.from_pretrained(llm, slm, device=device, dtype=dtype, kv_cache=kv_cache, compile=compile,
                                              cache_tokens=cache_tokens, max_batch_size=max_batch_size,
-                                             llm_wait_steps=llm_wait_steps))
+                                             llm_wait_steps=llm_wait_steps, backend=backend))
         return _engines[key]

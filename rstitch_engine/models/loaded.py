@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import inspect
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -47,6 +47,14 @@ class LoadedModel:
     @property
     def dtype(self) -> torch.dtype:
         return self.model.dtype
+
+    @property
+    def declared_eos_ids(self) -> frozenset[int]:
+        """End-of-sequence ids the model's config and generation config declare."""
+        ids: set[int] = set()
+        for config in (self.model.config, getattr(self.model, "generation_config", None)):
+            ids.update(as_id_set(getattr(config, "eos_token_id", None)))
+        return frozenset(ids)
 
     @property
     def context_window(self) -> int | None:
@@ -191,3 +199,11 @@ def _packed_layout(new: list[list[int]], cached: list[int], past: int, dtype: to
     mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
     return ids, positions, mask[None, None], where
 
+
+def as_id_set(value: int | Iterable[int] | None) -> set[int]:
+    """An eos-like config value (one id, a list of ids or None) as a set of ids."""
+    if value is None:
+        return set()
+    if isinstance(value, int):
+        return {value}
+    return {int(v) for v in value}

@@ -25,6 +25,8 @@ from .openmp import releasing_openmp_team
 from .pair import ModelPair
 
 DTypeName = Literal["auto", "float32", "bfloat16", "float16"]
+Backend = Literal["transformers", "llama.cpp"]
+BACKENDS: tuple[Backend, ...] = ("transformers", "llama.cpp")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -50,12 +52,26 @@ class ModelSpec:
     """Further keyword arguments for ``from_pretrained``."""
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
     """How the model's passes run: cache backend ('dynamic' or 'static') and compiled steps."""
+    backend: Backend = "transformers"
+    """The inference library: 'transformers' (any model; CUDA, CPU), or 'llama.cpp' (GGUF files through
+    llama-cpp-python: a .gguf path, the default LLM's alias, or a draft folder, exported to GGUF once).
+    With 'llama.cpp', ``extra`` holds ``models.llamacpp.LlamaCppOptions`` (n_ctx, n_threads, ...)."""
 
     def __post_init__(self) -> None:
         if self.dtype not in ("auto", *_DTYPES):
             raise InvalidSettingError(f"dtype must be one of auto, {', '.join(_DTYPES)}; got {self.dtype!r}")
         if self.num_layers is not None and self.num_layers < 1:
             raise InvalidSettingError(f"num_layers must be >= 1, got {self.num_layers}")
+        if self.backend not in BACKENDS:
+            raise InvalidSettingError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.backend == "llama.cpp":
+            unsupported = [name for name, value in (("num_layers", self.num_layers), ("device_map", self.device_map),
+                                                    ("revision", self.revision)) if value is not None]
+            if self.execution != ExecutionConfig():
+                unsupported.append("execution (static caches, compiled steps)")
+            if unsupported:
+                raise InvalidSettingError(f"the llama.cpp backend does not take {', '.join(unsupported)}: "
+                                          "llama.cpp keeps its own cache and runs the GGUF file as it is")
 
     @property
     def label(self) -> str:
@@ -117,8 +133,15 @@ def load_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
 
     An SLM that is a draft folder (``rstitch distill``) is built on the loaded LLM: it shares the
     LLM's tokenizer, embeddings, norm and head, and so its device and dtype (``slm.device`` and
-    ``slm.dtype`` are not used).
+    ``slm.dtype`` are not used). Both models run on one backend (``ModelSpec.backend``).
     """
+    if slm.backend != llm.backend:
+        raise InvalidSettingError(f"both models of a pair run on one backend; got SLM {slm.backend!r}, "
+                                  f"LLM {llm.backend!r}")
+    if llm.backend == "llama.cpp":
+        from .llamacpp_loading import load_llamacpp_pair  # llama-cpp-python is an optional extra
+
+        return load_llamacpp_pair(slm, llm)
     llm_tokenizer = load_tokenizer(llm)
     llm_model = load_model(llm)
     if is_draft_folder(resolve_alias(slm.source)):

@@ -6,21 +6,24 @@ import dataclasses
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any
 
 from transformers import PreTrainedModel
 
 from ..errors import TokenizerMismatchError
 from .execution import ExecutionConfig
-from .loaded import LoadedModel
+from .loaded import LoadedModel, as_id_set
+
+if TYPE_CHECKING:
+    from .llamacpp import LlamaCppModel
 
 
 @dataclass(frozen=True)
 class ModelPair:
     """The two models of a stitched decoder and their shared tokenizer."""
 
-    slm: LoadedModel
-    llm: LoadedModel
+    slm: "LoadedModel | LlamaCppModel"
+    llm: "LoadedModel | LlamaCppModel"
     tokenizer: Any
     pass_lock: threading.Lock = field(default_factory=threading.Lock, compare=False, repr=False)
     """Held for every forward pass on these models, by every engine built on them (a pair with
@@ -35,16 +38,15 @@ class ModelPair:
         """Every id either model or the tokenizer declares as end of sequence."""
         ids: set[int] = set()
         for loaded in (self.slm, self.llm):
-            for config in (loaded.model.config, getattr(loaded.model, "generation_config", None)):
-                ids.update(_as_id_set(getattr(config, "eos_token_id", None)))
-        ids.update(_as_id_set(getattr(self.tokenizer, "eos_token_id", None)))
+            ids.update(loaded.declared_eos_ids)
+        ids.update(as_id_set(getattr(self.tokenizer, "eos_token_id", None)))
         return frozenset(i for i in ids if 0 <= i < self.vocab_size)
 
     def with_execution(self, slm: ExecutionConfig | None = None, llm: ExecutionConfig | None = None) -> "ModelPair":
         """The same models and tokenizer with other execution configs (None: keep that model's)."""
         def renewed(loaded: LoadedModel, execution: ExecutionConfig | None) -> LoadedModel:
             same = execution is None or execution == loaded.execution
-            return loaded if same else dataclasses.replace(loaded, execution=execution)  # fresh pool and steps
+            return loaded if same else dataclasses.replace(loaded, execution=execution)  # type: ignore[type-var]  # fresh pool and steps
         return dataclasses.replace(self, slm=renewed(self.slm, slm), llm=renewed(self.llm, llm))
 
     @classmethod
@@ -121,11 +123,3 @@ def check_same_tokenizer(slm_tokenizer: Any, llm_tokenizer: Any) -> None:
             "the SLM and LLM must share one tokenizer, but " + "; ".join(problems)
             + ". Pick models of one family (same tokenizer files)."
         )
-
-
-def _as_id_set(value: int | Iterable[int] | None) -> set[int]:
-    if value is None:
-        return set()
-    if isinstance(value, int):
-        return {value}
-    return {int(v) for v in value}
