@@ -76,10 +76,7 @@ def default_draft_gguf(tensor_type: str = "q8_0") -> Path:
     The export is redone when the cached file was made from other draft weights or another LLM GGUF.
     The LLM's GGUF is fetched on first use (see ``defaults``).
     """
-    draft_folder = SHIPPED_DRAFTS[DEFAULT_SLM]
-    llm_gguf = _default_gguf()
-    if llm_gguf is None:
-        raise ModelLoadError(f"the default LLM's GGUF could not be fetched to {default_gguf_path()}")
+    draft_folder, llm_gguf = SHIPPED_DRAFTS[DEFAULT_SLM], default_llm_gguf()
     target = cache_dir() / "gguf" / f"{DEFAULT_SLM}.{tensor_type}.gguf"
     # The digest is also kept beside the file: reading it back from the GGUF would parse its whole
     # header (the tokenizer's ~100k strings, seconds).
@@ -90,6 +87,14 @@ def default_draft_gguf(tensor_type: str = "q8_0") -> Path:
     export_draft_gguf(draft_folder, llm_gguf, target, tensor_type)
     record.write_text(digest + "\n")
     return target
+
+
+def default_llm_gguf() -> Path:
+    """The default LLM's GGUF file, fetched on first use (``ModelLoadError`` if it cannot be)."""
+    llm_gguf = _default_gguf()
+    if llm_gguf is None:
+        raise ModelLoadError(f"the default LLM's GGUF could not be fetched to {default_gguf_path()}")
+    return llm_gguf
 
 
 def permute_for_gguf_rope(weight: np.ndarray, num_heads: int) -> np.ndarray:
