@@ -169,9 +169,20 @@ def test_a_draft_of_another_llm_is_refused_and_nothing_is_written(tiny, tmp_path
     save_draft(build_draft(other, (0, 3)), folder, DraftConfig(base_model="tiny-llama-96", layers=(0, 3),
                                                                fingerprint=llm_fingerprint(other), dtype="float32"))
     out = tmp_path / "out.gguf"
-    with pytest.raises(ModelLoadError, match=r"distilled from 'tiny-llama-96'.*hidden_size: draft expects 96, GGUF has 64"):
+    refusal = r"distilled from 'tiny-llama-96'.*hidden_size: draft expects 96, GGUF has 64"
+    with pytest.raises(ModelLoadError, match=refusal):
         export_draft_gguf(folder, llm_gguf, out)
     assert list(tmp_path.glob("out.gguf*")) == []
+
+
+def test_a_draft_of_other_weights_of_the_same_shape_exports_with_a_warning(tiny, tmp_path):
+    _, _, _, llm_gguf = tiny
+    sibling = tiny_llama(seed=5)  # same shapes, other weights: a differing head checksum
+    folder = tmp_path / "sibling-draft"
+    save_draft(build_draft(sibling, (0, 3)), folder, DraftConfig(base_model="tiny-sibling", layers=(0, 3),
+                                                                 fingerprint=llm_fingerprint(sibling), dtype="float32"))
+    with pytest.warns(UserWarning, match="distilled from other weights of this architecture"):
+        assert export_draft_gguf(folder, llm_gguf, tmp_path / "out.gguf").is_file()
 
 
 def test_missing_files_and_unknown_types_are_named(tiny, tmp_path):
