@@ -224,7 +224,10 @@ def test_the_shipped_drafts_gguf_decodes_like_the_draft(real_engine_float32):
     from rstitch_engine.models.gguf_export import default_draft_gguf
 
     pair = real_engine_float32.pair
-    loaded = load_gguf(default_draft_gguf("f32"))
+    exported = default_draft_gguf("f32")
+    written = exported.stat().st_mtime_ns
+    assert default_draft_gguf("f32") == exported and exported.stat().st_mtime_ns == written  # exported once
+    loaded = load_gguf(exported)
     chats = ["What is the capital of France?", "Explain gravity in one sentence.", "Write a haiku about rain."]
     for chat in chats:
         ids = pair.tokenizer.apply_chat_template([{"role": "user", "content": chat}], add_generation_prompt=True,

@@ -21,6 +21,8 @@ converted Llama. Only the ``llama`` GGUF architecture (Llama, Mistral, SmolLM) i
 from __future__ import annotations
 
 import hashlib
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,8 @@ def export_draft_gguf(draft_folder: str | Path, llm_gguf: str | Path, out_path: 
                       tensor_type: str = "q8_0") -> Path:
     """Write the draft in ``draft_folder`` on the LLM in ``llm_gguf`` as one GGUF file at ``out_path``.
 
-    The file is written to ``out_path`` + ``.partial`` and renamed when complete, so a reader never
-    sees half a file. Raises ``ModelLoadError`` when a file is missing or the draft was distilled from
+    The file is written beside ``out_path`` under a temporary ``.partial`` name and renamed when
+    complete, so a reader never sees half a file. Raises ``ModelLoadError`` when a file is missing or the draft was distilled from
     an LLM of another shape, and ``InvalidSettingError`` for an unknown ``tensor_type``.
     """
     import gguf
@@ -61,12 +63,18 @@ def export_draft_gguf(draft_folder: str | Path, llm_gguf: str | Path, out_path: 
     _copy_shared_tensors(reader, writer)
     _add_draft_layers(writer, weights, reader, architecture, len(config.layers), tensor_type)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = out_path.with_name(out_path.name + ".partial")
-    writer.write_header_to_file(partial)
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    partial.replace(out_path)  # atomic: a concurrent reader never sees half a file
+    # A file of its own per export (two processes may export the same draft at once), renamed when complete.
+    handle, name = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".partial")
+    os.close(handle)
+    partial = Path(name)
+    try:
+        writer.write_header_to_file(partial)
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        partial.replace(out_path)  # atomic: a concurrent reader never sees half a file
+    finally:
+        partial.unlink(missing_ok=True)
     return out_path
 
 
