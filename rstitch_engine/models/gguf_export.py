@@ -46,8 +46,9 @@ def export_draft_gguf(draft_folder: str | Path, llm_gguf: str | Path, out_path: 
     """Write the draft in ``draft_folder`` on the LLM in ``llm_gguf`` as one GGUF file at ``out_path``.
 
     The file is written beside ``out_path`` under a temporary ``.partial`` name and renamed when
-    complete, so a reader never sees half a file. Raises ``ModelLoadError`` when a file is missing or the draft was distilled from
-    an LLM of another shape, and ``InvalidSettingError`` for an unknown ``tensor_type``.
+    complete, so a reader never sees half a file. Raises ``ModelLoadError`` when a file is missing or
+    the draft was distilled from an LLM of another shape, and ``InvalidSettingError`` for an unknown
+    ``tensor_type``; nothing is written then.
     """
     import gguf
 
