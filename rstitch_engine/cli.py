@@ -66,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_calibrate(commands)
     _add_distill(commands)
     _add_train_router(commands)
+    _add_export_gguf(commands)
     return parser
 
 
@@ -474,6 +475,43 @@ def _train_router(args: argparse.Namespace, console: Console) -> int:
     router = train_router(engine, tasks, cost, args.out, settings, work_dir, pair_name,
                           log=lambda line: console.print(line))
     console.print(f"router saved to {args.out} ({router!r}); log: {work_dir / 'log.jsonl'}")
+    return 0
+
+
+def _add_export_gguf(commands: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    from .models.gguf_export import TENSOR_TYPES
+
+    export = commands.add_parser(
+        "export-gguf", help="write a draft SLM as a GGUF file that llama.cpp loads (default: the shipped draft)",
+        description="Builds the draft's GGUF from the LLM's GGUF (metadata, tokenizer, chat template, embeddings, "
+                    "final norm and head, copied as stored) and the draft's own layers. With no options: the shipped "
+                    "draft on the default LLM's GGUF, written once to the rstitch cache.")
+    export.add_argument("--draft", default=DEFAULT_SLM, help="draft folder from `rstitch distill`, or the shipped "
+                                                             "draft's alias (default: %(default)s)")
+    export.add_argument("--llm-gguf", type=Path, default=None,
+                        help="the LLM's GGUF file the draft was distilled from (default: the default LLM's)")
+    export.add_argument("--type", default="q8_0", choices=list(TENSOR_TYPES), dest="tensor_type",
+                        help="type of the draft's layer weights; norms stay f32 and the LLM's tensors keep theirs "
+                             "(default: %(default)s)")
+    export.add_argument("--out", type=Path, default=None,
+                        help="where to write (default: the cache for the default pair, else DRAFT/draft.TYPE.gguf)")
+    export.set_defaults(handler=_export_gguf)
+
+
+def _export_gguf(args: argparse.Namespace, console: Console) -> int:
+    from .models.defaults import SHIPPED_DRAFTS, resolve_alias
+    from .models.gguf_export import default_draft_gguf, default_llm_gguf, export_draft_gguf
+
+    draft = Path(resolve_alias(args.draft)).expanduser()
+    default_pair = draft == SHIPPED_DRAFTS[DEFAULT_SLM] and args.llm_gguf is None
+    with console.status(f"exporting {args.draft} to GGUF ({args.tensor_type})", spinner="dots"):
+        if default_pair and args.out is None:
+            path = default_draft_gguf(args.tensor_type)
+        else:
+            llm_gguf = args.llm_gguf if args.llm_gguf is not None else default_llm_gguf()
+            out = args.out if args.out is not None else draft / f"draft.{args.tensor_type}.gguf"
+            path = export_draft_gguf(draft, llm_gguf, out, args.tensor_type)
+    console.print(f"{path} ({path.stat().st_size / 1e6:.1f} MB)")
     return 0
 
 
