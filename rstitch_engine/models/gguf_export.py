@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidSettingError, ModelLoadError
-from .defaults import DEFAULT_SLM, SHIPPED_DRAFTS, _default_gguf, cache_dir, default_gguf_path
+from .defaults import DEFAULT_SLM, SHIPPED_DRAFTS, cache_dir, default_gguf_path, fetch_default_gguf
 from .draft import DRAFT_CONFIG, DRAFT_WEIGHTS, DraftConfig
 
 TENSOR_TYPES = ("q8_0", "f16", "f32")
@@ -60,7 +60,7 @@ def export_draft_gguf(draft_folder: str | Path, llm_gguf: str | Path, out_path: 
     architecture = _check_llm(reader, config, draft_folder, llm_gguf)
     writer = gguf.GGUFWriter(None, architecture)
     _copy_metadata(reader, writer, architecture, config, tensor_type)
-    writer.add_string(_SOURCE_KEY, _source_digest(draft_folder, llm_gguf))
+    writer.add_string(_SOURCE_KEY, source_digest(draft_folder, llm_gguf))
     _copy_shared_tensors(reader, writer)
     _add_draft_layers(writer, weights, reader, architecture, len(config.layers), tensor_type)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,7 @@ def default_draft_gguf(tensor_type: str = "q8_0") -> Path:
     # The digest is also kept beside the file: reading it back from the GGUF would parse its whole
     # header (the tokenizer's ~100k strings, seconds).
     record = target.with_name(target.name + ".source")
-    digest = _source_digest(draft_folder, llm_gguf)
+    digest = source_digest(draft_folder, llm_gguf)
     if target.is_file() and record.is_file() and record.read_text().strip() == digest:
         return target
     export_draft_gguf(draft_folder, llm_gguf, target, tensor_type)
@@ -100,7 +100,7 @@ def default_draft_gguf(tensor_type: str = "q8_0") -> Path:
 
 def default_llm_gguf() -> Path:
     """The default LLM's GGUF file, fetched on first use (``ModelLoadError`` if it cannot be)."""
-    llm_gguf = _default_gguf()
+    llm_gguf = fetch_default_gguf()
     if llm_gguf is None:
         raise ModelLoadError(f"the default LLM's GGUF could not be fetched to {default_gguf_path()}")
     return llm_gguf
@@ -241,7 +241,7 @@ def _encode(weight: np.ndarray, tensor_type: str) -> tuple[np.ndarray, Any]:
     return weight.astype(np.float16), GGMLQuantizationType.F16
 
 
-def _source_digest(draft_folder: Path, llm_gguf: Path) -> str:
+def source_digest(draft_folder: Path, llm_gguf: Path) -> str:
     """SHA-256 of the draft's files, the LLM GGUF's name and size and this format's version."""
     digest = hashlib.sha256(b"rstitch-draft-gguf/1")
     for name in (DRAFT_CONFIG, DRAFT_WEIGHTS):

