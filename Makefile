@@ -28,9 +28,11 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
-# Three prompts the default pair answers well, each beside the LLM alone's answer, with measured times.
+# Three prompts the default pair answers well, each beside the LLM alone's answer, with measured times
+# (BACKEND=llama.cpp: the same pair from GGUF files on llama.cpp).
+BACKEND ?= transformers
 demo: setup
-	$(BIN)/python examples/demo.py
+	$(BIN)/python examples/demo.py --backend $(BACKEND)
 
 test: setup
 	$(BIN)/python -m pytest -m "not slow" --durations=15

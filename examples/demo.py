@@ -1,6 +1,7 @@
 """What rstitch does, on the default pair: each answer beside the LLM alone's, with measured times.
 
-    python examples/demo.py            (what `make demo` runs)
+    python examples/demo.py                      (what `make demo` runs)
+    python examples/demo.py --backend llama.cpp  (`make demo BACKEND=llama.cpp`: the same pair on llama.cpp)
 
 Three short prompts the default pair answers well: a fact, a retrieval-style prompt with its passage,
 and a tool call decoded under the tool-call grammar (as ``ChatRStitch.bind_tools`` would). For each,
@@ -11,6 +12,7 @@ measured around the call; then one summary line naming the policy that ran and w
 
 from __future__ import annotations
 
+import argparse
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +30,7 @@ from rstitch_integrations.tool_calls import TOOL_CALL_CLOSE
 STYLES = {"slm": "green", "llm": "magenta"}
 PASSAGE = "Mira Kolt owns a blue car. She lives near the river.\n\nTomas Brenner owns a red bicycle. He works at a bakery."
 PROMPTS: list[tuple[str, str, dict[str, Any]]] = [
-    ("a fact", "What is the capital of France?", {}),
+    ("a fact", "What is the capital of France? Answer in one sentence.", {}),
     ("retrieval", f"Read the passages and answer the question.\n\n{PASSAGE}\n\nQuestion: What colour is Mira "
                   "Kolt's car?", {}),
     ("tool call", "What's the weather like in Paris today?", {"tools": [WEATHER_TOOL], "tool_choice": "required"}),
@@ -72,10 +74,13 @@ def readable(run: Run, call: PreparedCall) -> Text:
     return Text(f"{head or 'no valid call'}\n", style="bold") + run.shown
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="the default pair's answers beside the LLM alone's")
+    parser.add_argument("--backend", default="transformers", choices=["transformers", "llama.cpp"])
+    args = parser.parse_args(argv)
     console = Console(highlight=False)
-    with console.status("loading the default pair (SmolLM2-135M-Instruct and its shipped draft)"):
-        engine = StitchEngine.from_pretrained()
+    with console.status(f"loading the default pair (SmolLM2-135M-Instruct and its shipped draft) on {args.backend}"):
+        engine = StitchEngine.from_pretrained(backend=args.backend)
         options = StitchOptions(max_tokens=48)
         calls = [prepare_call(engine, options, [{"role": "user", "content": text}], extra) for _, text, extra in PROMPTS]
         for call in calls:  # warm-up, untimed: first calls pay for lazy set-up (grammars, caches)

@@ -14,8 +14,9 @@ DEMO = Path(__file__).resolve().parents[1] / "examples" / "demo.py"
 
 
 @pytest.mark.real_model
-def test_the_demo_answers_each_prompt_right_beside_the_llm_alone():
-    done = subprocess.run([sys.executable, str(DEMO)], capture_output=True, text=True, timeout=600,
+@pytest.mark.parametrize("backend", ["transformers", "llama.cpp"])
+def test_the_demo_answers_each_prompt_right_beside_the_llm_alone(backend):
+    done = subprocess.run([sys.executable, str(DEMO), "--backend", backend], capture_output=True, text=True, timeout=600,
                           env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stderr
     out = done.stdout

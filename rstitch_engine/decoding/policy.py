@@ -147,6 +147,9 @@ def _auto(profile: PairProfile | None, target: float, warn: bool) -> Policy:
     else:
         why = (f"no stitched configuration kept {target:.0%} agreement in this pair's profile "
                f"(best: {best_stitched.name}, {best_stitched.agreement:.0%})")
+    if not profile.lookup_pays:
+        return Policy(AlwaysLLMRouter(), 0, "auto: LLM alone",
+                      why + "; prompt lookup measured slower than the plain LLM alone on this pair's runtime")
     return _llm_alone("auto", why)
 
 
@@ -162,7 +165,7 @@ def _warn_no_profile() -> None:
     if not _warned.is_set():
         _warned.set()
         warnings.warn("rstitch: this model pair has no calibration profile, so quality='auto' runs the LLM alone "
-                      "(with prompt lookup). Run `rstitch calibrate --llm ... --slm ...` once to measure which "
+                      "(with prompt lookup). Run `rstitch calibrate --llm ... --slm ... [--backend ...]` once to measure which "
                       "stitched configuration keeps the LLM's answers, or choose quality='fast' / a threshold.",
                       stacklevel=3)
 

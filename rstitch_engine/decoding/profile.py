@@ -82,13 +82,21 @@ class PairProfile:
 
     def choose(self, target: float) -> tuple[MeasuredConfig | None, MeasuredConfig | None]:
         """(the fastest stitched configuration whose agreement meets ``target`` and that is faster than the
-        LLM alone with lookup as measured here, or None; the stitched configuration with the best agreement)."""
+        LLM alone, with or without lookup, as measured here, or None; the stitched configuration with the best
+        agreement)."""
         stitched = [c for c in self.configs if c.stitched]
-        baseline = max((c.speedup for c in self.configs if not c.stitched), default=1.0)
+        baseline = max([1.0, *(c.speedup for c in self.configs if not c.stitched)])
         kept = [c for c in stitched if c.agreement >= target and c.speedup > baseline]
         chosen = max(kept, key=lambda c: c.speedup, default=None)
         best = max(stitched, key=lambda c: (c.agreement, c.speedup), default=None)
         return chosen, best
+
+    @property
+    def lookup_pays(self) -> bool:
+        """Whether the LLM alone with prompt lookup measured faster than the plain LLM alone here (True when
+        the profile did not measure it: lookup keeps the LLM's answer either way)."""
+        measured = [c.speedup for c in self.configs if not c.stitched and c.prompt_lookup_tokens > 0]
+        return not measured or max(measured) > 1.0
 
     def to_json(self) -> dict[str, Any]:
         return {"format": FORMAT, **asdict(self)}

@@ -41,6 +41,8 @@ from ..errors import InvalidSettingError, ModelLoadError
 from .execution import ExecutionConfig
 from .runner import CacheSlot, ForwardRecord, ModelRole, ModelRunner, RowPlan, RowResult
 
+PREFILL_TOKENS = 32
+"""A pass feeding at least this many tokens runs on ``n_threads_batch``; a shorter one on ``n_threads``."""
 INSTALL_HINT = ("the llama.cpp backend needs llama-cpp-python: `pip install 'rstitch[llamacpp]'` "
                 "(the README's install command builds it for any x86-64 CPU)")
 
@@ -67,7 +69,9 @@ class LlamaCppOptions:
     """CPU threads of a decode (None: half the logical CPUs, as llama-cpp-python's ``Llama``: one per core
     where cores run two threads each)."""
     n_threads_batch: int | None = None
-    """CPU threads of a pass over many tokens (a prefill; None: all logical CPUs)."""
+    """CPU threads of a pass over ``PREFILL_TOKENS`` tokens or more (a prefill; None: all logical CPUs). Shorter
+    passes (lookup's checks, short catch-ups) run on ``n_threads``: with more threads than free cores,
+    llama.cpp's spinning workers wait on each other, and a short pass gains little from more threads."""
     n_gpu_layers: int = -1
     """Layers offloaded to a GPU in a CUDA or Metal build (-1: all; a CPU build ignores it)."""
     max_sequences: int = 16
@@ -138,6 +142,8 @@ class LlamaCppContext:
         cpus = os.cpu_count() or 1
         params.n_threads = options.n_threads or max(cpus // 2, 1)
         params.n_threads_batch = options.n_threads_batch or cpus
+        self._threads = (int(params.n_threads), int(params.n_threads_batch))
+        self._batch_threads_now = int(params.n_threads_batch)
         handle = lib.llama_init_from_model(weights.handle, params)
         if not handle:
             raise ModelLoadError(f"llama.cpp could not make a context of {params.n_ctx} cells for {weights.path}")
@@ -150,6 +156,15 @@ class LlamaCppContext:
         self.reuse_prefixes = options.reuse_prefixes
         self.batch = lib.llama_batch_init(options.n_batch, 0, 1)  # token ids, one sequence id per token
         self._finalizer = weakref.finalize(self, _free_context, lib, handle, self.batch)
+
+
+    def use_threads_for(self, n_tokens: int) -> None:
+        """Before a decode of ``n_tokens``: the threads of a pass that long (see ``PREFILL_TOKENS``)."""
+        decode, prefill = self._threads
+        wanted = prefill if n_tokens >= PREFILL_TOKENS else decode
+        if wanted != self._batch_threads_now:  # llama.cpp takes n_threads_batch for any pass of 2+ tokens
+            llama_library().llama_set_n_threads(self.handle, decode, wanted)
+            self._batch_threads_now = wanted
 
 
 def _free_context(lib: Any, handle: Any, batch: Any) -> None:
@@ -379,6 +394,7 @@ class LlamaCppRunner(ModelRunner):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
                 batch.seq_id[i][0], batch.logits[i] = seq, wants
             batch.n_tokens = len(chunk)
+            context.use_threads_for(len(chunk))
             code = lib.llama_decode(context.handle, batch)
             if code != 0:
                 for plan, c in zip(rows, cached):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import math
 import warnings
@@ -122,6 +124,17 @@ def test_auto_falls_back_to_the_llm_alone_when_nothing_stitched_is_faithful_or_f
     assert "best: tau=0.02, 61%" in policy.reason
     slower = profile_of(LLM_LOOKUP, stitched(0.02, 0.99, 1.05))  # faithful, but slower than the LLM with lookup
     assert resolve_policy(Routing(), slower).router == AlwaysLLMRouter()
+
+
+def test_auto_drops_prompt_lookup_where_the_profile_measured_it_slower_than_the_plain_llm():
+    """On a runtime where a pass over several tokens costs several decodes (llama.cpp on a CPU), lookup can lose."""
+    slow_lookup = dataclasses.replace(LLM_LOOKUP, speedup=0.8)
+    policy = resolve_policy(Routing(), profile_of(slow_lookup, stitched(0.02, 0.61, 0.7)))
+    assert policy.router == AlwaysLLMRouter() and policy.prompt_lookup_tokens == 0
+    assert policy.name == "auto: LLM alone" and "prompt lookup measured slower" in policy.reason
+    faster_than_plain = profile_of(slow_lookup, stitched(0.05, 0.97, 0.9))  # faithful, beats lookup, not the plain LLM
+    assert resolve_policy(Routing(), faster_than_plain).name == "auto: LLM alone"
+    assert resolve_policy(Routing(quality="exact"), profile_of(slow_lookup)).prompt_lookup_tokens > 0  # asked for
 
 
 def test_profiles_round_trip_and_the_users_is_found_before_the_shipped_one(tmp_path):

@@ -88,3 +88,21 @@ def test_cli_generate_on_llama_cpp(engine):
     assert done.returncode == 0, done.stderr
     stats = json.loads(done.stdout[done.stdout.index("{"):])
     assert stats["output_tokens"] > 0 and stats["policy"] == engine.policy().name
+
+
+def test_rstitch_serve_on_llama_cpp_answers_an_openai_client(engine):
+    """``rstitch serve --backend llama.cpp``'s service on the default pair, called with the openai client."""
+    from fastapi.testclient import TestClient
+    from openai import OpenAI
+
+    from rstitch_server import create_app
+    from rstitch_server.config import ServeConfig, load_service
+
+    config = ServeConfig(backend="llama.cpp", request_defaults={"max_tokens": 12})
+    assert config.model_id.endswith("@llama.cpp")
+    with TestClient(create_app(load_service(config))) as http:  # the app in process, over its ASGI interface
+        client = OpenAI(base_url="http://testserver/v1", api_key="unused", http_client=http)
+        reply = client.chat.completions.create(model=config.model_id, messages=[{"role": "user", "content": QUESTION}])
+    assert reply.choices[0].message.content == engine_text(engine, QUESTION, 12)
+    stats = reply.model_extra["rstitch"]["stats"]
+    assert stats["policy"] == engine.policy().name and stats["output_tokens"] == reply.usage.completion_tokens
