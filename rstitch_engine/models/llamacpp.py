@@ -77,8 +77,9 @@ class LlamaCppOptions:
     reuse_prefixes: bool = True
     """Start a request from the longest cached prefix of its tokens (see ``models.llamacpp``)."""
     kv_type: Literal["f16", "f32"] = "f16"
-    """Type of the KV cache's keys and values: llama.cpp's f16 default, or f32 (twice the memory; logits
-    then match a float32 transformers run of the same f32 GGUF to about 1e-4, see docs/llamacpp.md)."""
+    """Type of the KV cache's keys and values: llama.cpp's f16 default, or f32 (twice the memory, and flash
+    attention off: llama.cpp casts an f32 cache to f16 for its flash-attention kernel). With f32 the logits of
+    an all-f32 GGUF match a float32 transformers run of it to about 1e-4 (see docs/llamacpp.md)."""
 
     def __post_init__(self) -> None:
         if self.n_ctx < 0 or self.n_batch < 1 or self.max_sequences < 1:
@@ -143,6 +144,8 @@ class LlamaCppContext:
         params.n_seq_max = options.max_sequences
         params.kv_unified = True  # one pool of cells: any sequence may use up to n_ctx of them
         params.type_k = params.type_v = getattr(lib, KV_TYPES[options.kv_type])
+        if options.kv_type == "f32":  # flash attention would cast the f32 cache to f16 (llama-graph.cpp)
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cpus = os.cpu_count() or 1
         params.n_threads = options.n_threads or max(cpus // 2, 1)
         params.n_threads_batch = options.n_threads_batch or cpus
