@@ -28,10 +28,11 @@ from typing import Iterator
 import pytest
 import torch
 
-from rstitch_engine import EntropyRouter, GenerationSettings, ModelSpec, StitchEngine, load_pair
+from rstitch_engine import EntropyRouter, GenerationSettings, InvalidSettingError, ModelSpec, StitchEngine, load_pair
 from rstitch_engine.decoding.sampling import normalised_entropy
 from rstitch_engine.measure.everyday import everyday_suite
 from rstitch_engine.models.gguf_export import float32_pair_ggufs
+from rstitch_engine.models.llamacpp import LlamaCppOptions
 from rstitch_engine.models.runner import RowPlan
 
 pytestmark = pytest.mark.real_model
@@ -110,3 +111,8 @@ def test_stitched_runs_make_the_same_decisions(engines, skill, tau):
     found = list(on_llamacpp.stream(PROMPTS[skill], settings, EntropyRouter(tau)))
     assert [(e.token_id, e.source) for e in found] == [(e.token_id, e.source) for e in expected]
     assert max(abs(e.entropy - f.entropy) for e, f in zip(expected, found)) < ENTROPY_BOUND
+
+
+def test_an_unknown_kv_type_is_refused():
+    with pytest.raises(InvalidSettingError, match="kv_type"):
+        LlamaCppOptions.from_extra({"kv_type": "q8_0"})
