@@ -19,7 +19,7 @@ from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 from rstitch_engine.cli import main
 from rstitch_engine.errors import InvalidSettingError, ModelLoadError
 from rstitch_engine.models.draft import DraftConfig, build_draft, llm_fingerprint, save_draft
-from rstitch_engine.models.gguf_export import export_draft_gguf, permute_for_gguf_rope
+from rstitch_engine.models.gguf_export import export_draft_gguf, export_float32_gguf, permute_for_gguf_rope
 from tiny import CHAT_TEMPLATE, byte_level_tokenizer
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -236,3 +236,23 @@ def test_the_shipped_drafts_gguf_decodes_like_the_draft(real_engine_float32):
         with torch.no_grad():
             expected = pair.slm.model.generate(ids, **settings)
             assert torch.equal(loaded.generate(ids, **settings), expected), chat
+
+
+def test_the_float32_export_is_every_tensor_dequantised(tiny, tmp_path):
+    """A q8_0 draft written all-f32: the same metadata, every tensor the source's dequantised values, and
+    transformers (which dequantises a GGUF when it loads one) reads the same model from both files."""
+    _, _, folder, llm_gguf = tiny
+    quantised = export_draft_gguf(folder, llm_gguf, tmp_path / "draft.q8_0.gguf")
+    widened = export_float32_gguf(quantised, tmp_path / "draft.all-f32.gguf")
+    source, result = gguf.GGUFReader(quantised), gguf.GGUFReader(widened)
+    for key, field in source.fields.items():
+        if key not in ("general.file_type", "GGUF.kv_count"):
+            assert result.fields[key].contents() == field.contents(), key
+    assert result.fields["general.file_type"].contents() == gguf.LlamaFileType.ALL_F32
+    assert [t.name for t in result.tensors] == [t.name for t in source.tensors]
+    for before, after in zip(source.tensors, result.tensors):
+        assert after.tensor_type == gguf.GGMLQuantizationType.F32
+        assert np.array_equal(after.data, gguf.dequantize(before.data, before.tensor_type))
+    for ids in PROMPTS:
+        assert torch.equal(logits(load_gguf(widened), ids), logits(load_gguf(quantised), ids))
+    assert not list(tmp_path.glob("*.partial"))

@@ -16,6 +16,10 @@ dimension ``i`` with ``i + head_dim / 2``; its converter therefore reorders the 
 ``q_proj`` and ``k_proj`` weight within each head, and readers of GGUF files (transformers'
 loader among them) undo that. The export applies the same reordering, so the file reads like any
 converted Llama. Only the ``llama`` GGUF architecture (Llama, Mistral, SmolLM) is supported.
+
+For exactness checks against transformers, ``export_float32_gguf`` writes a whole model's GGUF with
+every tensor dequantised to f32, and the draft export can dequantise the shared tensors too
+(``shared_float32``); ``float32_pair_ggufs`` keeps such a pair of the default models in the cache.
 """
 
 from __future__ import annotations
@@ -42,9 +46,11 @@ _SOURCE_KEY = "rstitch.draft.source_sha256"
 
 
 def export_draft_gguf(draft_folder: str | Path, llm_gguf: str | Path, out_path: str | Path,
-                      tensor_type: str = "q8_0") -> Path:
+                      tensor_type: str = "q8_0", shared_float32: bool = False) -> Path:
     """Write the draft in ``draft_folder`` on the LLM in ``llm_gguf`` as one GGUF file at ``out_path``.
 
+    With ``shared_float32`` the tensors shared with the LLM (embeddings, head) are dequantised to f32
+    instead of copied in their own type (with ``tensor_type='f32'``: a file of f32 tensors only).
     The file is written beside ``out_path`` under a temporary ``.partial`` name and renamed when
     complete, so a reader never sees half a file. Raises ``ModelLoadError`` when a file is missing or
     the draft was distilled from an LLM of another shape, and ``InvalidSettingError`` for an unknown
@@ -61,13 +67,38 @@ def export_draft_gguf(draft_folder: str | Path, llm_gguf: str | Path, out_path: 
     writer = gguf.GGUFWriter(None, architecture)
     _copy_metadata(reader, writer, architecture, config, tensor_type)
     writer.add_string(_SOURCE_KEY, source_digest(draft_folder, llm_gguf))
-    _copy_shared_tensors(reader, writer)
+    _copy_shared_tensors(reader, writer, float32=shared_float32)
     _add_draft_layers(writer, weights, reader, architecture, len(config.layers), tensor_type)
+    return _write(writer, out_path)
+
+
+def export_float32_gguf(gguf_path: str | Path, out_path: str | Path) -> Path:
+    """Write the model in ``gguf_path`` to ``out_path`` with every tensor dequantised to f32.
+
+    Metadata is copied, ``general.file_type`` set to all-f32. Transformers dequantises a GGUF to these
+    same values when it loads one, so llama.cpp and transformers then compute with the same weights.
+    """
+    import gguf
+
+    gguf_path, out_path = Path(gguf_path).expanduser(), Path(out_path).expanduser()
+    reader = _read_gguf(gguf_path)
+    writer = gguf.GGUFWriter(None, _field(reader, "general.architecture"))
+    _copy_fields(reader, writer, {"general.file_type": (int(gguf.LlamaFileType.ALL_F32), gguf.GGUFValueType.UINT32)})
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, _as_float32(tensor))
+    return _write(writer, out_path)
+
+
+def _write(writer: Any, out_path: Path) -> Path:
+    """The writer's file at ``out_path``, written under a temporary name and renamed when complete."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    # A file of its own per export (two processes may export the same draft at once), renamed when complete.
+    # A file of its own per export (two processes may export the same model at once).
     handle, name = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".partial")
     os.close(handle)
     partial = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o666 & ~umask)  # mkstemp makes it owner-only; the export is an ordinary file
     try:
         writer.write_header_to_file(partial)
         writer.write_kv_data_to_file()
@@ -96,6 +127,22 @@ def default_draft_gguf(tensor_type: str = "q8_0") -> Path:
     export_draft_gguf(draft_folder, llm_gguf, target, tensor_type)
     record.write_text(digest + "\n")
     return target
+
+
+def float32_pair_ggufs() -> tuple[Path, Path]:
+    """(SLM, LLM): the shipped draft and the default LLM as GGUFs of f32 tensors only, made once into
+    ``cache_dir()/gguf`` (the LLM's weights are its Q4_1 file's, dequantised; for exactness checks)."""
+    draft_folder, llm_gguf = SHIPPED_DRAFTS[DEFAULT_SLM], default_llm_gguf()
+    llm_target = cache_dir() / "gguf" / f"{llm_gguf.stem}.all-f32.gguf"
+    slm_target = cache_dir() / "gguf" / f"{DEFAULT_SLM}.all-f32.gguf"
+    record = slm_target.with_name(slm_target.name + ".source")
+    digest = source_digest(draft_folder, llm_gguf)
+    if not (llm_target.is_file() and slm_target.is_file() and record.is_file()
+            and record.read_text().strip() == digest):
+        export_float32_gguf(llm_gguf, llm_target)
+        export_draft_gguf(draft_folder, llm_gguf, slm_target, tensor_type="f32", shared_float32=True)
+        record.write_text(digest + "\n")
+    return slm_target, llm_target
 
 
 def default_llm_gguf() -> Path:
@@ -191,6 +238,13 @@ def _copy_metadata(reader: Any, writer: Any, architecture: str, config: DraftCon
                          GGUFValueType.STRING),
         "general.file_type": (int(file_types[tensor_type]), GGUFValueType.UINT32),
     }
+    _copy_fields(reader, writer, replaced)
+
+
+def _copy_fields(reader: Any, writer: Any, replaced: dict[str, tuple[Any, Any]]) -> None:
+    """Every key/value field of ``reader``, with the ``replaced`` ones (key: (value, type)) in their place."""
+    from gguf import GGUFValueType
+
     for key, field in reader.fields.items():
         if key in _HEADER_FIELDS or key == "general.architecture" or key in replaced:
             continue  # the writer adds the architecture itself; replaced keys are added below
@@ -200,11 +254,23 @@ def _copy_metadata(reader: Any, writer: Any, architecture: str, config: DraftCon
         writer.add_key_value(key, value, value_type)
 
 
-def _copy_shared_tensors(reader: Any, writer: Any) -> None:
-    """Every tensor outside the decoder blocks, as stored (same bytes, same quantisation type)."""
+def _copy_shared_tensors(reader: Any, writer: Any, float32: bool = False) -> None:
+    """Every tensor outside the decoder blocks, as stored (same bytes, same quantisation type), or dequantised
+    to f32 with ``float32``."""
     for tensor in reader.tensors:
-        if not tensor.name.startswith("blk."):
+        if tensor.name.startswith("blk."):
+            continue
+        if float32:
+            writer.add_tensor(tensor.name, _as_float32(tensor))
+        else:
             writer.add_tensor(tensor.name, tensor.data, raw_shape=None, raw_dtype=tensor.tensor_type)
+
+
+def _as_float32(tensor: Any) -> np.ndarray:
+    """A GGUF tensor's values as a float32 array (numpy order: the GGUF shape reversed)."""
+    from gguf import dequantize
+
+    return np.ascontiguousarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
 
 
 def _add_draft_layers(writer: Any, weights: dict[str, np.ndarray], reader: Any, architecture: str,

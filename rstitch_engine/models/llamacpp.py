@@ -32,7 +32,7 @@ import time
 import weakref
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -43,6 +43,8 @@ from .runner import CacheSlot, ForwardRecord, ModelRole, ModelRunner, RowPlan, R
 
 PREFILL_TOKENS = 32
 """A pass feeding at least this many tokens runs on ``n_threads_batch``; a shorter one on ``n_threads``."""
+KV_TYPES = {"f16": "GGML_TYPE_F16", "f32": "GGML_TYPE_F32"}
+"""``LlamaCppOptions.kv_type`` values and the llama_cpp constants of their GGML types."""
 INSTALL_HINT = ("the llama.cpp backend needs llama-cpp-python: `pip install 'rstitch[llamacpp]'` "
                 "(the README's install command builds it for any x86-64 CPU)")
 
@@ -78,10 +80,16 @@ class LlamaCppOptions:
     """Requests whose caches the context keeps at once; more evict the least recently run."""
     reuse_prefixes: bool = True
     """Start a request from the longest cached prefix of its tokens (see ``models.llamacpp``)."""
+    kv_type: Literal["f16", "f32"] = "f16"
+    """Type of the KV cache's keys and values: llama.cpp's f16 default, or f32 (twice the memory, and flash
+    attention off: llama.cpp casts an f32 cache to f16 for its flash-attention kernel). With f32 the logits of
+    an all-f32 GGUF match a float32 transformers run of it to about 1e-4 (see docs/llamacpp.md)."""
 
     def __post_init__(self) -> None:
         if self.n_ctx < 0 or self.n_batch < 1 or self.max_sequences < 1:
             raise InvalidSettingError("llama.cpp options need n_ctx >= 0, n_batch >= 1 and max_sequences >= 1")
+        if self.kv_type not in KV_TYPES:
+            raise InvalidSettingError(f"kv_type must be one of {', '.join(KV_TYPES)}, got {self.kv_type!r}")
         for name in ("n_threads", "n_threads_batch"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -139,6 +147,9 @@ class LlamaCppContext:
         params.n_ubatch = min(options.n_batch, 512)
         params.n_seq_max = options.max_sequences
         params.kv_unified = True  # one pool of cells: any sequence may use up to n_ctx of them
+        params.type_k = params.type_v = getattr(lib, KV_TYPES[options.kv_type])
+        if options.kv_type == "f32":  # flash attention would cast the f32 cache to f16 (llama-graph.cpp)
+            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cpus = os.cpu_count() or 1
         params.n_threads = options.n_threads or max(cpus // 2, 1)
         params.n_threads_batch = options.n_threads_batch or cpus
