@@ -10,6 +10,7 @@ GGUF vocabularies must hold the same token texts.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Protocol
 
 from ..errors import ModelLoadError, TokenizerMismatchError
 from .cost_model import slug
@@ -17,19 +18,28 @@ from .defaults import DEFAULT_LLM, DEFAULT_SLM, cache_dir, resolve_alias
 from .draft import is_draft_folder
 from .gguf_export import default_draft_gguf, default_llm_gguf, export_draft_gguf, source_digest
 from .llamacpp import LlamaCppContext, LlamaCppModel, LlamaCppOptions, LlamaCppWeights, gguf_token_texts_match
-from .loading import ModelSpec, load_tokenizer
 from .pair import ModelPair
 
 BACKEND_SUFFIX = " (llama.cpp)"
 """Appended to each model's name: a pair's calibration profile and cost model are per backend."""
 
 
-def load_llamacpp_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
-    """Both models on llama.cpp with the LLM's tokenizer; refuses GGUFs whose vocabularies differ."""
+class GgufSpec(Protocol):
+    """What loading reads of a ``loading.ModelSpec`` (not imported here: ``loading`` imports this module)."""
+
+    source: str
+    extra: dict[str, Any]
+
+    @property
+    def label(self) -> str: ...
+
+
+def load_llamacpp_pair(slm: GgufSpec, llm: GgufSpec, tokenizer: Any) -> ModelPair:
+    """Both models on llama.cpp with ``tokenizer`` (the LLM's, as transformers reads it); refuses GGUFs whose
+    vocabularies differ."""
     slm_options, llm_options = LlamaCppOptions.from_extra(slm.extra), LlamaCppOptions.from_extra(llm.extra)
     llm_path = gguf_file_for(llm, llm_gguf=None)
     slm_path = gguf_file_for(slm, llm_gguf=llm_path)
-    tokenizer = load_tokenizer(llm)
     llm_weights = LlamaCppWeights(llm_path, llm_options.n_gpu_layers)
     same_weights = slm_path == llm_path and slm_options.n_gpu_layers == llm_options.n_gpu_layers
     slm_weights = llm_weights if same_weights else LlamaCppWeights(slm_path, slm_options.n_gpu_layers)
@@ -45,7 +55,7 @@ def load_llamacpp_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
     )
 
 
-def gguf_file_for(spec: ModelSpec, llm_gguf: Path | None) -> Path:
+def gguf_file_for(spec: GgufSpec, llm_gguf: Path | None) -> Path:
     """The GGUF file a spec names (see the module docstring); a draft needs the LLM's GGUF to build on."""
     if spec.source == DEFAULT_LLM:
         return default_llm_gguf()

@@ -141,7 +141,7 @@ def load_pair(slm: ModelSpec, llm: ModelSpec) -> ModelPair:
     if llm.backend == "llama.cpp":
         from .llamacpp_loading import load_llamacpp_pair  # llama-cpp-python is an optional extra
 
-        return load_llamacpp_pair(slm, llm)
+        return load_llamacpp_pair(slm, llm, load_tokenizer(llm))
     llm_tokenizer = load_tokenizer(llm)
     llm_model = load_model(llm)
     if is_draft_folder(resolve_alias(slm.source)):
