@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ class RemoteCall:
                 answer.record(step)
                 answer.in_reasoning = bool(extra.get("in_reasoning"))
                 if "stats" in extra:
-                    yield CallStep(step, answer, stats=RemoteStats(extra["stats"]))  # type: ignore[arg-type]
+                    yield CallStep(step, answer, stats=RemoteStats(_floats(extra["stats"])))  # type: ignore[arg-type]
                     return
                 for i, token in enumerate(extra.get("tokens", ())):
                     parsed, event = (step if i == 0 else AnswerStep()), TokenEvent(**token)
@@ -120,6 +121,10 @@ def remote_call(options: StitchOptions, messages: Sequence[Mapping[str, Any]], c
     unknown = sorted(set(call) - set(CALL_OPTIONS))
     if unknown:
         raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {', '.join(CALL_OPTIONS)}")
+    if not messages:  # as the engine says it (the server would refuse the empty list as a malformed body)
+        raise EmptyPromptError("the prompt is empty: give text, token ids or at least one message")
+    options.request_settings(call)  # settings and routing checked here as locally: the same errors, no round trip
+    options.request_routing(call)
     timeout = validate_timeout(call.get("timeout", options.timeout))
     deadline = time.monotonic() + timeout if timeout is not None else None
     client = _client(options.base_url, options.api_key)  # type: ignore[arg-type]
@@ -217,6 +222,16 @@ def _refusal(error: Any, message: str | None = None) -> Exception:
     error = error if isinstance(error, Mapping) else {}
     text = message or str(error.get("message") or "the server failed")
     return REFUSALS.get(str(error.get("code")), InvalidSettingError)(text)
+
+
+NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+"""How the server writes non-finite floats (``rstitch_server.wire``: JSON has no infinities)."""
+
+
+def _floats(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The stats as the engine gave them: the server's '-inf'/'inf'/'nan' strings back to floats (the LLM alone's
+    tau is -inf, the SLM alone's +inf); no stat is a string otherwise."""
+    return {key: NON_FINITE.get(value, value) if isinstance(value, str) else value for key, value in stats.items()}
 
 
 def _message(error: Any) -> str:

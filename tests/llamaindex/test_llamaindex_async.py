@@ -10,11 +10,18 @@ import pytest
 from helpers import loop_thread_team_counts
 from llama_index.core.base.llms.types import ChatMessage
 
-from rstitch_integrations.llamaindex import _in_worker_threads
+from rstitch_integrations.llamaindex import RStitchLLM, _in_worker_threads
 
 pytestmark = pytest.mark.real_model
 
 QUESTIONS = ("What is the capital of France?", "What is 2 plus 3?")
+
+
+@pytest.fixture
+def rstitch_llm(real_engine, adapter) -> RStitchLLM:
+    """Overrides the session one here: the adapter on the default pair (short greedy answers), local, then remote
+    (``RStitchLLM(base_url=...)`` on a live server on the same engine): the tests taking it run in both modes."""
+    return adapter.llm(max_tokens=8)
 
 
 @pytest.fixture(scope="module")
