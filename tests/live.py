@@ -86,3 +86,11 @@ class Adapter:
         from rstitch_engine import shared_engine
 
         return self._serve.services[id(engine or shared_engine())]
+
+
+def remote_is_slow() -> Any:
+    """A mark for tests taking the ``adapter`` fixture whose remote run is long (tens of seconds on a loaded 2-core
+    CPU): the local run stays in the default suite, the remote one is marked slow."""
+    import pytest
+
+    return pytest.mark.parametrize("adapter", ["local", pytest.param("remote", marks=pytest.mark.slow)], indirect=True)

@@ -12,6 +12,7 @@ import json
 import re
 
 import pytest
+from live import remote_is_slow
 from helpers import AGENT_CALLS, AGENT_TASK, Capital, capital_of, multiply
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
@@ -57,6 +58,7 @@ def test_structured_output_fills_the_schema_by_every_method(chat, method):
     assert structured.invoke("What is the capital of Japan?") == Capital(country="Japan", city="Tokyo")
 
 
+@remote_is_slow()
 def test_json_mode_without_a_schema_is_one_json_object(chat):
     reply = chat.bind(response_format={"type": "json_object"}).invoke("Describe Paris in JSON.", max_tokens=48)
     if reply.response_metadata["finish_reason"] == "stop":
@@ -84,6 +86,7 @@ def test_streamed_tool_call_chunks_keep_each_token_s_model(chat):
     assert [(c["name"], c["args"]) for c in total.tool_calls] == [("capital_of", {"country": "Italy"})]
 
 
+@remote_is_slow()
 def test_free_generation_turns_a_malformed_call_into_an_invalid_tool_call(chat, adapter, real_engine_float32):
     """constrained=False with the SLM alone: digits without end, so the call never closes; reported, not raised.
     The same request constrained (and stitched) is a valid call. Remotely, the SLM alone is threshold=1.0 (remote

@@ -25,6 +25,12 @@ LLM_ALONE_LOOPS_IN_THE_DESCRIPTION = (
     "inside the description string and never closes it (checked up to 200 tokens); stitched at tau 0.1 "
     "(quality='fast') the call closes in 35 tokens"
 )
+SCHEMA_DICT_PUNCHLINE_RUNS_ON = (
+    "the Pydantic v1 class passes (the call closes), but for Joke.schema() (the same schema as a dict, whose "
+    "description differs) SmolLM2-135M's greedy punchline runs on ('... a cat with a tail that can talk. A cat "
+    "with a tail') past max_tokens=40, so the call never closes and the parse is None; local and remote mode give "
+    "the same tokens (checked side by side)"
+)
 ANSWERS_IN_PROSE = (
     "with tool_choice='auto' calling a tool is the model's choice, and SmolLM2-135M answers the weather "
     "question in prose (the LLM alone too); the grammar constrains the calls a model opens, not whether it opens one"
@@ -85,6 +91,7 @@ class TestChatRStitchIntegration(_Capabilities, ChatModelIntegrationTests):
             LOOPS_INSIDE_A_STRING,
         ),
         "test_agent_loop": ANSWERS_IN_PROSE,
+        "test_structured_output_pydantic_2_v1": SCHEMA_DICT_PUNCHLINE_RUNS_ON,
         "test_unicode_tool_call_integration": LLM_ALONE_LOOPS_IN_THE_DESCRIPTION,
     }
 
