@@ -131,7 +131,8 @@ def remote_call(options: StitchOptions, messages: Sequence[Mapping[str, Any]], c
     try:
         chunks = client.chat.completions.create(
             model=options.model_name, messages=list(messages), stream=True, **_request_fields(options, call),
-            extra_body=_rstitch_fields(options, call) | {"separate_reasoning": separate_reasoning},
+            extra_body=_rstitch_fields(options, call) | {"separate_reasoning": separate_reasoning,
+                                                         "measure_speedup": options.measure_speedup},
             timeout=timeout if timeout is not None else openai.NOT_GIVEN)
         stream: Iterator[Any] = iter(chunks)
         first = next(stream)  # the role chunk: the request was accepted

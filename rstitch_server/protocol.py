@@ -4,7 +4,7 @@ Known fields are typed (a wrong type is a 400 naming the field); fields the Open
 rstitch cannot honour (``n`` > 1, ``logprobs``, penalties, ``echo``) are refused with a reason;
 any other field is ignored, as OpenAI-compatible servers do, so that clients sending newer fields
 keep working. rstitch's own options travel as extra body fields (``quality``, ``threshold``, ``agreement_target``,
-``top_k``, ``constrained``, ``separate_reasoning``, ``prompt_lookup_tokens``, ``tool_policy``).
+``top_k``, ``constrained``, ``separate_reasoning``, ``prompt_lookup_tokens``, ``tool_policy``, ``measure_speedup``).
 """
 
 from __future__ import annotations
@@ -133,6 +133,8 @@ class ChatCompletionRequest(_Common):
     separate_reasoning: bool = True
     tool_policy: Literal["auto", "until_result"] | None = None
     """rstitch's tool policy (``rstitch_integrations.constrained.ToolPolicy``); None: the server's."""
+    measure_speedup: bool | None = None
+    """Also time the LLM alone on this prompt (doubles the work) so the speedup is measured; None: the server's."""
 
     @field_validator("messages")
     @classmethod

@@ -144,8 +144,8 @@ def test_quality_presets_pick_the_router_and_a_call_may_change_its_preset(real_e
     assert exact.invoke(QUESTION).content == reply.content  # a refused call leaves the model as it was
 
 
-def test_a_measured_speedup(real_engine: StitchEngine) -> None:
-    reply = ChatRStitch(max_tokens=4, measure_speedup=True).invoke(QUESTION)
+def test_a_measured_speedup(real_engine: StitchEngine, adapter) -> None:
+    reply = adapter.chat(max_tokens=4, measure_speedup=True).invoke(QUESTION)  # remotely: the server measures
     stitch = reply.response_metadata["stitch"]
     assert stitch["speedup_basis"] == "measured"
     assert stitch["speedup"] == pytest.approx(stitch["llm_alone_seconds"] / stitch["busy_seconds"], rel=1e-12)
