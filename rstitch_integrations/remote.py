@@ -142,6 +142,12 @@ def remote_call(options: StitchOptions, messages: Sequence[Mapping[str, Any]], c
     except openai.APITimeoutError:
         raise TimeoutError("the call ran past its timeout; raise timeout or lower max_tokens") from None
     prompt_tokens = int(((first.model_extra or {}).get("rstitch") or {}).get("prompt_tokens", 0))
+    max_tokens = call.get("max_tokens", options.max_tokens)
+    if options.context_window is not None and prompt_tokens + max_tokens > options.context_window:
+        chunks.close()  # before any token: the server drops the request
+        raise InvalidSettingError(
+            f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is over context_window "
+            f"({options.context_window}); shorten the prompt, lower max_tokens or raise context_window")
     return RemoteCall(chunks, prompt_tokens, deadline)
 
 
