@@ -3,6 +3,20 @@
 ``running_server`` serves one ``StitchService``; the ``live_server`` fixture (tests/conftest.py) keeps one per
 engine for the session, so the adapter tests run a second time in remote mode against the very engine the local
 adapter uses (``adapter`` fixture: ``ChatRStitch(base_url=...)`` / ``RStitchLLM(base_url=...)``).
+
+What stays local only, and why (these tests do not take ``adapter``):
+
+* tests on a scripted engine (``scripted_chat`` / ``scripted`` fixtures: tool-call parsing, malformed calls,
+  ``<think>`` spans, the scripted agent loops) and on ``RecordingEngine``: they replace or watch the engine object
+  in this process, which a client of a server cannot do (the remote forms of the abandoned-stream and timeout
+  tests check the server's ``in_flight`` instead);
+* construction, option and cache-key tests that make no call (the mode changes nothing there), and engine
+  loading/sharing (``load_engine``, ``max_batch_size``, ``llm_wait_steps``, ``dtype``): the server's, not the client's;
+* ``router='llm'``/``'slm'``/``'learned'``: remote mode takes quality or threshold and refuses other routers (the
+  server chooses them);
+* OpenMP-team tests: they check threads of this process;
+* ``get_num_tokens_from_messages`` / ``get_token_ids``: they run the local tokenizer (remote mode loads the pair
+  for them).
 """
 
 from __future__ import annotations
