@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from live import remote_is_slow
 from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from pydantic import ValidationError
@@ -236,6 +237,7 @@ class TokenRecorder(BaseCallbackHandler):
         self.stitch.append(response.generations[0][0].message.response_metadata["stitch"])
 
 
+@remote_is_slow()  # remote run out of the default suite for time: callbacks are client-side, the same in both modes
 def test_attribution_arrives_in_on_llm_new_token_chunks(chat: ChatRStitch) -> None:
     recorder = TokenRecorder()
     for _ in chat.stream(QUESTION, config={"callbacks": [recorder]}):
@@ -257,6 +259,7 @@ async def test_attribution_arrives_in_astream_events(chat: ChatRStitch) -> None:
     assert len(sources) == end.response_metadata["stitch"]["output_tokens"]
 
 
+@remote_is_slow()  # remote run out of the default suite for time: callbacks are client-side, the same in both modes
 def test_usage_callback_and_cost_handler_totals_equal_the_engine_stats(chat: ChatRStitch) -> None:
     prices = {"slm": ModelPrice(per_1k_tokens=0.5), "llm": ModelPrice(per_1k_tokens=4.0, per_second=0.01)}
     handler = RStitchCallbackHandler(**prices)
@@ -290,6 +293,7 @@ def test_usage_callback_and_cost_handler_totals_equal_the_engine_stats(chat: Cha
     assert "Stitched calls: 4" in str(handler)
 
 
+@remote_is_slow()  # remote run out of the default suite for time: callbacks are client-side, the same in both modes
 def test_get_rstitch_callback_collects_the_calls_made_in_its_block(chat: ChatRStitch) -> None:
     with get_rstitch_callback(llm=ModelPrice(per_1k_tokens=1000.0)) as costs:
         reply = chat.invoke(QUESTION, max_tokens=2)
