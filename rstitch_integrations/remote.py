@@ -6,25 +6,28 @@ same ``CallStep`` sequence ``core.decode_call`` gives locally: one step per kept
 the running totals), then a last step with the held-back rest and the stats. So an adapter in
 remote mode needs one branch: where it would prepare and decode locally, it opens a remote call.
 
-Invariants: no weights are loaded; a request the server refuses raises ``InvalidSettingError`` (a
-400) before any step, as ``prepare_call`` would; closing the steps early closes the HTTP stream, and
-the server drops the request from its batch.
+Invariants: no weights are loaded; a request the server refuses raises what ``prepare_call`` would
+raise locally (``InvalidSettingError``, or ``PromptTooLongError`` / ``EmptyPromptError`` / ``TimeoutError``
+by the error's ``code``) before any step; a call's ``timeout`` bounds the whole call, as locally; closing
+the steps early closes the HTTP stream, and the server drops the request from its batch.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import math
+import time
 from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from rstitch_engine import DEFAULT_THRESHOLD, InvalidSettingError, TokenEvent
+from rstitch_engine import DEFAULT_THRESHOLD, EmptyPromptError, InvalidSettingError, PromptTooLongError, TokenEvent
 
 from .answer_parsing import AnswerStep
 from .tool_calls import InvalidToolCall, ParsedCall, ToolCall
 from .constrained import tool_choice_name
-from .core import CALL_OPTIONS, CallStep, StitchOptions
+from .core import CALL_OPTIONS, CallStep, StitchOptions, validate_timeout
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,10 @@ class RemoteAnswer:
 
 
 @functools.lru_cache(maxsize=16)
-def _client(base_url: str, api_key: str | None, timeout: float | None) -> Any:
+def _client(base_url: str, api_key: str | None) -> Any:
     import openai  # the 'serve' extra; only remote mode needs it
 
-    return openai.OpenAI(base_url=_v1(base_url), api_key=api_key or "none", timeout=timeout, max_retries=0)
+    return openai.OpenAI(base_url=_v1(base_url), api_key=api_key or "none", max_retries=0)  # timeouts: per call
 
 
 def _v1(base_url: str) -> str:
@@ -75,29 +78,37 @@ def _v1(base_url: str) -> str:
 class RemoteCall:
     """One call sent to a server; ``prompt_tokens`` is known once it was accepted."""
 
-    def __init__(self, chunks: Any, prompt_tokens: int) -> None:
+    def __init__(self, chunks: Any, prompt_tokens: int, deadline: float | None = None) -> None:
         self._chunks = chunks
         self.prompt_tokens = prompt_tokens
+        self._deadline = deadline  # time.monotonic() past which the call raises TimeoutError
 
     def steps(self) -> Generator[CallStep, None, None]:
         """The call's steps, as ``core.decode_call`` gives them; closing early closes the stream."""
+        import httpx  # the openai client's transport
+        import openai
+
         answer = RemoteAnswer()
         try:
             for chunk in self._chunks:
+                if self._deadline is not None and time.monotonic() > self._deadline:
+                    raise TimeoutError("the call ran past its timeout; raise timeout or lower max_tokens")
                 extra = (chunk.model_extra or {}).get("rstitch", {})
                 if "error" in (chunk.model_extra or {}):
-                    raise InvalidSettingError(chunk.model_extra["error"].get("message", "the server failed"))
+                    raise _refusal(chunk.model_extra["error"])
                 if not chunk.choices:
                     continue  # the usage chunk
                 step = _answer_step(chunk.choices[0].delta, extra)
                 answer.record(step)
                 answer.in_reasoning = bool(extra.get("in_reasoning"))
                 if "stats" in extra:
-                    yield CallStep(step, answer, stats=RemoteStats(extra["stats"]))  # type: ignore[arg-type]
+                    yield CallStep(step, answer, stats=RemoteStats(_floats(extra["stats"])))  # type: ignore[arg-type]
                     return
                 for i, token in enumerate(extra.get("tokens", ())):
                     parsed, event = (step if i == 0 else AnswerStep()), TokenEvent(**token)
                     yield CallStep(parsed, answer, event, in_reasoning=answer.in_reasoning)  # type: ignore[arg-type]
+        except (openai.APITimeoutError, httpx.TimeoutException):  # mid-stream, the client's own (httpx) error
+            raise TimeoutError("the call ran past its timeout; raise timeout or lower max_tokens") from None
         finally:
             self._chunks.close()
 
@@ -110,17 +121,34 @@ def remote_call(options: StitchOptions, messages: Sequence[Mapping[str, Any]], c
     unknown = sorted(set(call) - set(CALL_OPTIONS))
     if unknown:
         raise InvalidSettingError(f"unknown call options {unknown}; a call accepts {', '.join(CALL_OPTIONS)}")
-    client = _client(options.base_url, options.api_key, options.timeout)  # type: ignore[arg-type]
+    if not messages:  # as the engine says it (the server would refuse the empty list as a malformed body)
+        raise EmptyPromptError("the prompt is empty: give text, token ids or at least one message")
+    options.request_settings(call)  # settings and routing checked here as locally: the same errors, no round trip
+    options.request_routing(call)
+    timeout = validate_timeout(call.get("timeout", options.timeout))
+    deadline = time.monotonic() + timeout if timeout is not None else None
+    client = _client(options.base_url, options.api_key)  # type: ignore[arg-type]
     try:
         chunks = client.chat.completions.create(
             model=options.model_name, messages=list(messages), stream=True, **_request_fields(options, call),
-            extra_body=_rstitch_fields(options, call) | {"separate_reasoning": separate_reasoning})
+            extra_body=_rstitch_fields(options, call) | {"separate_reasoning": separate_reasoning,
+                                                         "measure_speedup": options.measure_speedup},
+            timeout=timeout if timeout is not None else openai.NOT_GIVEN)
+        stream: Iterator[Any] = iter(chunks)
+        first = next(stream)  # the role chunk: the request was accepted
     except openai.BadRequestError as error:
-        raise InvalidSettingError(_message(error)) from None
-    stream: Iterator[Any] = iter(chunks)
-    first = next(stream)  # the role chunk: the request was accepted
+        body = getattr(error, "body", None)
+        raise _refusal(body.get("error", body) if isinstance(body, Mapping) else {}, _message(error)) from None
+    except openai.APITimeoutError:
+        raise TimeoutError("the call ran past its timeout; raise timeout or lower max_tokens") from None
     prompt_tokens = int(((first.model_extra or {}).get("rstitch") or {}).get("prompt_tokens", 0))
-    return RemoteCall(chunks, prompt_tokens)
+    max_tokens = call.get("max_tokens", options.max_tokens)
+    if options.context_window is not None and prompt_tokens + max_tokens > options.context_window:
+        chunks.close()  # before any token: the server drops the request
+        raise InvalidSettingError(
+            f"the prompt ({prompt_tokens} tokens) plus max_tokens ({max_tokens}) is over context_window "
+            f"({options.context_window}); shorten the prompt, lower max_tokens or raise context_window")
+    return RemoteCall(chunks, prompt_tokens, deadline)
 
 
 def _request_fields(options: StitchOptions, call: Mapping[str, Any]) -> dict[str, Any]:
@@ -163,6 +191,9 @@ def _rstitch_fields(options: StitchOptions, call: Mapping[str, Any]) -> dict[str
         fields["quality"] = options.preset
     else:
         fields["threshold"] = options.threshold if options.threshold is not None else DEFAULT_THRESHOLD
+    policy = call.get("tool_policy", options.tool_policy)
+    if policy != "auto":
+        fields["tool_policy"] = policy
     agreement = call.get("agreement_target", options.agreement_target)
     if agreement is not None:
         fields["agreement_target"] = agreement
@@ -183,6 +214,31 @@ def _answer_step(delta: Any, extra: Mapping[str, Any]) -> AnswerStep:
             calls.append(ToolCall(call.id, call.function.name, json.loads(call.function.arguments or "{}")))
     reasoning = (delta.model_extra or {}).get("reasoning_content") or ""
     return AnswerStep(delta.content or "", reasoning, tuple(calls))
+
+
+REFUSALS: dict[str, type[Exception]] = {
+    "context_length_exceeded": PromptTooLongError,
+    "empty_prompt": EmptyPromptError,
+    "timeout": TimeoutError,
+}
+"""The server's error ``code``s (``rstitch_server.protocol.ERROR_CODES``) of errors a local call raises by type."""
+
+
+def _refusal(error: Any, message: str | None = None) -> Exception:
+    """The exception a local call raises for a server's error object (``{"message", "code", ...}``)."""
+    error = error if isinstance(error, Mapping) else {}
+    text = message or str(error.get("message") or "the server failed")
+    return REFUSALS.get(str(error.get("code")), InvalidSettingError)(text)
+
+
+NON_FINITE = {"inf": math.inf, "-inf": -math.inf, "nan": math.nan}
+"""How the server writes non-finite floats (``rstitch_server.wire``: JSON has no infinities)."""
+
+
+def _floats(stats: Mapping[str, Any]) -> dict[str, Any]:
+    """The stats as the engine gave them: the server's '-inf'/'inf'/'nan' strings back to floats (the LLM alone's
+    tau is -inf, the SLM alone's +inf); no stat is a string otherwise."""
+    return {key: NON_FINITE.get(value, value) if isinstance(value, str) else value for key, value in stats.items()}
 
 
 def _message(error: Any) -> str:

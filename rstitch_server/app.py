@@ -111,7 +111,7 @@ async def _complete(service: StitchService, request: Request, model: type[BaseMo
     except RequestError as error:
         return _error(error, service, path)
     except RStitchError as error:  # what the engine or the core refused: a bad tool schema, a prompt too long
-        return _error(RequestError(str(error)), service, path)
+        return _error(RequestError.refused(error), service, path)
     reply = Reply(service.model_id, kind, running.prompt_tokens)  # type: ignore[arg-type]
     if kind == "text":
         reply.id = reply.id.replace("chatcmpl-", "cmpl-")
@@ -122,7 +122,7 @@ async def _complete(service: StitchService, request: Request, model: type[BaseMo
     try:
         return JSONResponse(await _whole(running, reply))
     except (RStitchError, TimeoutError) as error:
-        return _error(RequestError(str(error), 400), service, path)
+        return _error(RequestError.refused(error), service, path)
 
 
 async def _whole(running: RunningCall, reply: Reply) -> dict[str, Any]:
@@ -154,7 +154,7 @@ async def _stream(running: RunningCall, reply: Reply, include_usage: bool) -> As
                 assert step.event is not None
                 yield sse(reply.chunk(step.parsed, [step.event], in_reasoning=step.in_reasoning))
     except (RStitchError, TimeoutError) as error:  # mid-stream: the status is sent, the error goes in the stream
-        yield sse(RequestError(str(error)).body())
+        yield sse(RequestError.refused(error).body())
     except Exception:
         log.exception("stream failed")
         yield sse(RequestError("internal server error", 500, "server_error").body())

@@ -4,7 +4,7 @@ Known fields are typed (a wrong type is a 400 naming the field); fields the Open
 rstitch cannot honour (``n`` > 1, ``logprobs``, penalties, ``echo``) are refused with a reason;
 any other field is ignored, as OpenAI-compatible servers do, so that clients sending newer fields
 keep working. rstitch's own options travel as extra body fields (``quality``, ``threshold``, ``agreement_target``,
-``top_k``, ``constrained``, ``separate_reasoning``, ``prompt_lookup_tokens``).
+``top_k``, ``constrained``, ``separate_reasoning``, ``prompt_lookup_tokens``, ``tool_policy``, ``measure_speedup``).
 """
 
 from __future__ import annotations
@@ -13,20 +13,37 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rstitch_engine import Quality
+from rstitch_engine import EmptyPromptError, PromptTooLongError, Quality
 
 
 class RequestError(Exception):
     """A request the server answers with an OpenAI-shaped error (``status``, ``kind``, what to fix)."""
 
     def __init__(self, message: str, status: int = 400, kind: str = "invalid_request_error",
-                 param: str | None = None) -> None:
+                 param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.message, self.status, self.kind, self.param = message, status, kind, param
+        self.message, self.status, self.kind, self.param, self.code = message, status, kind, param, code
 
     def body(self) -> dict[str, Any]:
-        """``{"error": {"message", "type", "param", "code"}}``, as the OpenAI API answers."""
-        return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.status}}
+        """``{"error": {"message", "type", "param", "code"}}``, as the OpenAI API answers (``code``: a name such as
+        ``context_length_exceeded`` where one applies, else the status)."""
+        return {"error": {"message": self.message, "type": self.kind, "param": self.param,
+                          "code": self.code or self.status}}
+
+    @classmethod
+    def refused(cls, error: Exception) -> RequestError:
+        """What the engine or the core refused (an ``RStitchError``, a timeout) as a 400 whose ``code`` names the
+        error, so a remote client raises what a local call raises (``ERROR_CODES``)."""
+        return cls(str(error), code=ERROR_CODES.get(type(error)))
+
+
+ERROR_CODES: dict[type[Exception], str] = {
+    PromptTooLongError: "context_length_exceeded",  # OpenAI's own code for it
+    EmptyPromptError: "empty_prompt",
+    TimeoutError: "timeout",
+}
+"""The error ``code`` of the engine's errors that a client may catch by type (``rstitch_integrations.remote``);
+other refusals carry the status."""
 
 
 class StreamOptions(BaseModel):
@@ -114,6 +131,10 @@ class ChatCompletionRequest(_Common):
     response_format: dict[str, Any] | None = None
     constrained: bool | None = None
     separate_reasoning: bool = True
+    tool_policy: Literal["auto", "until_result"] | None = None
+    """rstitch's tool policy (``rstitch_integrations.constrained.ToolPolicy``); None: the server's."""
+    measure_speedup: bool | None = None
+    """Also time the LLM alone on this prompt (doubles the work) so the speedup is measured; None: the server's."""
 
     @field_validator("messages")
     @classmethod
@@ -140,6 +161,8 @@ class ChatCompletionRequest(_Common):
             options["response_format"] = self.response_format
         if self.constrained is not None:
             options["constrained"] = self.constrained
+        if self.tool_policy is not None:
+            options["tool_policy"] = self.tool_policy
         return options
 
 

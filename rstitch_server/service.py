@@ -109,8 +109,9 @@ class StitchService:
     async def open_chat(self, request: ChatCompletionRequest) -> RunningCall:
         """Validate and start a chat request (raises ``RStitchError`` for what the engine refuses)."""
         messages = request.messages
+        measure = self.options.measure_speedup if request.measure_speedup is None else request.measure_speedup
         return await self._open(lambda: prepare_call(self.engine, self.options, messages, request.call_options()),
-                                request.separate_reasoning)
+                                request.separate_reasoning, measure)
 
     async def open_completion(self, request: CompletionRequest) -> RunningCall:
         """Validate and start a plain-prompt request (no chat template)."""
@@ -119,9 +120,9 @@ class StitchService:
             settings, routing = self.options.request_settings(options), self.options.request_routing(options)
             return PreparedCall(self.engine.encode(request.text), settings, routing, prefix="", tool_names=None,
                                 forced_call=False, deadline=None)
-        return await self._open(prepare, separate_reasoning=False)
+        return await self._open(prepare, separate_reasoning=False, measure_speedup=self.options.measure_speedup)
 
-    async def _open(self, prepare: Any, separate_reasoning: bool) -> RunningCall:
+    async def _open(self, prepare: Any, separate_reasoning: bool, measure_speedup: bool) -> RunningCall:
         started = time.perf_counter()
 
         def start() -> tuple[PreparedCall, Generator[CallStep, None, None]]:
@@ -129,7 +130,7 @@ class StitchService:
                 call = prepare()  # input processing only: what fails here is the request's fault
             except (TypeError, KeyError, AttributeError) as error:
                 raise InvalidSettingError(f"the request cannot be read: {error!r}") from error
-            return call, decode_call(self.engine, call, separate_reasoning, self.options.measure_speedup)
+            return call, decode_call(self.engine, call, separate_reasoning, measure_speedup)
 
         call, core = await asyncio.wrap_future(self.pool.submit(start))  # bad input raises here, before any pass
         with self._lock:

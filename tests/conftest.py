@@ -38,3 +38,50 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def live_server():
+    """``serve(engine) -> base URL``: an ``rstitch serve`` app on ``engine`` (the default options), started on first
+    use on a free port and kept for the session (one per engine); ``serve.services`` maps ``id(engine)`` to its
+    ``StitchService``. All are shut down at the end of the session."""
+    import contextlib
+
+    from live import running_server
+
+    from rstitch_integrations.core import StitchOptions
+    from rstitch_server import StitchService
+
+    urls: dict[int, str] = {}
+    with contextlib.ExitStack() as stack:
+        def serve(engine) -> str:
+            if id(engine) not in urls:
+                options = StitchOptions()
+                service = StitchService(engine, options, options.model_name)
+                stack.callback(service.shutdown)  # after the server below has stopped (callbacks run last-in first-out)
+                urls[id(engine)] = stack.enter_context(running_server(service))
+                serve.services[id(engine)] = service
+            return urls[id(engine)]
+
+        serve.services = {}
+        yield serve
+
+
+@pytest.fixture(params=["local", "remote"])
+def adapter(request):
+    """The adapters in each mode (``live.Adapter``): built in this process, then as clients of a live server
+    on the same engine (``ChatRStitch(base_url=...)``, ``RStitchLLM(base_url=...)``); the server starts only when
+    a remote test runs."""
+    from live import Adapter
+
+    if request.param == "local":
+        return Adapter("local")
+    return Adapter("remote", request.getfixturevalue("live_server"))
+
+
+@pytest.fixture
+def remote_adapter(live_server):
+    """``live.Adapter`` in remote mode only, for tests of what only remote mode has (the server's side of a call)."""
+    from live import Adapter
+
+    return Adapter("remote", live_server)

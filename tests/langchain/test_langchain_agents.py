@@ -20,7 +20,6 @@ from langgraph.graph import START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode, tools_condition
 from pydantic import BaseModel
 
-from rstitch_integrations.langchain import ChatRStitch
 from rstitch_integrations.tool_calls import tool_call_prefix
 
 
@@ -78,10 +77,25 @@ def test_without_a_policy_the_model_chooses_and_a_repeated_call_stops_the_loop(s
 # ----------------------------------------------------------------------------- the real default pair
 
 
+@pytest.mark.real_model
+def test_the_tool_policy_calls_until_a_result_then_answers_on_the_default_pair(real_engine, adapter) -> None:
+    """One agent turn by hand, local and remote (the policy travels to the server): a forced call first; with its
+    result in, an answer without tools; a model bound with the default policy answers in prose."""
+    model = adapter.chat(max_tokens=48, tool_policy="until_result").bind_tools([multiply])
+    messages: list = [{"role": "user", "content": "What is 6 times 7?"}]
+    first = model.invoke(messages)
+    assert [(c["name"], c["args"]) for c in first.tool_calls] == [("multiply", {"a": 6, "b": 7})]
+    messages += [first, multiply.invoke(first.tool_calls[0])]
+    answer = model.invoke(messages)
+    assert answer.tool_calls == [] and answer.invalid_tool_calls == [] and answer.content.strip()
+    free = adapter.chat(max_tokens=8).bind_tools([multiply]).invoke(messages[:1])
+    assert free.tool_calls == []  # tool_policy='auto': the 135M model does not choose the tool
+
+
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_create_agent_on_the_default_pair(real_engine) -> None:
-    model = ChatRStitch(max_tokens=48, tool_policy="until_result")
+def test_create_agent_on_the_default_pair(real_engine, adapter) -> None:
+    model = adapter.chat(max_tokens=48, tool_policy="until_result")
     result = create_agent(model, tools=[multiply], system_prompt="Use the tools to answer.").invoke(QUESTION)
     calls, answer = calls_and_answer(result["messages"])
     assert calls == [("multiply", {"a": 6, "b": 7})]
@@ -90,8 +104,8 @@ def test_create_agent_on_the_default_pair(real_engine) -> None:
 
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_create_agent_with_response_format_on_the_default_pair(real_engine) -> None:
-    model = ChatRStitch(max_tokens=48, tool_policy="until_result")
+def test_create_agent_with_response_format_on_the_default_pair(real_engine, adapter) -> None:
+    model = adapter.chat(max_tokens=48, tool_policy="until_result")
     agent = create_agent(model, tools=[multiply], response_format=Product, system_prompt="Use the tools to answer.")
     result = agent.invoke(QUESTION)
     assert [c for c, _ in calls_and_answer(result["messages"])[0]] == ["multiply"]
@@ -100,8 +114,8 @@ def test_create_agent_with_response_format_on_the_default_pair(real_engine) -> N
 
 @pytest.mark.slow
 @pytest.mark.real_model
-def test_langgraph_tool_loop_on_the_default_pair(real_engine) -> None:
-    model = ChatRStitch(max_tokens=48, tool_policy="until_result").bind_tools([multiply])
+def test_langgraph_tool_loop_on_the_default_pair(real_engine, adapter) -> None:
+    model = adapter.chat(max_tokens=48, tool_policy="until_result").bind_tools([multiply])
 
     def call_model(state: MessagesState) -> dict:
         return {"messages": [model.invoke(state["messages"])]}

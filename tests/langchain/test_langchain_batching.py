@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from live import remote_is_slow
 from helpers import loop_thread_team_counts
 
 from rstitch_integrations.langchain import ChatRStitch
@@ -20,7 +21,17 @@ def chat(real_engine_float32) -> ChatRStitch:
     return ChatRStitch(max_tokens=12, dtype="float32")
 
 
-def test_batch_shares_forward_passes_and_equals_one_by_one(chat):
+@pytest.fixture
+def either_chat(real_engine_float32, adapter) -> ChatRStitch:
+    """Local, then remote: ``batch`` sends its inputs as concurrent requests, which share the server's batch."""
+    if adapter.remote:
+        return adapter.chat(engine=real_engine_float32, max_tokens=12)
+    return ChatRStitch(max_tokens=12, dtype="float32")
+
+
+@remote_is_slow()
+def test_batch_shares_forward_passes_and_equals_one_by_one(either_chat):
+    chat = either_chat
     one_by_one = [chat.invoke(q) for q in QUESTIONS]
     batched = chat.batch(QUESTIONS)
     assert [m.content for m in batched] == [m.content for m in one_by_one]
@@ -30,7 +41,9 @@ def test_batch_shares_forward_passes_and_equals_one_by_one(chat):
     assert all(m.response_metadata["stitch"]["largest_batch"] == 1 for m in one_by_one)
 
 
-def test_abatch_and_concurrent_astream_share_passes(chat):
+@remote_is_slow()
+def test_abatch_and_concurrent_astream_share_passes(either_chat):
+    chat = either_chat
     expected = [chat.invoke(q).content for q in QUESTIONS]
 
     async def run():

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import pytest
+from live import remote_is_slow
 from langchain_core.callbacks import BaseCallbackHandler, get_usage_metadata_callback
 from langchain_core.messages import AIMessage, AIMessageChunk, HumanMessage, SystemMessage, ToolMessage
 from pydantic import ValidationError
@@ -29,8 +30,9 @@ QUESTION = "What is the capital of France?"
 
 
 @pytest.fixture
-def chat(real_engine: StitchEngine) -> ChatRStitch:
-    return ChatRStitch(max_tokens=8)
+def chat(real_engine: StitchEngine, adapter) -> ChatRStitch:
+    """Local, then remote (``ChatRStitch(base_url=...)`` on a live server on the same engine): the tests taking it run twice."""
+    return adapter.chat(max_tokens=8)
 
 
 class RecordingEngine(StitchEngine):
@@ -143,8 +145,8 @@ def test_quality_presets_pick_the_router_and_a_call_may_change_its_preset(real_e
     assert exact.invoke(QUESTION).content == reply.content  # a refused call leaves the model as it was
 
 
-def test_a_measured_speedup(real_engine: StitchEngine) -> None:
-    reply = ChatRStitch(max_tokens=4, measure_speedup=True).invoke(QUESTION)
+def test_a_measured_speedup(real_engine: StitchEngine, adapter) -> None:
+    reply = adapter.chat(max_tokens=4, measure_speedup=True).invoke(QUESTION)  # remotely: the server measures
     stitch = reply.response_metadata["stitch"]
     assert stitch["speedup_basis"] == "measured"
     assert stitch["speedup"] == pytest.approx(stitch["llm_alone_seconds"] / stitch["busy_seconds"], rel=1e-12)
@@ -153,12 +155,12 @@ def test_a_measured_speedup(real_engine: StitchEngine) -> None:
 # ----------------------------------------------------------------------------- stops
 
 
-def test_stop_sequences_from_the_constructor_and_from_the_call(chat: ChatRStitch) -> None:
+def test_stop_sequences_from_the_constructor_and_from_the_call(chat: ChatRStitch, adapter) -> None:
     full = chat.invoke(QUESTION).content
     word = full.split()[2]  # a word from the middle of the greedy answer
     expected = full[: full.find(word)]
     by_call = chat.invoke(QUESTION, stop=[word])
-    by_field = ChatRStitch(max_tokens=8, stop=[word]).invoke(QUESTION)
+    by_field = adapter.chat(max_tokens=8, stop=[word]).invoke(QUESTION)
     assert by_call.content == expected == by_field.content
     assert by_call.response_metadata["finish_reason"] == "stop"
 
@@ -188,7 +190,7 @@ def test_any_message_order_renders_through_the_chat_template(chat: ChatRStitch, 
 
 
 def test_a_prompt_too_long_is_refused_before_decoding_and_the_model_stays_usable(chat: ChatRStitch) -> None:
-    with pytest.raises(PromptTooLongError, match="exceeds the"):
+    with pytest.raises(PromptTooLongError, match="exceeds the"):  # remote: the server's 400, raised as the same type
         chat.invoke(QUESTION, max_tokens=10_000)
     assert chat.invoke(QUESTION, max_tokens=2).usage_metadata["output_tokens"] == 2
 
@@ -198,6 +200,26 @@ def test_timeout_raises_and_frees_the_request(real_engine: StitchEngine) -> None
     with pytest.raises(TimeoutError, match="timeout"):
         ChatRStitch(engine=engine, timeout=1e-9, max_tokens=8).invoke(QUESTION)
     assert closed(engine.streams[-1])
+
+
+def server_frees_its_requests(service: Any, seconds: float = 30) -> bool:
+    """Whether the server's calls in flight drop to 0 within ``seconds`` (a closed HTTP stream ends its request)."""
+    deadline = time.monotonic() + seconds
+    while service.in_flight and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return service.in_flight == 0
+
+
+def test_remote_timeout_bounds_the_whole_call_and_frees_the_servers_request(remote_adapter) -> None:
+    """The remote form of test_timeout_raises_and_frees_the_request: the server's request ends too."""
+    adapter = remote_adapter
+    chat = adapter.chat(max_tokens=8)
+    with pytest.raises(TimeoutError, match="timeout"):
+        chat.invoke(QUESTION, timeout=0.3, max_tokens=400)  # 400 tokens take seconds on a CPU
+    with pytest.raises(TimeoutError, match="timeout"):
+        adapter.chat(timeout=0.3, max_tokens=400).invoke(QUESTION)  # the field, as the call option
+    assert server_frees_its_requests(adapter.service())
+    assert chat.invoke(QUESTION, max_tokens=2).usage_metadata["output_tokens"] == 2
 
 
 # ----------------------------------------------------------------------------- callbacks and events
@@ -215,6 +237,7 @@ class TokenRecorder(BaseCallbackHandler):
         self.stitch.append(response.generations[0][0].message.response_metadata["stitch"])
 
 
+@remote_is_slow()  # remote run out of the default suite for time: callbacks are client-side, the same in both modes
 def test_attribution_arrives_in_on_llm_new_token_chunks(chat: ChatRStitch) -> None:
     recorder = TokenRecorder()
     for _ in chat.stream(QUESTION, config={"callbacks": [recorder]}):
@@ -236,6 +259,7 @@ async def test_attribution_arrives_in_astream_events(chat: ChatRStitch) -> None:
     assert len(sources) == end.response_metadata["stitch"]["output_tokens"]
 
 
+@remote_is_slow()  # remote run out of the default suite for time: callbacks are client-side, the same in both modes
 def test_usage_callback_and_cost_handler_totals_equal_the_engine_stats(chat: ChatRStitch) -> None:
     prices = {"slm": ModelPrice(per_1k_tokens=0.5), "llm": ModelPrice(per_1k_tokens=4.0, per_second=0.01)}
     handler = RStitchCallbackHandler(**prices)
@@ -269,6 +293,7 @@ def test_usage_callback_and_cost_handler_totals_equal_the_engine_stats(chat: Cha
     assert "Stitched calls: 4" in str(handler)
 
 
+@remote_is_slow()  # remote run out of the default suite for time: callbacks are client-side, the same in both modes
 def test_get_rstitch_callback_collects_the_calls_made_in_its_block(chat: ChatRStitch) -> None:
     with get_rstitch_callback(llm=ModelPrice(per_1k_tokens=1000.0)) as costs:
         reply = chat.invoke(QUESTION, max_tokens=2)
@@ -344,6 +369,21 @@ def test_an_abandoned_stream_closes_its_engine_stream(real_engine: StitchEngine)
     next(chunks)
     chunks.close()
     assert closed(engine.streams[-1])
+
+
+async def test_abandoned_remote_streams_leave_the_servers_batch(remote_adapter) -> None:
+    """The remote form of the abandoned-stream tests above (those record the engine's streams, which remote mode
+    cannot see): the server's requests end."""
+    adapter = remote_adapter
+    chat = adapter.chat(max_tokens=200)
+    chunks = chat.stream(QUESTION)
+    next(chunks)
+    chunks.close()
+    async with contextlib.aclosing(chat.astream(QUESTION)) as achunks:
+        async for _ in achunks:
+            break
+    assert server_frees_its_requests(adapter.service())
+    assert (await chat.ainvoke(QUESTION, max_tokens=2)).usage_metadata["output_tokens"] == 2
 
 
 def test_prompt_lookup_speeds_the_exact_preset_on_a_retrieval_prompt_and_keeps_its_answer(real_engine: StitchEngine) -> None:

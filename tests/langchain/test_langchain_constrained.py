@@ -12,6 +12,7 @@ import json
 import re
 
 import pytest
+from live import remote_is_slow
 from helpers import AGENT_CALLS, AGENT_TASK, Capital, capital_of, multiply
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage, ToolMessage
 from langchain_core.tools import tool
@@ -25,9 +26,10 @@ TOOLS = [tool(multiply), tool(capital_of)]
 BY_NAME = {t.name: t for t in TOOLS}
 
 
-@pytest.fixture(scope="module")
-def chat(real_engine_float32) -> ChatRStitch:
-    return ChatRStitch(engine=real_engine_float32, max_tokens=96)
+@pytest.fixture
+def chat(real_engine_float32, adapter) -> ChatRStitch:
+    """Local, then remote (``ChatRStitch(base_url=...)`` on a live server on the same float32 engine)."""
+    return adapter.chat(engine=real_engine_float32, max_tokens=96)
 
 
 @pytest.mark.slow
@@ -56,6 +58,7 @@ def test_structured_output_fills_the_schema_by_every_method(chat, method):
     assert structured.invoke("What is the capital of Japan?") == Capital(country="Japan", city="Tokyo")
 
 
+@remote_is_slow()
 def test_json_mode_without_a_schema_is_one_json_object(chat):
     reply = chat.bind(response_format={"type": "json_object"}).invoke("Describe Paris in JSON.", max_tokens=48)
     if reply.response_metadata["finish_reason"] == "stop":
@@ -83,10 +86,13 @@ def test_streamed_tool_call_chunks_keep_each_token_s_model(chat):
     assert [(c["name"], c["args"]) for c in total.tool_calls] == [("capital_of", {"country": "Italy"})]
 
 
-def test_free_generation_turns_a_malformed_call_into_an_invalid_tool_call(chat):
+@remote_is_slow()
+def test_free_generation_turns_a_malformed_call_into_an_invalid_tool_call(chat, adapter, real_engine_float32):
     """constrained=False with the SLM alone: digits without end, so the call never closes; reported, not raised.
-    The same request constrained (and stitched) is a valid call."""
-    free = ChatRStitch(engine=chat.engine, router="slm", constrained=False, max_tokens=24)
+    The same request constrained (and stitched) is a valid call. Remotely, the SLM alone is threshold=1.0 (remote
+    mode takes quality or threshold; router='slm' is the server's choice), the same decoding."""
+    free = adapter.chat(engine=real_engine_float32, constrained=False, max_tokens=24,
+                        **({"threshold": 1.0} if adapter.remote else {"router": "slm"}))
     reply = free.bind_tools(TOOLS, tool_choice="multiply").invoke("What is 6 times 7?")
     assert reply.tool_calls == [] and len(reply.invalid_tool_calls) == 1
     assert reply.invalid_tool_calls[0]["name"] == "multiply"

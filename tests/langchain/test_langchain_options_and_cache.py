@@ -55,12 +55,14 @@ def test_a_call_sets_its_own_timeout(real_engine: StitchEngine) -> None:
     assert chat.invoke(QUESTION, timeout=600).content  # the engine is usable afterwards
 
 
-def test_context_window_bounds_prompt_plus_max_tokens(real_engine: StitchEngine) -> None:
+def test_context_window_bounds_prompt_plus_max_tokens(real_engine: StitchEngine, adapter) -> None:
+    """Local, then remote (the window is the client's: checked once the server says the prompt's length)."""
     prompt_tokens = ChatRStitch().get_num_tokens_from_messages([("user", QUESTION)])
-    tight = ChatRStitch(max_tokens=4, context_window=prompt_tokens + 4)
+    tight = adapter.chat(max_tokens=4, context_window=prompt_tokens + 4)
     assert tight.invoke(QUESTION).usage_metadata["output_tokens"] <= 4
     with pytest.raises(InvalidSettingError, match=r"plus max_tokens \(5\) is over context_window"):
         tight.invoke(QUESTION, max_tokens=5)
+    assert tight.invoke(QUESTION, max_tokens=2).usage_metadata["output_tokens"] == 2  # still usable
     assert ChatRStitch(context_window=2048).profile["max_input_tokens"] == 8192  # the pair's window is the profile's
 
 

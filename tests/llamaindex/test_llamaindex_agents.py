@@ -13,7 +13,6 @@ import pytest
 from llama_index.core.agent.workflow import AgentWorkflow, FunctionAgent, ReActAgent
 
 from rstitch_integrations.constrained import REACT_ACT, REACT_ANSWER, react_shape
-from rstitch_integrations.llamaindex import RStitchLLM
 from rstitch_integrations.tool_calls import tool_call_prefix
 
 pytestmark = pytest.mark.real_model
@@ -50,8 +49,8 @@ async def test_a_repeated_call_ends_the_function_agent_instead_of_its_iteration_
 
 
 @pytest.mark.slow
-async def test_function_agent_on_the_default_pair(real_engine) -> None:
-    llm = RStitchLLM(max_tokens=48, tool_policy="until_result")
+async def test_function_agent_on_the_default_pair(real_engine, adapter) -> None:
+    llm = adapter.llm(max_tokens=48, tool_policy="until_result")
     agent = FunctionAgent(tools=[multiply], llm=llm, system_prompt="You are a helpful assistant.")
     result = await agent.run("What is 6 times 7?")
     assert [(c.tool_name, c.tool_kwargs) for c in result.tool_calls] == [("multiply", {"a": 6, "b": 7})]
@@ -59,8 +58,8 @@ async def test_function_agent_on_the_default_pair(real_engine) -> None:
 
 
 @pytest.mark.slow
-async def test_agent_workflow_from_functions_on_the_default_pair(real_engine) -> None:
-    llm = RStitchLLM(max_tokens=48, tool_policy="until_result")
+async def test_agent_workflow_from_functions_on_the_default_pair(real_engine, adapter) -> None:
+    llm = adapter.llm(max_tokens=48, tool_policy="until_result")
     workflow = AgentWorkflow.from_tools_or_functions([multiply], llm=llm, system_prompt="You are a helpful assistant.")
     result = await workflow.run(user_msg="What is 6 times 7?")
     assert [(c.tool_name, c.tool_kwargs) for c in result.tool_calls] == [("multiply", {"a": 6, "b": 7})]
@@ -95,8 +94,8 @@ def test_the_react_action_grammar_allows_listed_tools_with_valid_input() -> None
 
 
 @pytest.mark.slow
-async def test_react_agent_on_the_default_pair(real_engine) -> None:
-    llm = RStitchLLM(max_tokens=48, tool_policy="until_result")
+async def test_react_agent_on_the_default_pair(real_engine, adapter) -> None:
+    llm = adapter.llm(max_tokens=48, tool_policy="until_result")
     result = await ReActAgent(tools=[multiply], llm=llm).run("What is 6 times 7?")
     assert [(c.tool_name, c.tool_kwargs) for c in result.tool_calls] == [("multiply", {"a": 6, "b": 7})]
     assert str(result).strip()

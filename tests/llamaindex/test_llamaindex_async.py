@@ -7,14 +7,22 @@ import threading
 import time
 
 import pytest
+from live import remote_is_slow
 from helpers import loop_thread_team_counts
 from llama_index.core.base.llms.types import ChatMessage
 
-from rstitch_integrations.llamaindex import _in_worker_threads
+from rstitch_integrations.llamaindex import RStitchLLM, _in_worker_threads
 
 pytestmark = pytest.mark.real_model
 
 QUESTIONS = ("What is the capital of France?", "What is 2 plus 3?")
+
+
+@pytest.fixture
+def rstitch_llm(real_engine, adapter) -> RStitchLLM:
+    """Overrides the session one here: the adapter on the default pair (short greedy answers), local, then remote
+    (``RStitchLLM(base_url=...)`` on a live server on the same engine): the tests taking it run in both modes."""
+    return adapter.llm(max_tokens=8)
 
 
 @pytest.fixture(scope="module")
@@ -105,6 +113,7 @@ async def test_cancelling_a_consumer_closes_the_stream_after_the_running_step():
     assert await asyncio.to_thread(closed.wait, 5.0)
 
 
+@remote_is_slow()  # test_abandoned_remote_streams_leave_the_servers_batch checks the server's side by default
 async def test_an_abandoned_real_stream_leaves_the_engine_usable(rstitch_llm, expected):
     stream = await rstitch_llm.astream_chat(user(QUESTIONS[0]))
     async for _ in stream:
@@ -113,7 +122,9 @@ async def test_an_abandoned_real_stream_leaves_the_engine_usable(rstitch_llm, ex
     assert (await rstitch_llm.achat(user(QUESTIONS[1]))).message.content == expected[QUESTIONS[1]]
 
 
-def test_an_async_call_frees_the_event_loop_threads_openmp_team(rstitch_llm):
+def test_an_async_call_frees_the_event_loop_threads_openmp_team(real_engine):
     """Torch work of the loop's own thread (retrieval embeddings, say) leaves an OpenMP team there;
-    the adapter frees it before the passes run on worker threads (``rstitch_engine.models.openmp``)."""
-    assert loop_thread_team_counts(lambda: rstitch_llm.achat(user(QUESTIONS[1]))) == [2, 1]
+    the adapter frees it before the passes run on worker threads (``rstitch_engine.models.openmp``). Local only:
+    it checks threads of this process."""
+    llm = RStitchLLM(max_tokens=8)
+    assert loop_thread_team_counts(lambda: llm.achat(user(QUESTIONS[1]))) == [2, 1]

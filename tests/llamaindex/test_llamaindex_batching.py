@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from live import remote_is_slow
 from llama_index.core.llms import ChatMessage
 
 from rstitch_integrations.llamaindex import RStitchLLM
@@ -15,8 +16,11 @@ QUESTIONS = ["What is the capital of France?", "Name a fruit that is yellow.", "
              "Add 17 and 25. Reply with just the number."]
 
 
-def test_concurrent_acomplete_and_achat_share_passes_and_equal_one_by_one(real_engine_float32):
-    llm = RStitchLLM(max_tokens=12, dtype="float32")
+@remote_is_slow()
+def test_concurrent_acomplete_and_achat_share_passes_and_equal_one_by_one(real_engine_float32, adapter):
+    """Local, then remote (concurrent requests share the server's batch)."""
+    llm = (adapter.llm(engine=real_engine_float32, max_tokens=12) if adapter.remote
+           else RStitchLLM(max_tokens=12, dtype="float32"))
     expected = [llm.complete(q).text for q in QUESTIONS]
 
     async def run():

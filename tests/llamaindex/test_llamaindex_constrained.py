@@ -24,9 +24,10 @@ pytestmark = pytest.mark.real_model
 TOOLS = [FunctionTool.from_defaults(multiply), FunctionTool.from_defaults(capital_of)]
 
 
-@pytest.fixture(scope="module")
-def llm(real_engine_float32) -> RStitchLLM:
-    return RStitchLLM(engine=real_engine_float32, max_tokens=96)
+@pytest.fixture
+def llm(real_engine_float32, adapter) -> RStitchLLM:
+    """Local, then remote (``RStitchLLM(base_url=...)`` on a live server on the same float32 engine)."""
+    return adapter.llm(engine=real_engine_float32, max_tokens=96)
 
 
 @pytest.mark.slow
@@ -63,10 +64,12 @@ def test_streamed_tool_calls_keep_each_token_s_model(llm):
     assert [(b.tool_name, b.tool_kwargs) for b in blocks] == [("capital_of", {"country": "Italy"})]
 
 
-def test_free_generation_still_reports_malformed_calls(llm):
+def test_free_generation_still_reports_malformed_calls(llm, adapter, real_engine_float32):
     """constrained=False with the SLM alone: it writes digits without end, and the unclosed call is an
-    invalid call (reported, never raised). The same request constrained and stitched is a valid call."""
-    free = RStitchLLM(engine=llm.engine, router="slm", constrained=False, max_tokens=24)
+    invalid call (reported, never raised). The same request constrained and stitched is a valid call.
+    Remotely the SLM alone is threshold=1.0 (remote mode takes quality or threshold), the same decoding."""
+    free = adapter.llm(engine=real_engine_float32, constrained=False, max_tokens=24,
+                       **({"threshold": 1.0} if adapter.remote else {"router": "slm"}))
     response = free.chat_with_tools(TOOLS, user_msg="What is 6 times 7?", tool_choice="multiply")
     assert free.get_tool_calls_from_response(response, error_on_no_tool_call=False) == []
     invalid = response.message.additional_kwargs["invalid_tool_calls"]

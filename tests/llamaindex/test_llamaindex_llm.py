@@ -22,6 +22,13 @@ pytestmark = pytest.mark.real_model
 QUESTION = "What is the capital of France?"
 
 
+@pytest.fixture
+def rstitch_llm(real_engine, adapter) -> RStitchLLM:
+    """Overrides the session one here: the adapter on the default pair (short greedy answers), local, then remote
+    (``RStitchLLM(base_url=...)`` on a live server on the same engine): the tests taking it run in both modes."""
+    return adapter.llm(max_tokens=8)
+
+
 @pytest.fixture(scope="module")
 def expected(engine_answer):
     return engine_answer(QUESTION)

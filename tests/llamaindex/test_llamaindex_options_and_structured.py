@@ -64,30 +64,30 @@ def test_a_call_sets_its_own_timeout(real_engine) -> None:
 # ----------------------------------------------------------------------------- streamed structured output
 
 
-def test_stream_structured_predict_is_filled(real_engine) -> None:
-    llm = RStitchLLM(max_tokens=40)
+def test_stream_structured_predict_is_filled(real_engine, adapter) -> None:
+    llm = adapter.llm(max_tokens=40)
     parts = list(llm.stream_structured_predict(Person, PROMPT, name="Alice"))
     assert parts[-1] == Person(name="Alice", age=30)
     assert isinstance(parts[-1], Person)
 
 
 @pytest.mark.slow  # the same forced program as the sync form; ~25 s on a loaded 2-core CPU
-async def test_astream_structured_predict_is_filled(real_engine) -> None:
-    llm = RStitchLLM(max_tokens=40)
+async def test_astream_structured_predict_is_filled(real_engine, adapter) -> None:
+    llm = adapter.llm(max_tokens=40)
     parts = [part async for part in await llm.astream_structured_predict(Person, PROMPT, name="Alice")]
     assert parts[-1] == Person(name="Alice", age=30)
 
 
 @pytest.mark.slow  # stream_structured_predict again, behind StructuredLLM; ~20 s on a loaded 2-core CPU
-def test_structured_llm_stream_chat_is_filled(real_engine) -> None:
-    structured = RStitchLLM(max_tokens=40).as_structured_llm(Person)
+def test_structured_llm_stream_chat_is_filled(real_engine, adapter) -> None:
+    structured = adapter.llm(max_tokens=40).as_structured_llm(Person)
     messages = [ChatMessage(role="user", content="Make up a person called Alice who is 30 years old.")]
     *_, last = structured.stream_chat(messages)
     assert last.raw == Person(name="Alice", age=30)
 
 
-def test_streamed_tool_calls_are_in_additional_kwargs_and_honour_tool_required(real_engine) -> None:
-    llm = RStitchLLM(max_tokens=24)
+def test_streamed_tool_calls_are_in_additional_kwargs_and_honour_tool_required(real_engine, adapter) -> None:
+    llm = adapter.llm(max_tokens=24)
     tool = FunctionTool.from_defaults(multiply)
     *_, last = llm.stream_chat_with_tools([tool], user_msg="What is 6 times 7?", tool_required=True)
     [block] = [b for b in last.message.blocks if isinstance(b, ToolCallBlock)]

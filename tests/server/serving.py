@@ -7,19 +7,13 @@ start ``rstitch serve`` as a subprocess on the same pair saved to a folder.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
-import socket
-import threading
-import time
-from collections.abc import Iterator
 
-import httpx
-import uvicorn
+from live import free_port, running_server  # noqa: F401  (re-exported for the server tests)
 
 from rstitch_engine import StitchEngine
 from rstitch_integrations.core import StitchOptions
-from rstitch_server import StitchService, create_app
+from rstitch_server import StitchService
 from tiny import CHAT_TEMPLATE, byte_level_tokenizer, tiny_model
 from transformers import PreTrainedTokenizerFast
 
@@ -27,33 +21,6 @@ from rstitch_engine import ModelPair
 
 TINY_MODEL_ID = "rstitch:tiny-qwen2+tiny-draft"
 API_KEY = "test-key-123"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@contextlib.contextmanager
-def running_server(service: StitchService, api_key: str | None = None, timeout: float = 30) -> Iterator[str]:
-    """Serve ``service`` on a free port in a thread; yields the base URL (``http://127.0.0.1:PORT``)."""
-    port = free_port()
-    app = create_app(service, api_key)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + timeout
-    while not server.started:
-        if time.monotonic() > deadline or not thread.is_alive():
-            raise RuntimeError("the test server did not start")
-        time.sleep(0.02)
-    try:
-        yield base
-    finally:
-        server.should_exit = True
-        thread.join(timeout)
 
 
 def tiny_chat_pair(max_positions: int = 2048) -> ModelPair:

@@ -19,7 +19,7 @@ from llama_index.llms.openai_like import OpenAILike
 from pydantic import BaseModel
 from serving import API_KEY, TINY_MODEL_ID
 
-from rstitch_engine import InvalidSettingError
+from rstitch_engine import InvalidSettingError, PromptTooLongError
 from rstitch_integrations.langchain import ChatRStitch
 from rstitch_integrations.llamaindex import RStitchLLM
 from rstitch_server import StitchService
@@ -102,7 +102,7 @@ def test_chat_rstitch_remote_tools_and_structured_output_equal_local(chats: tupl
 
 def test_chat_rstitch_remote_reports_a_bad_call_as_local_does(chats: tuple[ChatRStitch, ChatRStitch]) -> None:
     remote, _ = chats
-    with pytest.raises(InvalidSettingError, match="context window"):
+    with pytest.raises(PromptTooLongError, match="context window"):  # the type a local call raises
         remote.invoke(QUESTION, max_tokens=100000)
     with pytest.raises(InvalidSettingError, match="unknown call options"):
         remote.invoke(QUESTION, frobnicate=1)

@@ -159,6 +159,8 @@ def test_a_bad_request_gets_a_400_that_says_what_to_fix_and_the_server_stays_up(
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and says in error["message"] and error["message"]
+    # OpenAI's code for a prompt over the window (remote mode raises PromptTooLongError by it); else the status
+    assert error["code"] == ("context_length_exceeded" if says == "context window" else 400)
     assert http.post("/v1/chat/completions", json={"messages": HELLO, "max_tokens": 2}).status_code == 200
 
 
