@@ -11,7 +11,8 @@ Configurations, all greedy, each answer capped at ``--max-new-tokens``:
 * ``rstitch fast``: R-Stitch at the 'fast' preset's tau with the shipped draft (exported to GGUF), for the
   trade-off stitching makes on this runtime.
 
-Both runtimes get the same threads (``--threads``; default: llama-cpp-python's own rule, half the logical
+Each rstitch configuration has a pair of its own (its prefix cache holds only its own earlier prompts, as
+llama-cpp-python's holds only its previous call's). Both runtimes get the same threads (``--threads``; default: llama-cpp-python's own rule, half the logical
 CPUs for a decode, all of them for a prefill). The prompts are the plain-chat skills of the everyday suite's
 held-out part (capitals, sums, opposites, short and long retrieval, multi-turn recall; the tool and JSON items
 need rstitch's constrained decoding, which llama-cpp-python's chat call does not share). Every item runs each
@@ -64,9 +65,12 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
     cpus = os.cpu_count() or 1
     threads = args.threads or max(cpus // 2, 1)
     options = {"n_threads": threads, "n_threads_batch": args.threads or cpus, "n_ctx": args.n_ctx}
-    pair = load_pair(ModelSpec(DEFAULT_SLM, backend="llama.cpp", extra=options),
-                     ModelSpec(DEFAULT_LLM, backend="llama.cpp", extra=options))
-    engine = StitchEngine(pair)
+
+    def own_engine() -> StitchEngine:
+        """A pair of its own per configuration: its prefix cache holds only its own earlier prompts, as
+        llama-cpp-python's ``Llama`` holds only its own previous call's."""
+        return StitchEngine(load_pair(ModelSpec(DEFAULT_SLM, backend="llama.cpp", extra=options),
+                                      ModelSpec(DEFAULT_LLM, backend="llama.cpp", extra=options)))
     llm_gguf = gguf_file_for(ModelSpec(DEFAULT_LLM, backend="llama.cpp"), None)
     own = Llama(model_path=str(llm_gguf), n_ctx=args.n_ctx, n_threads=threads, n_threads_batch=args.threads or cpus,
                 verbose=False)
@@ -80,6 +84,7 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
 
     def rstitch(routing: Routing, lookup: int | None) -> Callable[[EverydayItem], Answer]:
         settings = GenerationSettings(max_new_tokens=limit, prompt_lookup_tokens=lookup)
+        engine = own_engine()
 
         def answer(item: EverydayItem) -> Answer:
             start = time.perf_counter()
@@ -93,8 +98,9 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
              "rstitch LLM alone": rstitch(Routing(router="llm"), 0),
              "rstitch default": rstitch(Routing(), None),
              "rstitch fast": rstitch(Routing(quality="fast"), None)}
+    engine = own_engine()
     facts = {"threads": threads, "threads_batch": args.threads or cpus, "llm_gguf": llm_gguf.name,
-             "slm_gguf": Path(str(pair.slm.context.weights.path)).name,  # type: ignore[union-attr]
+             "slm_gguf": Path(str(engine.pair.slm.context.weights.path)).name,  # type: ignore[union-attr]
              "default_policy": engine.policy().name, "default_reason": engine.policy().reason}
     return table, facts
 

@@ -168,7 +168,6 @@ class LlamaCppContext:
         self.batch = lib.llama_batch_init(options.n_batch, 0, 1)  # token ids, one sequence id per token
         self._finalizer = weakref.finalize(self, _free_context, lib, handle, self.batch)
 
-
     def use_threads_for(self, n_tokens: int) -> None:
         """Before a decode of ``n_tokens``: the threads of a pass that long (see ``PREFILL_TOKENS``)."""
         decode, prefill = self._threads
