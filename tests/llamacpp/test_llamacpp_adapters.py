@@ -82,6 +82,22 @@ def test_llamaindex_chat_and_stream_on_llama_cpp(engine):
     assert all(piece.additional_kwargs.get("token_sources") for piece in pieces if piece.delta)
 
 
+def multiply(a: int, b: int) -> int:
+    """Multiply two integers."""
+    return a * b
+
+
+def test_llamaindex_tool_call_on_llama_cpp(engine):
+    from llama_index.core.tools import FunctionTool
+
+    llm = RStitchLLM(backend="llama.cpp", max_tokens=40)
+    response = llm.chat_with_tools([FunctionTool.from_defaults(multiply)], user_msg="What is 12 times 3?",
+                                   tool_choice="multiply")
+    (call,) = llm.get_tool_calls_from_response(response)
+    assert call.tool_name == "multiply" and set(call.tool_kwargs) == {"a", "b"}
+    assert len(response.additional_kwargs["token_sources"]) > 0
+
+
 def test_cli_generate_on_llama_cpp(engine):
     done = subprocess.run([sys.executable, "-m", "rstitch_engine.cli", "generate", "--backend", "llama.cpp",
                            "--max-tokens", "12", "--json", QUESTION], capture_output=True, text=True, timeout=300)
