@@ -30,4 +30,5 @@ def test_the_demo_answers_each_prompt_right_beside_the_llm_alone(backend):
                         r"measured\)\. Policy: (auto: [^(]+)", " ".join(out.split()))
     assert summary is not None, out
     assert int(summary.group(1)) == sum(row.split("│")[4].strip() == "yes" for row in rows)
-    assert summary.group(5).strip() == "auto: LLM alone + lookup" or summary.group(5).startswith("auto: tau")
+    policy = summary.group(5).strip()  # what the pair's profile on this backend proves (llama.cpp: the plain LLM)
+    assert policy in ("auto: LLM alone + lookup", "auto: LLM alone") or policy.startswith("auto: tau")
