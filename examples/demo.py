@@ -81,10 +81,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(highlight=False)
     with console.status(f"loading the default pair (SmolLM2-135M-Instruct and its shipped draft) on {args.backend}"):
         engine = StitchEngine.from_pretrained(backend=args.backend)
+        # llama.cpp keeps finished prompts' cells for reuse: the LLM-alone baseline gets a pair of its own, so
+        # neither side starts from the other's cache (each reuses its own warm-up's, as a second ask would)
+        baseline = StitchEngine(engine.pair) if args.backend == "transformers" else \
+            StitchEngine.from_pretrained(backend=args.backend)
         options = StitchOptions(max_tokens=48)
         calls = [prepare_call(engine, options, [{"role": "user", "content": text}], extra) for _, text, extra in PROMPTS]
         for call in calls:  # warm-up, untimed: first calls pay for lazy set-up (grammars, caches)
-            stitched(engine, call), llm_alone(engine, call)
+            stitched(engine, call), llm_alone(baseline, call)
     policy = engine.policy()
     table = Table(title="rstitch default preset beside the LLM alone (SLM tokens green, LLM tokens magenta)",
                   title_justify="left", show_lines=True)
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     totals = [0.0, 0.0]
     matches = 0
     for (kind, text, _), call in zip(PROMPTS, calls):
-        mine, theirs = stitched(engine, call), llm_alone(engine, call)
+        mine, theirs = stitched(engine, call), llm_alone(baseline, call)
         same = mine.text.strip() == theirs.text.strip()
         matches += same
         totals[0], totals[1] = totals[0] + mine.seconds, totals[1] + theirs.seconds
