@@ -43,7 +43,7 @@ def prompts(per_skill: int) -> list[tuple[str, list[dict[str, str]]]]:
     chosen = []
     for skill in SKILLS:
         items = [i for i in everyday_suite("tuning") if i.skill == skill and not i.call][:per_skill]
-        chosen += [(f"{skill}/{i.id}", [{"role": r, "content": c} for r, c in i.turns]) for i in items]
+        chosen += [(f"{skill}/{i.id}", i.messages()) for i in items]
     return chosen
 
 

@@ -40,7 +40,7 @@ from rstitch_engine import GenerationSettings, ModelSpec, Routing, StitchEngine,
 from rstitch_engine.measure.everyday import EverydayItem, everyday_suite
 from rstitch_engine.models.defaults import DEFAULT_LLM, DEFAULT_SLM
 from rstitch_engine.models.hardware import processor_name
-from rstitch_engine.models.llamacpp_loading import gguf_file_for
+from rstitch_engine.models.gguf_export import default_llm_gguf
 
 CONFIGS = ("llama-cpp-python", "rstitch LLM alone", "rstitch default", "rstitch fast")
 PLAIN_SKILLS = ("capital", "sum", "opposite", "rag_short", "rag_long", "multiturn")
@@ -71,7 +71,7 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
         llama-cpp-python's ``Llama`` holds only its own previous call's."""
         return StitchEngine(load_pair(ModelSpec(DEFAULT_SLM, backend="llama.cpp", extra=options),
                                       ModelSpec(DEFAULT_LLM, backend="llama.cpp", extra=options)))
-    llm_gguf = gguf_file_for(ModelSpec(DEFAULT_LLM, backend="llama.cpp"), None)
+    llm_gguf = default_llm_gguf()
     own = Llama(model_path=str(llm_gguf), n_ctx=args.n_ctx, n_threads=threads, n_threads_batch=args.threads or cpus,
                 verbose=False)
     limit = args.max_new_tokens

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +93,8 @@ def _write(writer: Any, out_path: Path) -> Path:
     """The writer's file at ``out_path``, written under a temporary name and renamed when complete."""
     out_path.parent.mkdir(parents=True, exist_ok=True)
     # A file of its own per export (two processes may export the same model at once).
-    handle, name = tempfile.mkstemp(dir=out_path.parent, prefix=out_path.name + ".", suffix=".partial")
-    os.close(handle)
-    partial = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    partial.chmod(0o666 & ~umask)  # mkstemp makes it owner-only; the export is an ordinary file
+    partial = out_path.with_name(f"{out_path.name}.{uuid.uuid4().hex}.partial")
+    os.close(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))  # the umask applies, as to any file
     try:
         writer.write_header_to_file(partial)
         writer.write_kv_data_to_file()

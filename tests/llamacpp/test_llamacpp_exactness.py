@@ -27,13 +27,13 @@ from typing import Iterator
 
 import pytest
 import torch
+from helpers import load_benchmark
 
 from rstitch_engine import EntropyRouter, GenerationSettings, InvalidSettingError, ModelSpec, StitchEngine, load_pair
 from rstitch_engine.decoding.sampling import normalised_entropy
 from rstitch_engine.measure.everyday import everyday_suite
 from rstitch_engine.models.gguf_export import float32_pair_ggufs
 from rstitch_engine.models.llamacpp import LlamaCppOptions
-from rstitch_engine.models.runner import RowPlan
 
 pytestmark = pytest.mark.real_model
 
@@ -46,11 +46,12 @@ ENTROPY_BOUND = 1e-5
 
 
 def first_plain_chat_item(skill: str) -> list[dict[str, str]]:
-    item = next(i for i in everyday_suite("tuning") if i.skill == skill and not i.call)
-    return [{"role": role, "content": content} for role, content in item.turns]
+    return next(i for i in everyday_suite("tuning") if i.skill == skill and not i.call).messages()
 
 
 PROMPTS = {skill: first_plain_chat_item(skill) for skill in SKILLS}
+first_logits = load_benchmark("llamacpp_exactness").first_logits
+"""[V] logits of a role after the prompt ids, from a fresh cache on its runner (the benchmark's measurement)."""
 
 
 @pytest.fixture(scope="module")
@@ -71,23 +72,13 @@ def engines() -> Iterator[tuple[StitchEngine, StitchEngine]]:
         torch.set_num_threads(torch_threads)
 
 
-def next_token_logits(engine: StitchEngine, role: str, ids: list[int]) -> torch.Tensor:
-    """[V] logits of ``role`` after the prompt ``ids``, from a fresh cache."""
-    runner = getattr(engine.pair, role).runner
-    slot = runner.new_slot(len(ids) + 1)
-    try:
-        return runner.run_one(RowPlan(slot, list(ids), "catchup")).logits.float()
-    finally:
-        runner.release(slot)
-
-
 @pytest.mark.parametrize("skill", SKILLS)
 def test_first_position_logits_agree_to_float32_rounding(engines, skill):
     on_torch, on_llamacpp = engines
     ids = on_torch.encode(PROMPTS[skill])
     assert on_llamacpp.encode(PROMPTS[skill]) == ids
     for role in ("slm", "llm"):
-        a, b = next_token_logits(on_torch, role, ids), next_token_logits(on_llamacpp, role, ids)
+        a, b = first_logits(on_torch, role, ids), first_logits(on_llamacpp, role, ids)
         assert float((a - b).abs().max()) < LOGIT_BOUND, role
         assert abs(normalised_entropy(a) - normalised_entropy(b)) < ENTROPY_BOUND, role
         assert int(a.argmax()) == int(b.argmax()), role
