@@ -4,7 +4,8 @@ Configurations (transformers in float32 on the CPU against llama.cpp, ``reuse_pr
 
 * ``quantised files, llama.cpp defaults``: the default pair as it ships on each runner: transformers runs the
   LLM's Q4_1 GGUF dequantised to float32 and the draft folder; llama.cpp runs the Q4_1 GGUF and the draft
-  exported to q8_0 on it, with its f16 KV cache and flash attention;
+  exported to q8_0 on it, with llama.cpp's own defaults: its f16 KV cache and flash attention (the runner's
+  default is flash attention off, as llama-cpp-python's; ``flash_attn=True`` here keeps llama.cpp's);
 * ``all-f32 GGUFs, f16 KV + flash attention``: both runners on the all-f32 pair (``float32_pair_ggufs``),
   llama.cpp with its default cache;
 * ``all-f32 GGUFs, kv_type f32``: the same files, llama.cpp with an f32 KV cache (flash attention off).
@@ -105,8 +106,9 @@ def main() -> None:
     torch_engines = {"quantised": functools.partial(torch_engine, DEFAULT_SLM, DEFAULT_LLM),
                      "f32": functools.partial(torch_engine, slm_f32, llm_f32)}
     configs = {
-        "quantised files, llama.cpp defaults": ("quantised", lambda: llamacpp_engine(DEFAULT_SLM, DEFAULT_LLM)),
-        "all-f32 GGUFs, f16 KV + flash attention": ("f32", lambda: llamacpp_engine(slm_f32, llm_f32)),
+        "quantised files, llama.cpp defaults": ("quantised",
+                                                lambda: llamacpp_engine(DEFAULT_SLM, DEFAULT_LLM, flash_attn=True)),
+        "all-f32 GGUFs, f16 KV + flash attention": ("f32", lambda: llamacpp_engine(slm_f32, llm_f32, flash_attn=True)),
         "all-f32 GGUFs, kv_type f32": ("f32", lambda: llamacpp_engine(slm_f32, llm_f32, kv_type="f32")),
     }
     items = prompts(args.per_skill)

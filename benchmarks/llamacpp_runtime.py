@@ -3,7 +3,10 @@
 Configurations, all greedy, each answer capped at ``--max-new-tokens``:
 
 * ``llama-cpp-python``: ``Llama(model_path=<the LLM's GGUF>).create_chat_completion(messages, temperature=0)``,
-  the call a LangChain ``ChatLlamaCpp`` user runs (its chat template from the GGUF, its own prefix cache);
+  the call a LangChain ``ChatLlamaCpp`` user runs (its chat template from the GGUF, its own prefix cache), with
+  its default threads (half the logical CPUs for a decode);
+* ``llama-cpp-python, rstitch's threads``: the same with rstitch's default decode threads (the physical cores,
+  llama.cpp's own default), where they differ: the runtimes side by side at equal threads;
 * ``rstitch LLM alone``: the engine on ``backend='llama.cpp'`` with ``Routing(router='llm')`` and prompt lookup
   off: the runner's cost over llama.cpp, nothing else;
 * ``rstitch default``: what a caller who names nothing gets on that backend (``Routing()``: the pair's
@@ -12,8 +15,9 @@ Configurations, all greedy, each answer capped at ``--max-new-tokens``:
   trade-off stitching makes on this runtime.
 
 Each rstitch configuration has a pair of its own (its prefix cache holds only its own earlier prompts, as
-llama-cpp-python's holds only its previous call's). Both runtimes get the same threads (``--threads``; default: llama-cpp-python's own rule, half the logical
-CPUs for a decode, all of them for a prefill). The prompts are the plain-chat skills of the everyday suite's
+llama-cpp-python's holds only its previous call's). Each runtime runs on its own default threads unless
+``--threads`` gives every configuration the same count; prefills and other multi-token passes run on all
+logical CPUs in both. The prompts are the plain-chat skills of the everyday suite's
 held-out part (capitals, sums, opposites, short and long retrieval, multi-turn recall; the tool and JSON items
 need rstitch's constrained decoding, which llama-cpp-python's chat call does not share). Every item runs each
 configuration back to back in an order rotated per item; a warm-up item runs each once, untimed. With
@@ -39,10 +43,10 @@ from tqdm.auto import tqdm
 from rstitch_engine import GenerationSettings, ModelSpec, Routing, StitchEngine, load_pair
 from rstitch_engine.measure.everyday import EverydayItem, everyday_suite
 from rstitch_engine.models.defaults import DEFAULT_LLM, DEFAULT_SLM
-from rstitch_engine.models.hardware import processor_name
+from rstitch_engine.models.hardware import physical_cores, processor_name
 from rstitch_engine.models.gguf_export import default_llm_gguf
 
-CONFIGS = ("llama-cpp-python", "rstitch LLM alone", "rstitch default", "rstitch fast")
+LLAMA_CPP_PYTHON, SAME_THREADS = "llama-cpp-python", "llama-cpp-python, rstitch's threads"
 PLAIN_SKILLS = ("capital", "sum", "opposite", "rag_short", "rag_long", "multiturn")
 
 
@@ -63,8 +67,10 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
     from llama_cpp import Llama
 
     cpus = os.cpu_count() or 1
-    threads = args.threads or max(cpus // 2, 1)
-    options = {"n_threads": threads, "n_threads_batch": args.threads or cpus, "n_ctx": args.n_ctx}
+    own_threads = args.threads or max(cpus // 2, 1)  # llama-cpp-python's rule
+    rstitch_threads = args.threads or physical_cores()
+    options = {"n_threads_batch": args.threads or cpus, "n_ctx": args.n_ctx} | (
+        {"n_threads": args.threads} if args.threads else {})
 
     def own_engine() -> StitchEngine:
         """A pair of its own per configuration: its prefix cache holds only its own earlier prompts, as
@@ -72,15 +78,18 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
         return StitchEngine(load_pair(ModelSpec(DEFAULT_SLM, backend="llama.cpp", extra=options),
                                       ModelSpec(DEFAULT_LLM, backend="llama.cpp", extra=options)))
     llm_gguf = default_llm_gguf()
-    own = Llama(model_path=str(llm_gguf), n_ctx=args.n_ctx, n_threads=threads, n_threads_batch=args.threads or cpus,
-                verbose=False)
     limit = args.max_new_tokens
 
-    def llama_cpp_python(item: EverydayItem) -> Answer:
-        start = time.perf_counter()
-        reply = own.create_chat_completion(item.messages(), max_tokens=limit, temperature=0.0)
-        seconds = time.perf_counter() - start
-        return Answer(reply["choices"][0]["message"]["content"] or "", reply["usage"]["completion_tokens"], seconds)
+    def llama_cpp_python(threads: int) -> Callable[[EverydayItem], Answer]:
+        own = Llama(model_path=str(llm_gguf), n_ctx=args.n_ctx, n_threads=threads,
+                    n_threads_batch=args.threads or cpus, verbose=False)
+
+        def answer(item: EverydayItem) -> Answer:
+            start = time.perf_counter()
+            reply = own.create_chat_completion(item.messages(), max_tokens=limit, temperature=0.0)
+            seconds = time.perf_counter() - start
+            return Answer(reply["choices"][0]["message"]["content"] or "", reply["usage"]["completion_tokens"], seconds)
+        return answer
 
     def rstitch(routing: Routing, lookup: int | None) -> Callable[[EverydayItem], Answer]:
         settings = GenerationSettings(max_new_tokens=limit, prompt_lookup_tokens=lookup)
@@ -94,12 +103,15 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
                           sum(event.source == "slm" for event in result.events))
         return answer
 
-    table = {"llama-cpp-python": llama_cpp_python,
-             "rstitch LLM alone": rstitch(Routing(router="llm"), 0),
-             "rstitch default": rstitch(Routing(), None),
-             "rstitch fast": rstitch(Routing(quality="fast"), None)}
+    table = {LLAMA_CPP_PYTHON: llama_cpp_python(own_threads)}
+    if rstitch_threads != own_threads:
+        table[SAME_THREADS] = llama_cpp_python(rstitch_threads)
+    table |= {"rstitch LLM alone": rstitch(Routing(router="llm"), 0),
+              "rstitch default": rstitch(Routing(), None),
+              "rstitch fast": rstitch(Routing(quality="fast"), None)}
     engine = own_engine()
-    facts = {"threads": threads, "threads_batch": args.threads or cpus, "llm_gguf": llm_gguf.name,
+    facts = {"threads": {LLAMA_CPP_PYTHON: own_threads, "rstitch": rstitch_threads},
+             "threads_batch": args.threads or cpus, "llm_gguf": llm_gguf.name,
              "slm_gguf": Path(str(engine.pair.slm.context.weights.path)).name,  # type: ignore[union-attr]
              "default_policy": engine.policy().name, "default_reason": engine.policy().reason}
     return table, facts
@@ -119,13 +131,13 @@ def run(table: dict[str, Callable[[EverydayItem], Answer]], suite: Sequence[Ever
                             "tokens": answer.tokens, "slm_tokens": answer.slm_tokens, "seconds": answer.seconds,
                             "correct": item.is_correct(answer.text),
                             "agrees_with_llama_cpp_python": item.extract(answer.text)
-                            == item.extract(answers["llama-cpp-python"].text)})
+                            == item.extract(answers[LLAMA_CPP_PYTHON].text)})
     return records
 
 
 def summary(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    reference = sum(r["seconds"] for r in records if r["config"] == "llama-cpp-python")
+    reference = sum(r["seconds"] for r in records if r["config"] == LLAMA_CPP_PYTHON)
     for name in dict.fromkeys(r["config"] for r in records):
         mine = [r for r in records if r["config"] == name]
         seconds, tokens = sum(r["seconds"] for r in mine), sum(r["tokens"] for r in mine)
@@ -155,7 +167,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--limit", type=int, default=None, help="only the first N items")
-    parser.add_argument("--threads", type=int, default=None, help="threads of both runtimes (default: llama-cpp-python's rule)")
+    parser.add_argument("--threads", type=int, default=None, help="decode threads of every configuration (default: each runtime's own)")
     parser.add_argument("--n-ctx", type=int, default=4096)
     parser.add_argument("--busy", action="store_true", help="repeat the run beside a second process keeping a core busy")
     parser.add_argument("--json", type=Path, default=None)
@@ -180,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 burner.terminate()
         rows = summary(records)
         report["runs"][label] = {"items": len(suite), "summary": rows, "records": records}
-        print(f"\n## {label}: {len(suite)} items, {facts['threads']} decode threads; default = {facts['default_policy']}"
+        print(f"\n## {label}: {len(suite)} items, decode threads {facts['threads']}; default = {facts['default_policy']}"
               f"\n\n{markdown(rows)}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import time
 import weakref
 from dataclasses import dataclass, fields
@@ -39,10 +38,9 @@ import torch
 
 from ..errors import InvalidSettingError, ModelLoadError
 from .execution import ExecutionConfig
+from .cpu_share import shared_thread_share
 from .runner import CacheSlot, ForwardRecord, ModelRole, ModelRunner, RowPlan, RowResult
 
-PREFILL_TOKENS = 32
-"""A pass feeding at least this many tokens runs on ``n_threads_batch``; a shorter one on ``n_threads``."""
 KV_TYPES = {"f16": "GGML_TYPE_F16", "f32": "GGML_TYPE_F32"}
 """``LlamaCppOptions.kv_type`` values and the llama_cpp constants of their GGML types."""
 INSTALL_HINT = ("the llama.cpp backend needs llama-cpp-python: `pip install 'rstitch[llamacpp]'` "
@@ -68,18 +66,24 @@ class LlamaCppOptions:
     n_batch: int = 512
     """Most tokens one ``llama_decode`` takes; a longer step is split."""
     n_threads: int | None = None
-    """CPU threads of a decode (None: half the logical CPUs, as llama-cpp-python's ``Llama``: one per core
-    where cores run two threads each)."""
+    """CPU threads of a one-token decode. None: the physical cores this process may use (llama.cpp's own
+    default) less the whole cores other processes have kept busy over the last half second
+    (``models.cpu_share``): llama.cpp's spinning workers slow every pass down when one of them has no core.
+    llama-cpp-python's ``Llama`` takes a fixed half of the logical CPUs instead."""
     n_threads_batch: int | None = None
-    """CPU threads of a pass over ``PREFILL_TOKENS`` tokens or more (a prefill; None: all logical CPUs). Shorter
-    passes (lookup's checks, short catch-ups) run on ``n_threads``: with more threads than free cores,
-    llama.cpp's spinning workers wait on each other, and a short pass gains little from more threads."""
+    """CPU threads of a pass over two tokens or more (prefills, catch-ups, lookup's checks). None: the
+    logical CPUs less the cores other processes hold, as for ``n_threads``."""
     n_gpu_layers: int = -1
     """Layers offloaded to a GPU in a CUDA or Metal build (-1: all; a CPU build ignores it)."""
     max_sequences: int = 16
     """Requests whose caches the context keeps at once; more evict the least recently run."""
     reuse_prefixes: bool = True
     """Start a request from the longest cached prefix of its tokens (see ``models.llamacpp``)."""
+    flash_attn: bool = False
+    """llama.cpp's flash-attention kernel (off: llama-cpp-python's ``Llama`` default). On a CPU it accumulates
+    attention over an f16 cache in f16, so its logits differ from the plain kernel's enough to change greedy
+    answers (31 of 84 everyday answers, where both runtimes run the same GGUF and prompt tokens); with it off
+    the runner answers as llama-cpp-python does. Ignored with ``kv_type="f32"`` (always off there)."""
     kv_type: Literal["f16", "f32"] = "f16"
     """Type of the KV cache's keys and values: llama.cpp's f16 default, or f32 (twice the memory, and flash
     attention off: llama.cpp casts an f32 cache to f16 for its flash-attention kernel). With f32 the logits of
@@ -148,13 +152,14 @@ class LlamaCppContext:
         params.n_seq_max = options.max_sequences
         params.kv_unified = True  # one pool of cells: any sequence may use up to n_ctx of them
         params.type_k = params.type_v = getattr(lib, KV_TYPES[options.kv_type])
-        if options.kv_type == "f32":  # flash attention would cast the f32 cache to f16 (llama-graph.cpp)
-            params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        cpus = os.cpu_count() or 1
-        params.n_threads = options.n_threads or max(cpus // 2, 1)
-        params.n_threads_batch = options.n_threads_batch or cpus
-        self._threads = (int(params.n_threads), int(params.n_threads_batch))
-        self._batch_threads_now = int(params.n_threads_batch)
+        # flash attention would cast an f32 cache to f16 (llama-graph.cpp); llama.cpp's own default is "auto"
+        flash = options.flash_attn and options.kv_type != "f32"
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._share = shared_thread_share() if options.n_threads is None or options.n_threads_batch is None else None
+        shared = self._share.threads() if self._share is not None else (1, 1)
+        self._threads = (options.n_threads or shared[0], options.n_threads_batch or shared[1])
+        params.n_threads, params.n_threads_batch = self._threads
+        self._fixed = (options.n_threads, options.n_threads_batch)
         handle = lib.llama_init_from_model(weights.handle, params)
         if not handle:
             raise ModelLoadError(f"llama.cpp could not make a context of {params.n_ctx} cells for {weights.path}")
@@ -168,13 +173,16 @@ class LlamaCppContext:
         self.batch = lib.llama_batch_init(options.n_batch, 0, 1)  # token ids, one sequence id per token
         self._finalizer = weakref.finalize(self, _free_context, lib, handle, self.batch)
 
-    def use_threads_for(self, n_tokens: int) -> None:
-        """Before a decode of ``n_tokens``: the threads of a pass that long (see ``PREFILL_TOKENS``)."""
-        decode, prefill = self._threads
-        wanted = prefill if n_tokens >= PREFILL_TOKENS else decode
-        if wanted != self._batch_threads_now:  # llama.cpp takes n_threads_batch for any pass of 2+ tokens
-            llama_library().llama_set_n_threads(self.handle, decode, wanted)
-            self._batch_threads_now = wanted
+
+    def follow_the_machine(self) -> None:
+        """Before a decode: the thread counts ``models.cpu_share`` gives now, where the options left them open."""
+        if self._share is None:
+            return
+        shared = self._share.threads()
+        wanted = (self._fixed[0] or shared[0], self._fixed[1] or shared[1])
+        if wanted != self._threads:
+            llama_library().llama_set_n_threads(self.handle, *wanted)
+            self._threads = wanted
 
 
 def _free_context(lib: Any, handle: Any, batch: Any) -> None:
@@ -398,13 +406,13 @@ class LlamaCppRunner(ModelRunner):
                                       "raise n_ctx")
         outputs = np.empty((sum(wanted), vocab), dtype=np.float32)  # [sum of 1 + k_r, V]
         start, out, batch = time.perf_counter(), 0, context.batch
+        context.follow_the_machine()
         for first in range(0, len(entries), context.n_batch):
             chunk = entries[first:first + context.n_batch]
             for i, (seq, position, token, wants) in enumerate(chunk):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, 1
                 batch.seq_id[i][0], batch.logits[i] = seq, wants
             batch.n_tokens = len(chunk)
-            context.use_threads_for(len(chunk))
             code = lib.llama_decode(context.handle, batch)
             if code != 0:
                 for plan, c in zip(rows, cached):

@@ -51,3 +51,23 @@ def test_the_default_pair_loads_in_the_auto_dtype_and_estimates_with_its_cost_mo
                                   GenerationSettings(max_new_tokens=12))
     assert "Paris" in result.text
     assert result.stats.speedup_basis == "estimated" and result.stats.speedup > 0
+
+
+@pytest.mark.parametrize(("allowed", "logical", "physical", "expected"), [
+    (2, 2, 2, 2),    # this machine: two cores, one hardware thread each
+    (8, 8, 4, 4),    # SMT: two threads per core
+    (4, 8, 4, 2),    # pinned to half the logical CPUs of an SMT machine
+    (1, 8, 4, 1),
+    (16, 16, None, 16),  # psutil cannot tell: every logical CPU
+])
+def test_physical_cores_counts_cores_not_hardware_threads(monkeypatch, allowed, logical, physical, expected):
+    import os
+
+    import psutil
+
+    from rstitch_engine.models.hardware import physical_cores
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(allowed)), raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: logical)
+    monkeypatch.setattr(psutil, "cpu_count", lambda logical=True: physical)
+    assert physical_cores() == expected

@@ -193,3 +193,35 @@ def test_bad_specs_are_refused_with_what_to_change(tmp_path):
     not_gguf.write_bytes(b"not a gguf file")
     with pytest.raises(ModelLoadError, match="could not load"):
         load_pair(spec(str(not_gguf)), spec(DEFAULT_LLM))
+
+
+def test_the_llm_alone_answers_as_llama_cpp_python_does():
+    """With the plain attention kernel (``flash_attn=False``, llama-cpp-python's default) the runner's LLM
+    alone gives llama-cpp-python's ``create_chat_completion`` answers token for token, prefix reuse and all;
+    llama.cpp's flash-attention kernel on a CPU accumulates in f16 and answers differently."""
+    from llama_cpp import Llama
+
+    from rstitch_engine.models.gguf_export import default_llm_gguf
+
+    reference = Llama(model_path=str(default_llm_gguf()), n_ctx=4096, verbose=False)
+    engine = engine_of(max_batch_size=1, n_ctx=4096)
+    llm_alone = Routing(router="llm")
+    conversations = [chat(q) for q in QUESTIONS] + [chat(PASSAGE), [
+        {"role": "user", "content": "My favourite animal is the otter."},
+        {"role": "assistant", "content": "Otters are wonderful!"},
+        {"role": "user", "content": "Which animal did I say is my favourite? Reply with one word."}]]
+    for messages in conversations:
+        theirs = reference.create_chat_completion(messages, max_tokens=32, temperature=0.0)
+        ours = engine.generate(messages, GenerationSettings(max_new_tokens=32, prompt_lookup_tokens=0), llm_alone)
+        assert ours.text == theirs["choices"][0]["message"]["content"]
+        ended = theirs["choices"][0]["finish_reason"] == "stop"  # rstitch counts the end-of-turn token it decoded
+        assert len(ours.token_ids) == theirs["usage"]["completion_tokens"] + ended
+
+
+def test_the_flash_attention_option_is_taken_and_checked():
+    from rstitch_engine.models.llamacpp import LlamaCppOptions
+
+    assert LlamaCppOptions().flash_attn is False
+    assert LlamaCppOptions.from_extra({"flash_attn": True}).flash_attn is True
+    engine = engine_of(max_batch_size=1, flash_attn=True, reuse_prefixes=False)
+    assert engine.generate(chat(QUESTIONS[0]), GenerationSettings(max_new_tokens=8), Routing(router="llm")).text
