@@ -99,18 +99,26 @@ class BareModel:
         return out.logits[0, -1, : self.vocab_size].float()
 
 
-def bare_alone(pair: ModelPair, prompt: list[int]) -> Iterator[tuple[int, str]]:
+ARGMAX: dict[str, Callable[[torch.Tensor], int]] = {
+    "torch": lambda logits: int(torch.argmax(logits)),
+    "numpy": lambda logits: int(logits.numpy().argmax()),  # what the engine's greedy choice runs on a CPU
+}
+"""The bare loops' greedy choice (``--bare-argmax``): over a vocabulary-sized row torch's reduction costs
+tens of microseconds more than NumPy's, a difference of the loops, not of the engine's bookkeeping."""
+
+
+def bare_alone(pair: ModelPair, prompt: list[int], argmax: str = "torch") -> Iterator[tuple[int, str]]:
     """The LLM's greedy tokens by the tightest cached loop, one (token, writer) per ``next()``."""
     llm = BareModel(pair.llm.model, pair.vocab_size)
     sequence = list(prompt)
     while True:
         with torch.inference_mode():
-            token = int(torch.argmax(llm.logits(sequence)))
+            token = ARGMAX[argmax](llm.logits(sequence))
         sequence.append(token)
         yield token, "llm"
 
 
-def bare_stitch(pair: ModelPair, prompt: list[int], tau: float) -> Iterator[tuple[int, str]]:
+def bare_stitch(pair: ModelPair, prompt: list[int], tau: float, argmax: str = "torch") -> Iterator[tuple[int, str]]:
     """Algorithm 1, greedy, by a minimal loop: the SLM writes while its entropy is at most tau, else the
     LLM writes that position and keeps control until its own entropy is at most tau."""
     models = {"slm": BareModel(pair.slm.model, pair.vocab_size), "llm": BareModel(pair.llm.model, pair.vocab_size)}
@@ -122,7 +130,7 @@ def bare_stitch(pair: ModelPair, prompt: list[int], tau: float) -> Iterator[tupl
             if active == "slm" and entropy > tau:
                 active = "llm"  # the SLM's token is discarded; the LLM decodes this position
                 continue
-            token = int(torch.argmax(logits))
+            token = ARGMAX[argmax](logits)
         sequence.append(token)
         yield token, active
         if active == "llm" and entropy <= tau:
@@ -184,11 +192,13 @@ def lockstep(bare: Iterator[tuple[int, str]], engine: Iterator[tuple[int, str]],
 
 
 def measure(pair: ModelPair, engine: StitchEngine, prompt: list[int], tau: float, tokens: int, repeats: int,
-            forward: ForwardClock) -> dict[str, Any]:
+            forward: ForwardClock, argmax: str = "torch") -> dict[str, Any]:
     """Per workload: bare and engine seconds of every repeat, and the writers of the tokens."""
     workloads = {
-        "alone": lambda: (bare_alone(pair, prompt), engine_events(engine, prompt, tokens, AlwaysLLMRouter())),
-        "stitch": lambda: (bare_stitch(pair, prompt, tau), engine_events(engine, prompt, tokens, EntropyRouter(tau))),
+        "alone": lambda: (bare_alone(pair, prompt, argmax),
+                          engine_events(engine, prompt, tokens, AlwaysLLMRouter())),
+        "stitch": lambda: (bare_stitch(pair, prompt, tau, argmax),
+                           engine_events(engine, prompt, tokens, EntropyRouter(tau))),
     }
     found: dict[str, Any] = {name: {"bare": [], "engine": [], "sources": []} for name in workloads}
     for _ in range(repeats):
@@ -233,6 +243,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="import rstitch_engine from this source tree (another commit's), for a before/after")
     parser.add_argument("--compare", type=Path, nargs=2, default=None, metavar=("BEFORE", "AFTER"),
                         help="print two JSON results side by side and exit")
+    parser.add_argument("--bare-argmax", choices=sorted(ARGMAX), default="torch",
+                        help="the bare loops' greedy choice (torch: as in the earlier runs; numpy: as the engine's)")
     parser.add_argument("--label", default="", help="a name for this code state, stored in the JSON")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     return parser.parse_args(argv)
@@ -249,14 +261,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     prompt = engine.encode(PROMPT)
     tau = args.tau if args.tau is not None else median_slm_entropy(pair, prompt, 32)
     forward = ForwardClock(pair, CLOCKS[args.clock])
-    measure(pair, engine, prompt, tau, 16, 1, forward)  # warm-up
-    found = measure(pair, engine, prompt, tau, args.tokens, args.repeats, forward)
+    measure(pair, engine, prompt, tau, 16, 1, forward, args.bare_argmax)  # warm-up
+    found = measure(pair, engine, prompt, tau, args.tokens, args.repeats, forward, args.bare_argmax)
     rows = [summary(found, workload, args.tokens) for workload in ("alone", "stitch")]
     print_table(rows, args, tau)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
-            "label": args.label, "clock": args.clock, "layers": args.layers, "threads": args.threads, "repeats": args.repeats,
+            "label": args.label, "clock": args.clock, "bare_argmax": args.bare_argmax, "layers": args.layers,
+            "threads": args.threads, "repeats": args.repeats,
             "engine": str(Path(sys.modules["rstitch_engine"].__file__).parent),
             "tau": tau, "prompt_tokens": len(prompt), "platform": platform.processor() or platform.machine(),
             "torch": torch.__version__, "rows": rows,
@@ -266,7 +279,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, tau: float) -> None:
     table = Table(title=f"Engine cost per token above a bare loop: {args.layers}-layer random models, "
-                        f"{args.threads} thread(s), {args.clock} time, median of {args.repeats} repeats, tau {tau:.4f}")
+                        f"{args.threads} thread(s), {args.clock} time, median of {args.repeats} repeats, tau {tau:.4f}, "
+                        f"bare loops' argmax: {args.bare_argmax}")
     for column in ("workload", "tokens (LLM)", "bare us/token", "engine us/token", "added us/token",
                    "added outside forward", "ratio"):
         table.add_column(column, justify="right")

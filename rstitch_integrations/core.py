@@ -59,7 +59,7 @@ from .constrained import (
 
 CALL_OPTIONS = ("max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "threshold", "quality", "tools",
                 "tool_choice", "parallel_tool_calls", "response_format", "constrained", "prompt_lookup_tokens",
-                "timeout", "tool_policy", "agreement_target")
+                "timeout", "tool_policy", "agreement_target", "token_entropy")
 """Keyword arguments one call may set (each overrides the option of the same name for that call)."""
 
 REFUSED_OPTIONS = ("max_retries",)
@@ -108,6 +108,10 @@ class StitchOptions(BaseModel):
         "Prompt lookup: check up to this many tokens copied from the prompt in each pass (retrieved passages, "
         "earlier turns: same answer, fewer passes; greedy only); 0: off; None: on for quality='exact' and "
         "router='llm', off for stitching."))
+    token_entropy: bool = Field(default=False, description=(
+        "Report every token's normalised entropy (`token_entropies`) also when the LLM writes alone (`quality='exact'`, "
+        "router='llm', or `auto` choosing the LLM alone), where no router reads it and it is otherwise None; costs one "
+        "pass over the vocabulary's logits per token."))
     backend: Backend = Field(default="transformers", description=(
         "The inference library of both models: 'transformers', or 'llama.cpp' (GGUF files through llama-cpp-python, "
         "`pip install 'rstitch[llamacpp]'`; the default pair runs on it as is: the LLM's GGUF and the shipped draft "
@@ -204,6 +208,7 @@ class StitchOptions(BaseModel):
             seed=options.get("seed", self.seed),
             stop=tuple(dict.fromkeys(stops)),
             prompt_lookup_tokens=options.get("prompt_lookup_tokens", self.prompt_lookup_tokens),
+            token_entropy=options.get("token_entropy", self.token_entropy),
         )
 
     def routing(self) -> Routing:

@@ -200,6 +200,8 @@ def _rstitch_fields(options: StitchOptions, call: Mapping[str, Any]) -> dict[str
     lookup = call.get("prompt_lookup_tokens", options.prompt_lookup_tokens)
     if lookup is not None:
         fields["prompt_lookup_tokens"] = lookup
+    if call.get("token_entropy", options.token_entropy):
+        fields["token_entropy"] = True
     return fields
 
 

@@ -4,7 +4,8 @@ Known fields are typed (a wrong type is a 400 naming the field); fields the Open
 rstitch cannot honour (``n`` > 1, ``logprobs``, penalties, ``echo``) are refused with a reason;
 any other field is ignored, as OpenAI-compatible servers do, so that clients sending newer fields
 keep working. rstitch's own options travel as extra body fields (``quality``, ``threshold``, ``agreement_target``,
-``top_k``, ``constrained``, ``separate_reasoning``, ``prompt_lookup_tokens``, ``tool_policy``, ``measure_speedup``).
+``top_k``, ``constrained``, ``separate_reasoning``, ``prompt_lookup_tokens``, ``token_entropy``, ``tool_policy``,
+``measure_speedup``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class _Common(BaseModel):
     agreement_target: float | None = Field(default=None, ge=0, le=1)
     top_k: int | None = Field(default=None, ge=0)
     prompt_lookup_tokens: int | None = Field(default=None, ge=0)
+    token_entropy: bool | None = None
 
     @model_validator(mode="after")
     def _refuse_unsupported(self) -> _Common:
@@ -100,7 +102,8 @@ class _Common(BaseModel):
         """The core's call options (``rstitch_integrations.core.CALL_OPTIONS``) both endpoints share."""
         values = {"max_tokens": max_tokens, "temperature": self.temperature, "top_p": self.top_p, "seed": self.seed,
                   "stop": self.stop, "quality": self.quality, "threshold": self.threshold, "top_k": self.top_k,
-                  "prompt_lookup_tokens": self.prompt_lookup_tokens, "agreement_target": self.agreement_target}
+                  "prompt_lookup_tokens": self.prompt_lookup_tokens, "agreement_target": self.agreement_target,
+                  "token_entropy": self.token_entropy}
         return {key: value for key, value in values.items() if value is not None}
 
 

@@ -92,7 +92,7 @@ class Reply:
         return {"prompt_tokens": self.prompt_tokens, "completion_tokens": stats.output_tokens,
                 "total_tokens": self.prompt_tokens + stats.output_tokens}
 
-    def response(self, answer: AnswerStep, sources: Sequence[str], entropies: Sequence[float],
+    def response(self, answer: AnswerStep, sources: Sequence[str], entropies: Sequence[float | None],
                  stats: StitchStats) -> dict[str, Any]:
         """A whole (non-streamed) response from the answer added up."""
         extra = _rstitch(sources, entropies, answer, stats)
@@ -120,9 +120,10 @@ def tool_call_json(call: ParsedCall) -> dict[str, Any]:
     return {"id": call.id, "type": "function", "function": {"name": call.name or "", "arguments": arguments}}
 
 
-def _rstitch(sources: Sequence[str], entropies: Sequence[float], step: AnswerStep | None,
+def _rstitch(sources: Sequence[str], entropies: Sequence[float | None], step: AnswerStep | None,
              stats: StitchStats | None) -> dict[str, Any]:
-    extra: dict[str, Any] = {"token_sources": list(sources), "token_entropies": [round(h, 6) for h in entropies]}
+    extra: dict[str, Any] = {"token_sources": list(sources),
+                             "token_entropies": [None if h is None else round(h, 6) for h in entropies]}
     invalid = [call for call in (step.calls if step else ()) if isinstance(call, InvalidToolCall)]
     if invalid:
         extra["invalid_tool_calls"] = [{"id": c.id, "name": c.name, "raw": c.raw, "error": c.error,

@@ -14,8 +14,11 @@ back until it is not, and the stop string itself never reaches the output.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
+
+from transformers.tokenization_utils_tokenizers import TokenizersBackend
 
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -24,7 +27,7 @@ class IncrementalDetokenizer:
     """Turns token ids into text deltas (the prefix/read-offset scheme of TGI and vLLM)."""
 
     def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
+        self._decode = _decoder_of(tokenizer)
         self._ids: list[int] = []
         self._prefix_offset = 0  # decode window start: context for spacing
         self._read_offset = 0  # ids[:read_offset] have been emitted as text
@@ -49,8 +52,18 @@ class IncrementalDetokenizer:
         current = self._decode(self._ids[self._prefix_offset:])
         return emitted, current
 
-    def _decode(self, ids: list[int]) -> str:
-        return self._tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def _decoder_of(tokenizer: Any) -> Callable[[list[int]], str]:
+    """``ids -> tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)``.
+
+    For a transformers fast tokenizer whose ``_decode`` is the library's own, that is its Rust
+    ``backend_tokenizer.decode(ids, skip_special_tokens=True)`` (transformers adds only argument
+    handling around it, which would cost more than the decode of a short window, twice a token)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and type(tokenizer)._decode is TokenizersBackend._decode:
+        return functools.partial(backend.decode, skip_special_tokens=True)
+    return functools.partial(tokenizer.decode, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
 @dataclass

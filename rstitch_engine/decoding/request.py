@@ -47,7 +47,7 @@ from .detokenize import TextAssembler
 from .lookup import propose
 from .policy import Policy
 from .routing import Router, RouterState
-from .sampling import RequestRandomness, entropy_and_choice
+from .sampling import RequestRandomness, choose_token, entropy_and_choice
 from .settings import GenerationSettings
 from .speedup import LlmCostHistory
 from .stats import FinishReason, ModelUsage, StitchStats, TokenEvent
@@ -196,6 +196,8 @@ class RoutingRule:
     def decide(self, active: ModelRole, state: RouterState) -> bool | None:
         """None: the SLM's token is discarded and the LLM takes this same position. Otherwise the token
         is kept, and the result says whether control returns to the SLM after it."""
+        if self.router.llm_only:  # the SLM never keeps a token, so control never returns to it
+            return None if active == "slm" else False
         if state.entropy > self.threshold:
             if active == "slm" and self.router.wants_llm(state):
                 return None
@@ -241,6 +243,7 @@ class RequestDecoder:
         self.text = TextOutput(pair.tokenizer, settings, pair.eos_token_ids)
         self._randomness = RequestRandomness(settings.seed)
         self._want_hidden = router.needs_hidden_state
+        self._entropy_unread = router.llm_only and not settings.token_entropy  # see ``Router.llm_only``
         self._took_over = False
         if router.llm_only and not request.output_tokens:
             request.active = "llm"  # the SLM would only write a token to discard (``Router.llm_only``)
@@ -330,8 +333,10 @@ class RequestDecoder:
             self.finish_reason = "no_allowed_token"
             return None
         logits, support = self.grammar.masked(logits)  # entropy and choice over the renormalised allowed tokens
-        entropy, token = entropy_and_choice(logits, self.settings, self._randomness.generator_for(logits.device),
-                                            support)
+        generator = self._randomness.generator_for(logits.device)
+        if request.active == "llm" and self._entropy_unread:  # the LLM alone: no router reads H
+            return self._keep(choose_token(logits, self.settings, generator), None, False, forced)
+        entropy, token = entropy_and_choice(logits, self.settings, generator, support)
         hands_back = self.routing.decide(request.active, RouterState(entropy, len(request.tokens), token, hidden))
         if hands_back is None:  # the LLM decodes this same position next
             request.active = "llm"
@@ -340,7 +345,7 @@ class RequestDecoder:
             return None
         return self._keep(token, entropy, hands_back, forced)
 
-    def _keep(self, token: int, entropy: float, hands_back: bool, forced: bool) -> TokenEvent:
+    def _keep(self, token: int, entropy: float | None, hands_back: bool, forced: bool) -> TokenEvent:
         """Append ``token`` (written by the active model) to x + y, advance the grammar, make its event."""
         request = self.request
         writer = request.active

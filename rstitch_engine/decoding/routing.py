@@ -60,7 +60,8 @@ class Router(Protocol):
     @property
     def llm_only(self) -> bool:
         """True if the SLM never keeps a token: requests then start on the LLM (the SLM's pass over the
-        prompt would only write a token to discard), and the SLM never runs."""
+        prompt would only write a token to discard), the SLM never runs, ``hands_back`` is never
+        consulted, and no entropy is computed unless ``GenerationSettings.token_entropy`` asks."""
         ...
 
     def wants_llm(self, state: RouterState) -> bool:

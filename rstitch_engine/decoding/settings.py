@@ -40,6 +40,11 @@ class GenerationSettings:
     same tokens and sources as without it, up to floating-point summation order. Greedy decoding
     only (otherwise ignored); a grammar may be set."""
 
+    token_entropy: bool = False
+    """Compute every kept token's entropy (``TokenEvent.entropy``) also where no router reads it: under a
+    router that is ``llm_only`` (the LLM alone) it is otherwise not computed, and the event's entropy is
+    None. It costs one pass over the vocabulary's logits per token."""
+
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
@@ -57,6 +62,7 @@ class GenerationSettings:
                  f"seed must be an integer or None, got {self.seed!r}")
         _require(all(isinstance(s, str) and s for s in self.stop),
                  f"stop strings must be non-empty strings, got {self.stop!r}")
+        _require(isinstance(self.token_entropy, bool), f"token_entropy must be True or False, got {self.token_entropy!r}")
         _require(self.grammar is None or isinstance(self.grammar, Grammar),
                  f"grammar must be a rstitch_engine.Grammar or None, got {type(self.grammar).__name__}")
 

@@ -25,8 +25,9 @@ class TokenEvent:
     """Text delta: concatenating all deltas gives the output text (stop string trimmed)."""
     source: ModelRole
     """The model that wrote this token: 'slm' or 'llm'."""
-    entropy: float
-    """Normalised entropy of the writer's untempered distribution at this position."""
+    entropy: float | None
+    """Normalised entropy of the writer's untempered distribution at this position; None where no router
+    read it (the LLM alone, ``Router.llm_only``) and ``GenerationSettings.token_entropy`` did not ask."""
     took_over: bool
     """Control switched SLM -> LLM here: the SLM's token at this position was discarded."""
     hands_back: bool

@@ -135,6 +135,34 @@ def test_baseline_routers_never_or_always_use_the_llm():
     assert llm_only.stats.switches_to_llm == 0 and not any(e.took_over for e in llm_only.events)
 
 
+def test_the_llm_alone_computes_entropy_only_when_asked():
+    """No router reads H under an ``llm_only`` router: events carry None, the same tokens as with
+    ``token_entropy=True``, which reports each token's normalised entropy as stitching computes it."""
+    engine = tiny_engine()
+    prompt_ids = engine.encode(PROMPTS[0])
+    plain = engine.generate(prompt_ids, GenerationSettings(max_new_tokens=16), AlwaysLLMRouter())
+    asked = engine.generate(prompt_ids, GenerationSettings(max_new_tokens=16, token_entropy=True), AlwaysLLMRouter())
+    at_minus_one = engine.generate(prompt_ids, GenerationSettings(max_new_tokens=16), EntropyRouter(-1.0))
+    assert plain.token_ids == asked.token_ids == at_minus_one.token_ids
+    assert all(event.entropy is None for event in plain.events)
+    assert [e.entropy for e in asked.events] == [e.entropy for e in at_minus_one.events]
+    assert all(0.0 < e.entropy <= 1.0 for e in asked.events)
+    with pytest.raises(InvalidSettingError, match="token_entropy"):
+        GenerationSettings(token_entropy="yes")
+
+
+class NeverHandsBack(AlwaysLLMRouter):
+    def hands_back(self, state):
+        raise AssertionError("an llm_only router is never asked to hand back")
+
+
+def test_an_llm_only_router_is_never_asked_to_hand_back():
+    engine = tiny_engine()
+    for settings in (GenerationSettings(max_new_tokens=8), GenerationSettings(max_new_tokens=8, token_entropy=True)):
+        result = engine.generate(PROMPTS[1], settings, NeverHandsBack())
+        assert {e.source for e in result.events} == {"llm"} and not any(e.hands_back for e in result.events)
+
+
 class CountingRouter(EntropyRouter):
     """Entropy router that records every state it is consulted on."""
 

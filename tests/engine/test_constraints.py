@@ -174,7 +174,7 @@ def test_a_step_s_entropy_is_over_the_allowed_tokens(engine):
     from rstitch_engine import AlwaysLLMRouter
 
     grammar = Grammar.regex(r"[0-9]{2}")
-    result = engine.generate(PROMPTS[1], settings(grammar, tokens=4), AlwaysLLMRouter())
+    result = engine.generate(PROMPTS[1], settings(grammar, tokens=4).replace(token_entropy=True), AlwaysLLMRouter())
     model = engine.pair.llm.model
     prompt = engine.encode(PROMPTS[1])
     state = engine._grammar_tokenizer.start(grammar)

@@ -77,6 +77,17 @@ def test_construction_is_cheap_and_validated() -> None:
         ChatRStitch(thresold=0.2)  # a typo is an error, not a silently ignored setting
 
 
+def test_entropies_of_the_llm_alone_come_only_when_asked(chat: ChatRStitch) -> None:
+    """No router reads the LLM's entropy when it writes alone: None per token (JSON null from a server),
+    unless ``token_entropy=True``; the answer is the same either way."""
+    plain = chat.invoke(QUESTION, quality="exact")
+    asked = chat.invoke(QUESTION, quality="exact", token_entropy=True)
+    assert plain.content == asked.content
+    assert plain.response_metadata["token_entropies"] == [None] * plain.usage_metadata["output_tokens"]
+    entropies = asked.response_metadata["token_entropies"]
+    assert len(entropies) == asked.usage_metadata["output_tokens"] and all(0.0 <= h <= 1.0 for h in entropies)
+
+
 def test_unknown_call_options_are_rejected(chat: ChatRStitch) -> None:
     with pytest.raises(InvalidSettingError, match=r"unknown call options \['temprature'\]"):
         chat.invoke(QUESTION, temprature=0.5)
