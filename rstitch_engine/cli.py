@@ -180,6 +180,8 @@ def _add_calibrate(commands: "argparse._SubParsersAction[argparse.ArgumentParser
                            help="R-Stitch thresholds to try, comma-separated (default: %(default)s)")
     calibrate.add_argument("--hand-back", default="",
                            help="also try each tau with the LLM handing back only below these entropies (comma-separated)")
+    calibrate.add_argument("--llm-opens", default="",
+                           help="also try each tau with the LLM writing this many opening tokens first (comma-separated)")
     calibrate.add_argument("--router-path", default=None, help="also try this learned router (`rstitch train-router --out`)")
     calibrate.add_argument("--agreement-target", type=float, default=None,
                            help=f"the target the final table applies (default: {DEFAULT_AGREEMENT_TARGET}); the profile "
@@ -198,7 +200,8 @@ def _calibrate(args: argparse.Namespace, console: Console) -> int:
     default_pair = engine.pair.llm.name == DEFAULT_LLM and engine.pair.slm.name == DEFAULT_SLM
     taus = [float(t) for t in args.taus.split(",") if t.strip()]
     backs = [float(t) for t in args.hand_back.split(",") if t.strip()]
-    candidates = default_candidates(taus, backs, learned=args.router_path or default_pair)
+    openings = [int(k) for k in args.llm_opens.split(",") if k.strip()]
+    candidates = default_candidates(taus, backs, learned=args.router_path or default_pair, openings=openings)
     settings = GenerationSettings(max_new_tokens=args.max_tokens)
     profile = calibrate(engine, prompts, candidates, settings,
                         calibration_set=str(args.prompts) if args.prompts else "everyday/tuning")

@@ -53,7 +53,6 @@ class IncrementalDetokenizer:
         return emitted, current
 
 
-
 def _decoder_of(tokenizer: Any) -> Callable[[list[int]], str]:
     """``ids -> tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)``.
 

@@ -59,7 +59,8 @@ def router_from_spec(spec: dict[str, Any]) -> Router:
     if kind == "llm":
         return AlwaysLLMRouter()
     if kind == "entropy":
-        return EntropyRouter(spec["threshold"], hand_back_threshold=spec.get("hand_back_threshold"))
+        return EntropyRouter(spec["threshold"], hand_back_threshold=spec.get("hand_back_threshold"),
+                             llm_opening_tokens=spec.get("llm_opening_tokens", 0))
     if kind == "learned":
         return router_named("learned", 0.0, spec.get("path"))
     raise InvalidSettingError(f"unknown router kind {kind!r} in a calibration profile")

@@ -189,15 +189,19 @@ class RoutingRule:
     """Algorithm 1's decision at one position, from the router (``routing``: its ``hands_back`` decides when
     the LLM returns control; ``RouterBase``'s is H <= tau, Algorithm 1 exactly)."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(self, router: Router, prompt_tokens: int) -> None:
         self.router = router
         self.threshold = router.threshold
+        # the LLM keeps control while it writes output positions 0 .. k-2; from position k-1 on, Algorithm 1
+        self._opening_ends = prompt_tokens + router.llm_opening_tokens - 1  # context length of position k-1
 
     def decide(self, active: ModelRole, state: RouterState) -> bool | None:
         """None: the SLM's token is discarded and the LLM takes this same position. Otherwise the token
         is kept, and the result says whether control returns to the SLM after it."""
         if self.router.llm_only:  # the SLM never keeps a token, so control never returns to it
             return None if active == "slm" else False
+        if active == "llm" and state.context_length < self._opening_ends:  # the LLM's opening (``llm_opening_tokens``)
+            return False
         if state.entropy > self.threshold:
             if active == "slm" and self.router.wants_llm(state):
                 return None
@@ -237,7 +241,7 @@ class RequestDecoder:
         self.router = router
         self._history = history
         self.grammar = GrammarGate(grammar)
-        self.routing = RoutingRule(router)
+        self.routing = RoutingRule(router, request.prompt_tokens)
         lookup = settings.prompt_lookup_tokens  # None: the policy's default (on for the LLM alone)
         self.lookahead = Lookahead(lookup if lookup is not None else policy.prompt_lookup_tokens, settings)
         self.text = TextOutput(pair.tokenizer, settings, pair.eos_token_ids)
@@ -245,8 +249,8 @@ class RequestDecoder:
         self._want_hidden = router.needs_hidden_state
         self._entropy_unread = router.llm_only and not settings.token_entropy  # see ``Router.llm_only``
         self._took_over = False
-        if router.llm_only and not request.output_tokens:
-            request.active = "llm"  # the SLM would only write a token to discard (``Router.llm_only``)
+        if (router.llm_only or router.llm_opening_tokens > 0) and not request.output_tokens:
+            request.active = "llm"  # the SLM would only write a token to discard (``Router.llm_only``, the opening)
         self.finish_reason: FinishReason | None = None
         """Set when the request is over: 'stop' (EOS or a stop string), 'length' or 'no_allowed_token'."""
         self.started = time.perf_counter()

@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import InvalidSettingError
+from ..errors import InvalidSettingError, require_int_at_least
 from ..models.defaults import DEFAULT_THRESHOLD
 from .learned_router import load_learned_router
 from .routing import Router, RouterBase, RouterState
@@ -31,9 +31,12 @@ class EntropyRouter(RouterBase):
     threshold: float = DEFAULT_THRESHOLD
     needs_hidden_state: bool = False
     hand_back_threshold: float | None = None
+    llm_opening_tokens: int = 0
+    """The LLM writes this many opening tokens first (``Router.llm_opening_tokens``): the answer's form."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "threshold", validate_threshold(self.threshold))
+        require_int_at_least("llm_opening_tokens", self.llm_opening_tokens, 0)
         if self.hand_back_threshold is not None:
             object.__setattr__(self, "hand_back_threshold", validate_threshold(self.hand_back_threshold))
 

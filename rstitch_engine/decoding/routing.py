@@ -15,7 +15,7 @@ replay, ``EntropyRouter.hand_back_threshold``) overrides it.
 A learned router (R-Stitch+) implements the same protocol with ``needs_hidden_state = True``.
 
 Every member the engine uses is declared in ``Router``; ``RouterBase`` gives the defaults
-(``hands_back``: the first rule above, H <= tau; ``llm_only`` False; no hidden state), so a router
+(``hands_back``: the first rule above, H <= tau; ``llm_only`` False; no LLM opening; no hidden state), so a router
 only states what it changes. ``check_router`` refuses an object that lacks a member, before any pass.
 """
 
@@ -64,6 +64,12 @@ class Router(Protocol):
         consulted, and no entropy is computed unless ``GenerationSettings.token_entropy`` asks."""
         ...
 
+    @property
+    def llm_opening_tokens(self) -> int:
+        """The LLM writes the first this many output tokens whatever the entropies (requests start on it and it
+        keeps control through them); Algorithm 1 applies from the last of them on. 0: from the first token."""
+        ...
+
     def wants_llm(self, state: RouterState) -> bool:
         """True to discard the SLM token and let the LLM decode this position."""
         ...
@@ -81,6 +87,7 @@ class RouterBase:
     threshold: float
     needs_hidden_state: bool = False
     llm_only: bool = False
+    llm_opening_tokens: int = 0
 
     def wants_llm(self, state: RouterState) -> bool:
         return True
@@ -92,7 +99,8 @@ class RouterBase:
 def check_router(router: object) -> Router:
     """``router`` if it has every member of ``Router``; else a clear ``InvalidSettingError``."""
     if not isinstance(router, Router):
-        missing = [name for name in ("threshold", "needs_hidden_state", "llm_only", "wants_llm", "hands_back")
+        missing = [name for name in ("threshold", "needs_hidden_state", "llm_only", "llm_opening_tokens", "wants_llm",
+                                     "hands_back")
                    if not hasattr(router, name)]
         raise InvalidSettingError(
             f"{type(router).__name__} is not a router: it lacks {', '.join(missing)} "

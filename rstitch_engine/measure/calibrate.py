@@ -65,15 +65,19 @@ LLM_WITH_LOOKUP = Candidate("LLM alone + lookup", {"kind": "llm"}, LLM_ALONE_LOO
 
 
 def default_candidates(taus: Sequence[float] = DEFAULT_TAUS, hand_backs: Sequence[float] = (),
-                       learned: str | None | bool = False) -> list[Candidate]:
-    """The LLM alone with lookup, R-Stitch at each tau (and with each stricter hand-back), and a learned
-    router (``learned``: True for the shipped one, a folder for another, False for none)."""
+                       learned: str | None | bool = False, openings: Sequence[int] = ()) -> list[Candidate]:
+    """The LLM alone with lookup, R-Stitch at each tau (and with each stricter hand-back, and with the LLM
+    writing each number of opening tokens), and a learned router (``learned``: True for the shipped one, a
+    folder for another, False for none)."""
     candidates = [LLM_WITH_LOOKUP]
     for tau in taus:
         candidates.append(Candidate(f"tau={tau:g}", {"kind": "entropy", "threshold": tau}))
         candidates += [Candidate(f"tau={tau:g} back={back:g}",
                                  {"kind": "entropy", "threshold": tau, "hand_back_threshold": back})
                        for back in hand_backs]
+        candidates += [Candidate(f"tau={tau:g} LLM opens {k}",
+                                 {"kind": "entropy", "threshold": tau, "llm_opening_tokens": k})
+                       for k in openings]
     if learned is not False:
         path = None if learned is True else str(learned)
         candidates.append(Candidate("learned", {"kind": "learned", "path": path}))

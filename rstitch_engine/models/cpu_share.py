@@ -3,10 +3,10 @@
 llama.cpp's CPU workers spin while they wait for each other. With as many workers as cores and another
 process holding one of them, every pass waits on the worker that the scheduler parked, and the run is
 slower than on one thread; with fewer workers than free cores it leaves an idle machine's cores unused
-(RESULTS.md, "The llama.cpp backend", measures both). So the thread
-count follows the machine: every ``interval`` seconds, the CPU time all processes used (``/proc/stat``)
-minus this process's own (``os.times``), over the wall time, is the share of the cores that others held;
-whole cores they held are taken off.
+(RESULTS.md, "The llama.cpp backend", measures both). So the thread count follows the machine: every
+``interval`` seconds, the CPU time all processes used (``/proc/stat``) minus this process's own
+(``os.times``), over the wall time, is the share of the cores that others held; whole cores they held
+are taken off.
 
 Invariants: a count is never below 1 nor above its ceiling (the physical cores for a decode, the logical
 CPUs for a pass of several tokens); where ``/proc/stat`` cannot be read (not Linux) the ceilings stand.

@@ -6,7 +6,6 @@ import os
 import platform
 
 import psutil
-
 import torch
 
 

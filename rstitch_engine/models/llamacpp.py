@@ -37,8 +37,8 @@ import numpy as np
 import torch
 
 from ..errors import InvalidSettingError, ModelLoadError
-from .execution import ExecutionConfig
 from .cpu_share import shared_thread_share
+from .execution import ExecutionConfig
 from .runner import CacheSlot, ForwardRecord, ModelRole, ModelRunner, RowPlan, RowResult
 
 KV_TYPES = {"f16": "GGML_TYPE_F16", "f32": "GGML_TYPE_F32"}
@@ -82,8 +82,8 @@ class LlamaCppOptions:
     flash_attn: bool = False
     """llama.cpp's flash-attention kernel (off: llama-cpp-python's ``Llama`` default). On a CPU it accumulates
     attention over an f16 cache in f16, so its logits differ from the plain kernel's enough to change greedy
-    answers (31 of 84 everyday answers, where both runtimes run the same GGUF and prompt tokens); with it off
-    the runner answers as llama-cpp-python does. Ignored with ``kv_type="f32"`` (always off there)."""
+    answers; with it off the runner's LLM alone answers as llama-cpp-python does, token for token. Ignored
+    with ``kv_type="f32"`` (always off there)."""
     kv_type: Literal["f16", "f32"] = "f16"
     """Type of the KV cache's keys and values: llama.cpp's f16 default, or f32 (twice the memory, and flash
     attention off: llama.cpp casts an f32 cache to f16 for its flash-attention kernel). With f32 the logits of
@@ -172,7 +172,6 @@ class LlamaCppContext:
         self.reuse_prefixes = options.reuse_prefixes
         self.batch = lib.llama_batch_init(options.n_batch, 0, 1)  # token ids, one sequence id per token
         self._finalizer = weakref.finalize(self, _free_context, lib, handle, self.batch)
-
 
     def follow_the_machine(self) -> None:
         """Before a decode: the thread counts ``models.cpu_share`` gives now, where the options left them open."""

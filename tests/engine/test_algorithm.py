@@ -163,6 +163,25 @@ def test_an_llm_only_router_is_never_asked_to_hand_back():
         assert {e.source for e in result.events} == {"llm"} and not any(e.hands_back for e in result.events)
 
 
+@pytest.mark.parametrize("opening", [1, 3, 6])
+def test_the_llm_writes_the_opening_tokens_then_algorithm_1_applies(opening):
+    """``llm_opening_tokens=k``: the LLM's own greedy first k tokens; at tau 1 it hands back after them and
+    the SLM continues greedily from there; an opening as long as the answer is the LLM alone."""
+    engine = tiny_engine()
+    prompt_ids = engine.encode(PROMPTS[1])
+    eos, slm, llm = engine.pair.eos_token_ids, engine.pair.slm.model, engine.pair.llm.model
+    result = engine.generate(prompt_ids, GenerationSettings(max_new_tokens=12), EntropyRouter(1.0, llm_opening_tokens=opening))
+    tokens, sources = list(result.token_ids), [e.source for e in result.events]
+    assert tokens[:opening] == hf_greedy(llm, prompt_ids, opening, eos)
+    assert sources[:opening] == ["llm"] * opening and set(sources[opening:]) == {"slm"}
+    assert tokens[opening:] == hf_greedy(slm, list(prompt_ids) + tokens[:opening], 12 - opening, eos)
+    assert result.stats.discarded_slm_tokens == 0  # the SLM never ran before the opening was written
+    whole = engine.generate(prompt_ids, GenerationSettings(max_new_tokens=12), EntropyRouter(1.0, llm_opening_tokens=12))
+    assert list(whole.token_ids) == hf_greedy(llm, prompt_ids, 12, eos)
+    with pytest.raises(InvalidSettingError, match="llm_opening_tokens"):
+        EntropyRouter(0.1, llm_opening_tokens=-1)
+
+
 class CountingRouter(EntropyRouter):
     """Entropy router that records every state it is consulted on."""
 

@@ -211,3 +211,13 @@ def test_user_prompt_files_are_read_or_refused_clearly(tmp_path):
     bad.write_text("not json\n")
     with pytest.raises(InvalidSettingError, match="bad.jsonl:1: not JSON"):
         read_prompts(bad)
+
+
+def test_calibration_candidates_with_an_llm_opening_round_trip_through_a_profile_spec():
+    from rstitch_engine.decoding.profile import router_from_spec
+
+    candidates = default_candidates([0.1], openings=[4])
+    opening = next(c for c in candidates if c.name == "tau=0.1 LLM opens 4")
+    router = router_from_spec(opening.router_spec)
+    assert router == EntropyRouter(0.1, llm_opening_tokens=4)
+    assert router_from_spec({"kind": "entropy", "threshold": 0.1}).llm_opening_tokens == 0

@@ -184,7 +184,7 @@ def test_a_hook_with_the_default_rule_changes_nothing(tau):
 
 def test_an_object_lacking_a_router_member_is_refused_before_any_pass():
     engine = tiny_engine(threshold=0.7)
-    with pytest.raises(InvalidSettingError, match="lacks llm_only, hands_back.*RouterBase"):
+    with pytest.raises(InvalidSettingError, match="lacks llm_only, llm_opening_tokens, hands_back.*RouterBase"):
         engine.stream(PROMPTS[0], GenerationSettings(max_new_tokens=4), NoHandBack(0.7))
     assert engine.generate(PROMPTS[0], GenerationSettings(max_new_tokens=4)).stats.output_tokens == 4  # still usable
 
