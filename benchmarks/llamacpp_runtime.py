@@ -16,8 +16,9 @@ Configurations, all greedy, each answer capped at ``--max-new-tokens``:
 
 Each rstitch configuration has a pair of its own (its prefix cache holds only its own earlier prompts, as
 llama-cpp-python's holds only its previous call's). Each runtime runs on its own default threads unless
-``--threads`` gives every configuration the same count; prefills and other multi-token passes run on all
-logical CPUs in both. The prompts are the plain-chat skills of the everyday suite's
+``--threads`` gives every configuration the same count: llama-cpp-python's are fixed (half the logical CPUs
+for a decode, all of them for a pass of several tokens), rstitch's follow the cores other processes leave
+free (``models.cpu_share``). The prompts are the plain-chat skills of the everyday suite's
 held-out part (capitals, sums, opposites, short and long retrieval, multi-turn recall; the tool and JSON items
 need rstitch's constrained decoding, which llama-cpp-python's chat call does not share). Every item runs each
 configuration back to back in an order rotated per item; a warm-up item runs each once, untimed. With
@@ -69,8 +70,9 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
     cpus = os.cpu_count() or 1
     own_threads = args.threads or max(cpus // 2, 1)  # llama-cpp-python's rule
     rstitch_threads = args.threads or physical_cores()
-    options = {"n_threads_batch": args.threads or cpus, "n_ctx": args.n_ctx} | (
-        {"n_threads": args.threads} if args.threads else {})
+    # rstitch's threads are its defaults (they follow the machine, ``models.cpu_share``) unless --threads fixes them
+    options = {"n_ctx": args.n_ctx} | (
+        {"n_threads": args.threads, "n_threads_batch": args.threads} if args.threads else {})
 
     def own_engine() -> StitchEngine:
         """A pair of its own per configuration: its prefix cache holds only its own earlier prompts, as
@@ -111,7 +113,9 @@ def runners(args: argparse.Namespace) -> tuple[dict[str, Callable[[EverydayItem]
               "rstitch fast": rstitch(Routing(quality="fast"), None)}
     engine = own_engine()
     facts = {"threads": {LLAMA_CPP_PYTHON: own_threads, "rstitch": rstitch_threads},
-             "threads_batch": args.threads or cpus, "llm_gguf": llm_gguf.name,
+             "threads_batch": {LLAMA_CPP_PYTHON: args.threads or cpus,
+                               "rstitch": args.threads or "the logical CPUs other processes leave free"},
+             "llm_gguf": llm_gguf.name,
              "slm_gguf": Path(str(engine.pair.slm.context.weights.path)).name,  # type: ignore[union-attr]
              "default_policy": engine.policy().name, "default_reason": engine.policy().reason}
     return table, facts
