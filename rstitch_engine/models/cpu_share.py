@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from .hardware import physical_cores
+from .hardware import allowed_cpus, physical_cores
 
 HELD_BELOW = 0.25
 """Cores' worth of other processes' CPU time under which none counts as held (daemons, short jobs)."""
@@ -71,7 +71,7 @@ class ThreadShare:
         self.interval = interval
         self._sample, self._clock = sample, clock
         self.cores = cores or physical_cores()
-        self.logical = max(logical or len(_allowed_cpus()), self.cores)
+        self.logical = max(logical or allowed_cpus(), self.cores)
         self._lock = threading.Lock()
         self._last = sample()
         self._held = 0
@@ -86,10 +86,6 @@ class ThreadShare:
                     self._last = now
             held = self._held
         return max(1, self.cores - held), max(1, self.logical - held)
-
-
-def _allowed_cpus() -> set[int]:
-    return os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
 _SHARED: ThreadShare | None = None

@@ -29,11 +29,16 @@ def auto_dtype(device: torch.device | str) -> torch.dtype:
     return torch.bfloat16 if native_bfloat16(device) else torch.float32
 
 
+def allowed_cpus() -> int:
+    """The logical CPUs this process may run on (its affinity where the OS reports one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def physical_cores() -> int:
     """The CPU cores this process may run on, not counting a core's second hardware thread (SMT): llama.cpp's
     own default thread count for a decode. One thread per core is what a matrix-bound pass can use; a second
     thread on the same core competes for its vector units."""
-    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    logical = allowed_cpus()
     total_logical = os.cpu_count() or logical
     physical = psutil.cpu_count(logical=False) or total_logical
     return max(1, min(logical, logical * physical // total_logical))

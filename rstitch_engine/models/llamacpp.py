@@ -155,11 +155,10 @@ class LlamaCppContext:
         # flash attention would cast an f32 cache to f16 (llama-graph.cpp); llama.cpp's own default is "auto"
         flash = options.flash_attn and options.kv_type != "f32"
         params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash else lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        self._share = shared_thread_share() if options.n_threads is None or options.n_threads_batch is None else None
-        shared = self._share.threads() if self._share is not None else (1, 1)
-        self._threads = (options.n_threads or shared[0], options.n_threads_batch or shared[1])
-        params.n_threads, params.n_threads_batch = self._threads
         self._fixed = (options.n_threads, options.n_threads_batch)
+        self._share = shared_thread_share() if None in self._fixed else None
+        self._threads = self._wanted_threads()
+        params.n_threads, params.n_threads_batch = self._threads
         handle = lib.llama_init_from_model(weights.handle, params)
         if not handle:
             raise ModelLoadError(f"llama.cpp could not make a context of {params.n_ctx} cells for {weights.path}")
@@ -177,11 +176,18 @@ class LlamaCppContext:
         """Before a decode: the thread counts ``models.cpu_share`` gives now, where the options left them open."""
         if self._share is None:
             return
-        shared = self._share.threads()
-        wanted = (self._fixed[0] or shared[0], self._fixed[1] or shared[1])
+        wanted = self._wanted_threads()
         if wanted != self._threads:
             llama_library().llama_set_n_threads(self.handle, *wanted)
             self._threads = wanted
+
+    def _wanted_threads(self) -> tuple[int, int]:
+        """(decode, multi-token pass) threads: the options' where they fix them, else ``cpu_share``'s now."""
+        decode, batch = self._fixed
+        if self._share is None:
+            return decode, batch  # type: ignore[return-value]  # both fixed
+        shared = self._share.threads()
+        return decode or shared[0], batch or shared[1]
 
 
 def _free_context(lib: Any, handle: Any, batch: Any) -> None:
