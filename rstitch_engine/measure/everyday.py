@@ -3,10 +3,16 @@
 The generalisation suite (``generalisation``) asks what a 135M model mostly gets wrong (its LLM alone
 scores about 20%), so a configuration that loses a quarter of the LLM's right answers still looks
 "within 2 points" there. This suite keeps to what the LLM alone answers right most of the time:
-capitals of well-known countries, one-digit sums, opposites of common adjectives, a fact read from
-two short passages or from many (a long retrieval prompt), a favourite recalled from an earlier turn
-of a chat, a tool call whose argument comes from the question, and a JSON extraction. Questions come
-plain or with a format instruction ("Answer in one word.", "Reply with just the number.").
+capitals of well-known countries, one-digit sums, opposites of common adjectives, where a person lives
+read from a short context (two people) or a long one (nine people, with other sentences about each),
+a follow-up question in a chat that only makes sense after the turn before it, a tool call whose
+argument comes from the question, and a JSON extraction. Questions come plain or with a format
+instruction ("Answer in one word.", "Reply with just the number.").
+
+Retrieval items put the context in a system message ("Answer the question using only the context."),
+as a RAG chain's prompt does; every person in it lives somewhere, so the others are distractors of
+the same kind. Multi-turn items ask a capital, answer it, then ask an elliptic follow-up ("And the
+capital of Peru?").
 
 The tool-call and JSON items carry OpenAI-style call options (``EverydayItem.call``: ``tools`` and
 ``tool_choice``, or ``response_format``) that an adapter's constrained decoding turns into a grammar;
@@ -16,7 +22,12 @@ model's mouth. The engine's own calibration (``calibrate.builtin_prompts``) uses
 Split by form and by entity, as ``generalisation`` is: each skill has four question forms, two for
 the ``tuning`` part (what ``rstitch calibrate`` measures by default) and two for the ``heldout``
 part (reported only, never tuned on); entities are split by a hash of their key. A held-out item has
-a held-out form and a held-out entity. Nothing is picked by how any model does on it.
+a held-out form and a held-out entity. No item is picked by how any model does on it. The retrieval
+and multi-turn designs (``SUITE_VERSION`` 2) replaced version 1's car colours among passages and a
+favourite recalled from an earlier turn, which the 135M LLM alone answered right in 9 of 24 and 1 of
+12 tuning items: a skill the LLM cannot do shows no loss. Version 2's tuning forms, the names without
+surnames and no "Answer in one word." after a context were chosen by the LLM alone's answers on the
+tuning part only; the held-out forms were written before any of them ran and were not changed.
 
 Checking is deterministic, as in ``generalisation.GenItem.extract``: numbers are the first number of
 the reply that is not one of the question's; words are whole words, case and accents ignored.
@@ -49,12 +60,8 @@ OPPOSITES = {"hot": ("cold", "cool"), "big": ("small", "little", "tiny"), "fast"
              "strong": ("weak",), "clean": ("dirty",), "loud": ("quiet", "soft", "silent"), "high": ("low",),
              "good": ("bad", "evil"), "thick": ("thin",), "near": ("far", "distant"), "first": ("last",),
              "young": ("old",), "up": ("down",), "day": ("night",), "black": ("white",)}
-COLOURS = ("red", "blue", "green", "black", "white", "yellow", "silver", "orange")
 FIRST_NAMES = ("Mira", "Tomas", "Lena", "Jonah", "Ines", "Pavel", "Ruth", "Oskar", "Nadia", "Felix", "Greta",
                "Hugo", "Alma", "Victor", "Selma", "Bruno", "Clara", "Emil", "Vera", "Anton")
-FAVOURITES = {"colour": ("red", "blue", "green", "purple", "orange", "yellow"),
-              "fruit": ("mango", "banana", "cherry", "pear", "plum", "grape"),
-              "animal": ("otter", "zebra", "koala", "falcon", "dolphin", "panda")}
 
 CITIES = ("Paris", "Tokyo", "Cairo", "Rome", "Berlin", "Madrid", "Lisbon", "Vienna", "Oslo", "Dublin", "Athens",
           "Warsaw", "Prague", "Nairobi", "Lima", "Toronto", "Sydney", "Chicago", "Boston", "Seattle")
@@ -76,12 +83,11 @@ TEMPLATES: dict[str, tuple[str, ...]] = {  # two tuning forms, then two held-out
     "sum": ("What is {a} + {b}?", "How much is {a} plus {b}?", "Compute {a} + {b}.", "What do you get when you add {a} and {b}?"),
     "opposite": ("What is the opposite of {x}?", "What is the antonym of {x}?",
                  "Give the opposite of the word {x}.", "Tell me the opposite of {x}."),
-    "rag_short": ("What colour is {x}'s car?", "What is the colour of the car that {x} owns?",
-                  "Which colour is {x}'s car?", "According to the passages, what colour is the car of {x}?"),
-    "rag_long": ("What colour is {x}'s car?", "What is the colour of the car that {x} owns?",
-                 "Which colour is {x}'s car?", "According to the passages, what colour is the car of {x}?"),
-    "multiturn": ("What is my favourite {x}?", "Which {x} did I say I like best?",
-                  "Remind me: what is my favourite {x}?", "Tell me my favourite {x}."),
+    "rag_short": ("Where does {x} live?", "Where is {x}'s home?",
+                  "In which city does {x} live?", "According to the context, where does {x} live?"),
+    "rag_long": ("Where does {x} live?", "Where is {x}'s home?",
+                 "In which city does {x} live?", "According to the context, where does {x} live?"),
+    "multiturn": ("And the capital of {x}?", "What about {x}?", "And what is the capital of {x}?", "How about {x}?"),
     "tool": ("What's the weather like in {x} today?", "Is it raining in {x} right now?",
              "Tell me the current weather in {x}.", "How warm is it in {x} at the moment?"),
     "json": ("Extract the person's name and age from this sentence: {x}", "Give the name and age of the person "
@@ -92,10 +98,14 @@ SKILL_CHECK: dict[str, Check] = {"capital": "word", "sum": "number", "opposite":
                                  "rag_long": "word", "multiturn": "word", "tool": "tool", "json": "json"}
 PER_SKILL = {"tuning": 12, "heldout": 14}
 """Items drawn per skill and part (fewer where the part has fewer combinations)."""
-LONG_PASSAGES = 9
-"""Passages in a long retrieval prompt (about 300-400 tokens); a short one has 2."""
+SUITE_VERSION = 2
+"""Version 2: retrieval of where a person lives from a system-message context, and elliptic follow-ups
+(version 1: car colours among passages, a favourite recalled from an earlier turn; see the module docstring)."""
+LONG_CONTEXT_PEOPLE = 9
+"""People in a long retrieval context (about 300-400 tokens, two other sentences each); a short one has 2."""
+RETRIEVAL_INSTRUCTION = "Answer the question using only the context."
 
-_FILLER = ("{n} lives in a quiet street near the river and walks to the market on Saturdays.",
+_FILLER = ("{n} walks to the market near the river on Saturdays.",
            "{n} has two brothers and a sister, and they meet for dinner every Sunday.",
            "On weekdays {n} starts work at eight and takes the train home in the evening.",
            "{n} likes to read old novels and keeps a small garden with tomatoes and herbs.",
@@ -160,6 +170,8 @@ def _skill_items(skill: str, part: Part) -> list[EverydayItem]:
     forms = TEMPLATES[skill][:2] if part == "tuning" else TEMPLATES[skill][2:]
     entities = [key for key in _entities(skill) if entity_part(f"{skill}/{key}") == part]
     suffixes = {"number": NUMBER_SUFFIXES, "word": WORD_SUFFIXES}.get(SKILL_CHECK[skill], ("",))
+    if skill in ("rag_short", "rag_long"):
+        suffixes = ("",)  # the context's instruction is the format instruction
     combos = [(form, entity, suffix) for form in forms for entity in entities for suffix in suffixes]
     chosen = rng.sample(combos, min(PER_SKILL[part], len(combos)))
     return [_item(skill, part, form, entity, suffix, rng) for form, entity, suffix in chosen]
@@ -173,12 +185,12 @@ def _entities(skill: str) -> list[str]:
     if skill == "sum":
         return [f"{a},{b}" for a in range(1, 10) for b in range(1, 10) if a + b < 10]
     if skill == "multiturn":
-        return [f"{kind}:{value}" for kind, values in FAVOURITES.items() for value in values]
+        return [country for country in CAPITALS if " " not in CAPITALS[country]]
     if skill == "tool":
         return list(CITIES)
     if skill == "json":
         return [f"{first} Dalby,{age}" for first in FIRST_NAMES for age in (23, 35, 41, 58)]
-    return [f"{first} {last}" for first in FIRST_NAMES for last in ("Kolt", "Brenner", "Dalby", "Orsini")]
+    return list(FIRST_NAMES)  # retrieval: the person asked about
 
 
 def _item(skill: str, part: Part, form: str, entity: str, suffix: str, rng: random.Random) -> EverydayItem:
@@ -191,11 +203,11 @@ def _item(skill: str, part: Part, form: str, entity: str, suffix: str, rng: rand
         a, b = entity.split(",")
         turns, accepted = (("user", form.format(a=a, b=b) + suffix),), (str(int(a) + int(b)),)
     elif skill == "multiturn":
-        kind, value = entity.split(":")
-        turns = (("user", f"Hi! My favourite {kind} is {value}. What should we talk about today?"),
-                 ("assistant", f"Nice to meet you! We could talk about anything you like, maybe why you like {value}."),
-                 ("user", form.format(x=kind) + suffix))
-        accepted = (value,)
+        first = rng.choice([country for country in CAPITALS if country != entity])
+        turns = (("user", f"What is the capital of {first}?"),
+                 ("assistant", f"The capital of {first} is {CAPITALS[first]}."),
+                 ("user", form.format(x=entity) + suffix))
+        accepted = (CAPITALS[entity],)
     elif skill == "tool":
         call = {"tools": [WEATHER_TOOL], "tool_choice": "required"}
         return EverydayItem(item_id, skill, part, form, entity, (("user", form.format(x=entity)),), (entity,), call)
@@ -211,22 +223,21 @@ def _item(skill: str, part: Part, form: str, entity: str, suffix: str, rng: rand
 
 def _retrieval(form: str, person: str, suffix: str, rng: random.Random, long: bool
                ) -> tuple[tuple[tuple[str, str], ...], tuple[str, ...]]:
-    """Passages about made-up people; one says the person's car colour, others other people's (distractors)."""
-    colour = rng.choice(COLOURS)
-    others = rng.sample([f"{f} {person.split()[1]}" for f in FIRST_NAMES if f != person.split()[0]],
-                        LONG_PASSAGES - 1 if long else 1)
-    passages = [_passage(person, colour, rng)] + [_passage(other, rng.choice([c for c in COLOURS if c != colour]), rng)
-                                                  for other in others]
-    rng.shuffle(passages)
-    context = "\n\n".join(f"Passage {i + 1}: {text}" for i, text in enumerate(passages))
-    question = form.format(x=person) + suffix
-    return (("user", f"Read the passages and answer the question.\n\n{context}\n\nQuestion: {question}"),), (colour,)
+    """A system-message context of where people live (the person asked about and distractors of the same
+    kind), then the question."""
+    others = rng.sample([name for name in FIRST_NAMES if name != person], LONG_CONTEXT_PEOPLE - 1 if long else 1)
+    cities = rng.sample(CITIES, len(others) + 1)  # cities[0] is the answer; everyone lives somewhere else
+    lines = [_fact(name, city, rng, long) for name, city in zip([person, *others], cities)]
+    rng.shuffle(lines)
+    context = f"{RETRIEVAL_INSTRUCTION}\n\nContext:\n" + "\n".join(lines)
+    return (("system", context), ("user", form.format(x=person) + suffix)), (cities[0],)
 
 
-def _passage(person: str, colour: str, rng: random.Random) -> str:
-    first = person.split()[0]
-    filler = " ".join(line.format(n=first) for line in rng.sample(_FILLER, 2))
-    return f"{person} owns a {colour} car. {filler}"
+def _fact(person: str, city: str, rng: random.Random, long: bool) -> str:
+    """Where ``person`` lives; in a long context, two other sentences about them."""
+    if not long:
+        return f"{person} lives in {city}."
+    return f"{person} lives in {city}. " + " ".join(line.format(n=person) for line in rng.sample(_FILLER, 2))
 
 
 def accuracy_by_skill(items: Sequence[EverydayItem], answers: Sequence[str]) -> dict[str, float]:

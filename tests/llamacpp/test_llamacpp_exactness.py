@@ -4,7 +4,7 @@ The default pair is written as GGUFs of f32 tensors only (``gguf_export.float32_
 Q4_1 weights and the draft's shared Q8_0 embeddings dequantised, the draft's layers in f32). Both
 runners load those files: transformers in float32, llama.cpp with ``kv_type='f32'`` (an f32 KV cache,
 flash attention off) and ``reuse_prefixes=False``. On five everyday chat prompts (the first plain-chat
-item of five skills of ``everyday_suite('tuning')``, 37 to 165 prompt tokens) this holds exactly:
+item of five skills of ``everyday_suite('tuning')``, 37 to 59 prompt tokens) this holds exactly:
 
 * each model alone decodes the same 24 greedy tokens on both runners;
 * the stitched runs at tau 0.1 and 0.05 keep the same tokens, written by the same model.
