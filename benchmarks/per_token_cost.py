@@ -67,12 +67,21 @@ engine's steps (a consumer drives its own steps), so other processes' load barel
 PROMPT = "Write a long story about a lighthouse keeper and a storm at sea, with many small details."
 
 
-def tiny_default_pair(layers: int) -> ModelPair:
-    """Two random float32 models of the default LLM's architecture with ``layers`` layers, and its tokenizer."""
+def tiny_default_pair(layers: int, hidden_size: int | None = None) -> ModelPair:
+    """Two random float32 models of the default LLM's architecture with ``layers`` layers, and its tokenizer.
+
+    ``hidden_size`` (None: the LLM's own, 576) narrows the models: attention heads of the LLM's head size
+    (64), as many key/value heads, the MLP narrowed in proportion. The output head is vocabulary x hidden
+    size, so at 576 each pass streams its 113 MB of float32 weights through the CPU's caches."""
     folder = default_llm_folder()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     config = AutoConfig.from_pretrained(folder)
     config.num_hidden_layers = layers
+    if hidden_size is not None:
+        head_size = config.hidden_size // config.num_attention_heads
+        config.intermediate_size = max(1, config.intermediate_size * hidden_size // config.hidden_size)
+        config.hidden_size, config.head_dim = hidden_size, head_size
+        config.num_attention_heads = config.num_key_value_heads = max(1, hidden_size // head_size)
     models = []
     for seed in (1, 2):
         torch.manual_seed(seed)
@@ -233,6 +242,8 @@ def summary(found: dict[str, Any], workload: str, tokens: int) -> dict[str, Any]
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--layers", type=int, default=3, help="layers of each tiny model")
+    parser.add_argument("--hidden-size", type=int, default=None,
+                        help="hidden size of each tiny model (default: the LLM's, 576)")
     parser.add_argument("--tokens", type=int, default=200, help="tokens per run")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
@@ -256,7 +267,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         print_comparison(*(json.loads(path.read_text()) for path in args.compare))
         return []
     torch.set_num_threads(args.threads)
-    pair = tiny_default_pair(args.layers)
+    pair = tiny_default_pair(args.layers, args.hidden_size)
     engine = StitchEngine(pair)
     prompt = engine.encode(PROMPT)
     tau = args.tau if args.tau is not None else median_slm_entropy(pair, prompt, 32)
@@ -269,6 +280,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "label": args.label, "clock": args.clock, "bare_argmax": args.bare_argmax, "layers": args.layers,
+            "hidden_size": pair.llm.model.config.hidden_size,
             "threads": args.threads, "repeats": args.repeats,
             "engine": str(Path(sys.modules["rstitch_engine"].__file__).parent),
             "tau": tau, "prompt_tokens": len(prompt), "platform": platform.processor() or platform.machine(),
@@ -278,7 +290,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, tau: float) -> None:
-    table = Table(title=f"Engine cost per token above a bare loop: {args.layers}-layer random models, "
+    table = Table(title=f"Engine cost per token above a bare loop: {args.layers}-layer random models of hidden size "
+                        f"{args.hidden_size or 576}, "
                         f"{args.threads} thread(s), {args.clock} time, median of {args.repeats} repeats, tau {tau:.4f}, "
                         f"bare loops' argmax: {args.bare_argmax}")
     for column in ("workload", "tokens (LLM)", "bare us/token", "engine us/token", "added us/token",

@@ -15,6 +15,7 @@ back until it is not, and the stop string itself never reaches the output.
 from __future__ import annotations
 
 import functools
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -28,6 +29,7 @@ class IncrementalDetokenizer:
 
     def __init__(self, tokenizer: Any) -> None:
         self._decode = _decoder_of(tokenizer)
+        self._token_texts = _token_texts(tokenizer)
         self._ids: list[int] = []
         self._prefix_offset = 0  # decode window start: context for spacing
         self._read_offset = 0  # ids[:read_offset] have been emitted as text
@@ -47,9 +49,17 @@ class IncrementalDetokenizer:
         self._prefix_offset = self._read_offset = len(self._ids)
         return current[len(emitted):]
 
+    def _token_text(self, token_id: int) -> str:
+        text = self._token_texts.get(token_id)
+        if text is None:
+            text = self._token_texts[token_id] = self._decode([token_id])
+        return text
+
     def _window_texts(self) -> tuple[str, str]:
-        emitted = self._decode(self._ids[self._prefix_offset:self._read_offset])
-        current = self._decode(self._ids[self._prefix_offset:])
+        start, read = self._prefix_offset, self._read_offset
+        # after a push that emitted, the emitted window is that push's one token
+        emitted = self._token_text(self._ids[start]) if read - start == 1 else self._decode(self._ids[start:read])
+        current = self._decode(self._ids[start:])
         return emitted, current
 
 
@@ -65,6 +75,18 @@ def _decoder_of(tokenizer: Any) -> Callable[[list[int]], str]:
     return functools.partial(tokenizer.decode, skip_special_tokens=True, clean_up_tokenization_spaces=False)
 
 
+_TOKEN_TEXTS: "weakref.WeakKeyDictionary[Any, dict[int, str]]" = weakref.WeakKeyDictionary()
+
+
+def _token_texts(tokenizer: Any) -> dict[int, str]:
+    """The texts of single tokens decoded so far (``decode([id])``), shared by the tokenizer's requests for
+    its lifetime: a token alone always decodes to the same text. At most one entry per vocabulary id."""
+    try:
+        return _TOKEN_TEXTS.setdefault(tokenizer, {})
+    except TypeError:  # a tokenizer that cannot be weakly referenced: remembered for this request only
+        return {}
+
+
 @dataclass
 class StopStringFilter:
     """Holds back text that might begin a stop string; reports when one is complete."""
@@ -77,6 +99,8 @@ class StopStringFilter:
         """Add text; return what is safe to emit. After a match, ``stopped`` is True."""
         if self.stopped:
             return ""
+        if not self.stop:  # nothing is ever held back
+            return text
         self._pending += text
         # Emitted text never contains the start of a stop string, so a match lies in _pending.
         matches = [i for i in (self._pending.find(s) for s in self.stop) if i >= 0]

@@ -337,7 +337,7 @@ class RequestDecoder:
             self.finish_reason = "no_allowed_token"
             return None
         logits, support = self.grammar.masked(logits)  # entropy and choice over the renormalised allowed tokens
-        generator = self._randomness.generator_for(logits.device)
+        generator = None if self.settings.greedy else self._randomness.generator_for(logits.device)
         if request.active == "llm" and self._entropy_unread:  # the LLM alone: no router reads H
             return self._keep(choose_token(logits, self.settings, generator), None, False, forced)
         entropy, token = entropy_and_choice(logits, self.settings, generator, support)

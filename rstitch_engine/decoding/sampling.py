@@ -111,7 +111,7 @@ def choose_token(logits: torch.Tensor, settings: GenerationSettings, generator: 
 
     A greedy choice on the CPU is NumPy's argmax over a view of the logits (the first maximum, as
     ``torch.argmax``): torch's reduction kernel costs many times more over a vocabulary-sized row."""
-    if settings.greedy and logits.device.type == "cpu" and logits.dtype != torch.bfloat16:  # NumPy has no bf16
+    if settings.greedy and logits.is_cpu and logits.dtype is not torch.bfloat16:  # NumPy has no bf16
         return int(logits.detach().numpy().argmax())
     return int(_choice_tensor(logits, settings, generator))
 

@@ -23,9 +23,17 @@ def test_a_short_run_checks_every_token_against_the_bare_loops_and_writes_both_w
     assert rows[0]["llm_tokens"] == 12  # the LLM alone wrote every token
     assert 0 < rows[1]["llm_tokens"] < 12  # at the SLM's median entropy both models wrote
     saved = json.loads(out.read_text())
-    assert saved["rows"] == rows and saved["layers"] == 1
+    assert saved["rows"] == rows and saved["layers"] == 1 and saved["hidden_size"] == 576
     bench.main(["--compare", str(out), str(out)])
     assert "stitching" in capsys.readouterr().out
+
+
+@pytest.mark.real_model  # the default config
+def test_a_narrower_pair_keeps_the_llm_s_head_size_and_narrows_the_mlp_in_proportion():
+    bench = load_benchmark("per_token_cost")
+    config = bench.tiny_default_pair(1, hidden_size=128).llm.model.config
+    assert (config.hidden_size, config.head_dim, config.num_attention_heads, config.num_key_value_heads) == (128, 64, 2, 2)
+    assert config.intermediate_size == 1536 * 128 // 576
 
 
 def test_the_bare_stitching_loop_is_algorithm_1():

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from tiny import byte_level_tokenizer, metaspace_tokenizer, tiny_engine
 
 from rstitch_engine import EntropyRouter, GenerationSettings, normalised_entropy
-from rstitch_engine.decoding.detokenize import IncrementalDetokenizer, StopStringFilter, TextAssembler
+from rstitch_engine.decoding.detokenize import IncrementalDetokenizer, StopStringFilter, TextAssembler, _token_texts
 from rstitch_engine.decoding.sampling import _entropy_numpy, _entropy_torch, choose_token, entropy_and_choice
 
 
@@ -161,6 +161,24 @@ def test_multibyte_characters_and_leading_spaces_stream_correctly(tokenizer_fact
     assert "".join(deltas) + detokenizer.flush() == tokenizer.decode(ids)
     assert all("\ufffd" not in d for d in deltas)  # half a character is never emitted
     assert len(ids) > len([d for d in deltas if d])  # some tokens were held back (multi-token characters)
+
+
+@pytest.mark.parametrize("tokenizer_factory", [byte_level_tokenizer, metaspace_tokenizer])
+def test_a_tokenizer_s_requests_share_single_token_texts_and_each_is_that_token_s_decode(tokenizer_factory):
+    tokenizer = tokenizer_factory()
+    ids = tokenizer(" Größe: 東京 🙂 is naïve, жук.", add_special_tokens=False)["input_ids"]
+    cold, warm = IncrementalDetokenizer(tokenizer), IncrementalDetokenizer(tokenizer)
+    assert [cold.push(i) for i in ids] + [cold.flush()] == [warm.push(i) for i in ids] + [warm.flush()]
+    remembered = _token_texts(tokenizer)
+    assert remembered and remembered is _token_texts(tokenizer)
+    for token_id, text in remembered.items():
+        assert text == tokenizer.decode([token_id], skip_special_tokens=True, clean_up_tokenization_spaces=False)
+
+
+def test_with_no_stop_strings_the_filter_passes_every_piece_through():
+    stop_filter = StopStringFilter(())
+    assert [stop_filter.push(p) for p in ("a", "", "<b", "c>")] == ["a", "", "<b", "c>"]
+    assert stop_filter.flush() == "" and not stop_filter.stopped
 
 
 @hsettings(max_examples=300, deadline=None)
