@@ -32,7 +32,8 @@ def test_a_short_run_checks_every_token_against_the_bare_loops_and_writes_both_w
 def test_a_narrower_pair_keeps_the_llm_s_head_size_and_narrows_the_mlp_in_proportion():
     bench = load_benchmark("per_token_cost")
     config = bench.tiny_default_pair(1, hidden_size=128).llm.model.config
-    assert (config.hidden_size, config.head_dim, config.num_attention_heads, config.num_key_value_heads) == (128, 64, 2, 2)
+    heads = (config.num_attention_heads, config.num_key_value_heads)
+    assert (config.hidden_size, config.head_dim, heads) == (128, 64, (2, 2))
     assert config.intermediate_size == 1536 * 128 // 576
 
 
