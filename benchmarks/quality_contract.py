@@ -27,6 +27,7 @@ the position of the first token that differs from the LLM alone's answer, and wh
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import platform
 import re
@@ -68,12 +69,18 @@ class Answer:
     seconds: float
 
 
-def everyday_items(engine: StitchEngine, part: str, max_new_tokens: int) -> list[Item]:
+def everyday_items(engine: StitchEngine, part: str, max_new_tokens: int, skills: Sequence[str] | None = None,
+                   per_skill: int | None = None) -> list[Item]:
+    """The part's items (only ``skills``, and the first ``per_skill`` of each, where given)."""
     from rstitch_integrations.core import StitchOptions, prepare_call
 
     options = StitchOptions(max_tokens=max_new_tokens)
+    chosen = [item for item in everyday_suite(part) if not skills or item.skill in skills]  # type: ignore[arg-type]
+    if per_skill is not None:  # the suite lists its items skill by skill
+        groups = itertools.groupby(chosen, key=lambda item: item.skill)
+        chosen = [item for _, group in groups for item in list(group)[:per_skill]]
     items = []
-    for item in everyday_suite(part):  # type: ignore[arg-type]
+    for item in chosen:
         call = prepare_call(engine, options, item.messages(), item.call)
         items.append(Item(item.id, item.skill, call.prompt_ids, call.settings.replace(prompt_lookup_tokens=None),
                           call.prefix, item.extract, item.is_correct))
@@ -209,6 +216,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gsm8k", type=int, default=30, help="GSM8K test questions (default: %(default)s)")
     parser.add_argument("--gsm8k-tokens", type=int, default=160, help="GSM8K answer tokens (default: %(default)s)")
     parser.add_argument("--limit", type=int, default=None, help="only the first N items of each suite")
+    parser.add_argument("--skills", default=None, help="everyday skills to run, comma-separated (default: all)")
+    parser.add_argument("--per-skill", type=int, default=None, help="only the first N everyday items of each skill")
     parser.add_argument("--llm", default="smollm2-135m-instruct")
     parser.add_argument("--slm", default=None)
     parser.add_argument("--dtype", default="auto")
@@ -222,13 +231,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "LLM alone" not in names:
         names.insert(0, "LLM alone")
     engine = StitchEngine.from_pretrained(args.llm, args.slm, device="cpu", dtype=args.dtype)
-    report: dict[str, Any] = {"command": "python benchmarks/quality_contract.py", "argv": vars(args) | {"json": str(args.json)},
+    report: dict[str, Any] = {"command": "python benchmarks/quality_contract.py",
+                              "argv": vars(args) | {"json": str(args.json)},
                               "machine": processor_name(), "platform": platform.platform(),
                               "dtype": str(engine.pair.llm.dtype), "date": time.strftime("%Y-%m-%d"),
                               "default_policy": engine.policy().name, "default_reason": engine.policy().reason,
                               "suites": {}}
     for suite in [s.strip() for s in args.suite.split(",") if s.strip()]:
-        items = (everyday_items(engine, args.part, args.max_new_tokens) if suite == "everyday"
+        skills = [s.strip() for s in args.skills.split(",")] if args.skills else None
+        items = (everyday_items(engine, args.part, args.max_new_tokens, skills, args.per_skill) if suite == "everyday"
                  else gsm8k_items(engine, args.gsm8k, args.gsm8k_tokens))[:args.limit]
         records = run(engine, items, names)
         rows = summary(records, names)
