@@ -275,12 +275,13 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     measure(pair, engine, prompt, tau, 16, 1, forward, args.bare_argmax)  # warm-up
     found = measure(pair, engine, prompt, tau, args.tokens, args.repeats, forward, args.bare_argmax)
     rows = [summary(found, workload, args.tokens) for workload in ("alone", "stitch")]
-    print_table(rows, args, tau)
+    hidden_size = pair.llm.model.config.hidden_size
+    print_table(rows, args, tau, hidden_size)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({
             "label": args.label, "clock": args.clock, "bare_argmax": args.bare_argmax, "layers": args.layers,
-            "hidden_size": pair.llm.model.config.hidden_size,
+            "hidden_size": hidden_size,
             "threads": args.threads, "repeats": args.repeats,
             "engine": str(Path(sys.modules["rstitch_engine"].__file__).parent),
             "tau": tau, "prompt_tokens": len(prompt), "platform": platform.processor() or platform.machine(),
@@ -289,9 +290,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, tau: float) -> None:
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace, tau: float, hidden_size: int) -> None:
     table = Table(title=f"Engine cost per token above a bare loop: {args.layers}-layer random models of hidden size "
-                        f"{args.hidden_size or 576}, "
+                        f"{hidden_size}, "
                         f"{args.threads} thread(s), {args.clock} time, median of {args.repeats} repeats, tau {tau:.4f}, "
                         f"bare loops' argmax: {args.bare_argmax}")
     for column in ("workload", "tokens (LLM)", "bare us/token", "engine us/token", "added us/token",

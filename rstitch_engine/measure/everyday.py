@@ -77,16 +77,18 @@ JOBS = ("works in a bakery", "teaches music", "drives a bus", "repairs bicycles"
 NUMBER_SUFFIXES = ("", " Reply with just the number.")
 WORD_SUFFIXES = ("", " Answer in one word.")
 
+RETRIEVAL_FORMS = ("Where does {x} live?", "Where is {x}'s home?",
+                   "In which city does {x} live?", "According to the context, where does {x} live?")
+"""The questions of both retrieval skills (short and long contexts): two tuning forms, then two held-out forms."""
+
 TEMPLATES: dict[str, tuple[str, ...]] = {  # two tuning forms, then two held-out forms
     "capital": ("What is the capital of {x}?", "Which city is the capital of {x}?",
                 "Tell me the capital of {x}.", "Name the capital city of {x}."),
     "sum": ("What is {a} + {b}?", "How much is {a} plus {b}?", "Compute {a} + {b}.", "What do you get when you add {a} and {b}?"),
     "opposite": ("What is the opposite of {x}?", "What is the antonym of {x}?",
                  "Give the opposite of the word {x}.", "Tell me the opposite of {x}."),
-    "rag_short": ("Where does {x} live?", "Where is {x}'s home?",
-                  "In which city does {x} live?", "According to the context, where does {x} live?"),
-    "rag_long": ("Where does {x} live?", "Where is {x}'s home?",
-                 "In which city does {x} live?", "According to the context, where does {x} live?"),
+    "rag_short": RETRIEVAL_FORMS,
+    "rag_long": RETRIEVAL_FORMS,
     "multiturn": ("And the capital of {x}?", "What about {x}?", "And what is the capital of {x}?", "How about {x}?"),
     "tool": ("What's the weather like in {x} today?", "Is it raining in {x} right now?",
              "Tell me the current weather in {x}.", "How warm is it in {x} at the moment?"),
