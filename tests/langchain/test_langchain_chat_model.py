@@ -27,6 +27,7 @@ from rstitch_integrations.langchain import ChatRStitch
 pytestmark = pytest.mark.real_model
 
 QUESTION = "What is the capital of France?"
+LONG_ANSWER_QUESTION = "Write a long story about a lighthouse keeper and a storm at sea."
 
 
 @pytest.fixture
@@ -225,10 +226,12 @@ def test_remote_timeout_bounds_the_whole_call_and_frees_the_servers_request(remo
     """The remote form of test_timeout_raises_and_frees_the_request: the server's request ends too."""
     adapter = remote_adapter
     chat = adapter.chat(max_tokens=8)
+    # a story runs to the 400-token limit (seconds on a CPU); the capital question ends after 8 tokens, about
+    # 0.27 s, which raced the 0.3 s timeout
     with pytest.raises(TimeoutError, match="timeout"):
-        chat.invoke(QUESTION, timeout=0.3, max_tokens=400)  # 400 tokens take seconds on a CPU
+        chat.invoke(LONG_ANSWER_QUESTION, timeout=0.3, max_tokens=400)
     with pytest.raises(TimeoutError, match="timeout"):
-        adapter.chat(timeout=0.3, max_tokens=400).invoke(QUESTION)  # the field, as the call option
+        adapter.chat(timeout=0.3, max_tokens=400).invoke(LONG_ANSWER_QUESTION)  # the field, as the call option
     assert server_frees_its_requests(adapter.service())
     assert chat.invoke(QUESTION, max_tokens=2).usage_metadata["output_tokens"] == 2
 
